@@ -1,0 +1,134 @@
+"""Model-level helpers: calibrate, quantize_model, save_quantized, load_quantized."""
+from __future__ import annotations
+
+import fnmatch
+import json
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..rotation.ars import ActStats, ActStatsCollector
+from .linear import QuantConfig, QuantLinear
+
+CHECKPOINT_FORMAT = "lrq_kernels/1"
+
+
+def _linears(model: nn.Module, skip: Iterable[str]):
+    skip = tuple(skip)
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and not any(fnmatch.fnmatch(name, pat) for pat in skip):
+            yield name, mod
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, run_fn: Callable[[nn.Module], object], skip: Iterable[str] = (),
+              max_tokens: int = 512) -> dict[str, ActStats]:
+    """Run `run_fn(model)` (a few forwards, e.g. several timesteps) and record the activation statistics of
+    every nn.Linear input, keyed by module name, for ARS (rotation/ars.py)."""
+    collectors, handles = {}, []
+    for name, mod in _linears(model, skip):
+        col = collectors[name] = ActStatsCollector(max_tokens=max_tokens)
+        handles.append(mod.register_forward_pre_hook(lambda m, args, col=col: col.update(args[0])))
+    try:
+        run_fn(model)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: col.stats() for name, col in collectors.items() if col.absmax is not None}
+
+
+def quantize_model(model: nn.Module, config: QuantConfig, calib: dict[str, ActStats] | None = None,
+                   skip: Iterable[str] = (), progress: bool = True) -> nn.Module:
+    """Replace every nn.Linear of `model` (in place) by a QuantLinear, except names matching a `skip` pattern
+    (fnmatch, e.g. "*proj_out"). `calib` from `calibrate` lets ARS choose each layer's rotation."""
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
+    todo = list(_linears(model, skip))
+    it = todo
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(todo, desc=f"quantizing {config.name}", unit="layer")
+    for name, mod in it:
+        stats = calib.get(name) if calib else None
+        _set_submodule(model, name, QuantLinear.from_linear(mod, config, stats))
+    return model
+
+
+def save_quantized(model: nn.Module, path: str) -> None:
+    """Save the whole state of a quantized model, with each QuantLinear's layout, as safetensors."""
+    from safetensors.torch import save_file
+    layouts = {name: m.layout() for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    meta = {"format": CHECKPOINT_FORMAT, "layouts": json.dumps(layouts)}
+    save_file(state, path, metadata=meta)
+
+
+def load_quantized(model: nn.Module, path: str) -> nn.Module:
+    """Load a checkpoint of `save_quantized` into `model` (the float model, or one already quantized alike).
+
+    Everything is checked first (file integrity, format, every layer's layout against the model, every tensor's
+    name, shape and dtype); the model is changed only when all of it passes, so a corrupted or mismatched file
+    leaves the model as it was.
+    """
+    from safetensors import safe_open
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+        raise ValueError(f"cannot read checkpoint {path!r}: {e}") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path!r} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    try:
+        layouts = json.loads(meta["layouts"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"checkpoint {path!r} has no readable layer layouts ({e})") from None
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    shells = {}
+    for name, layout in layouts.items():
+        try:
+            current = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"checkpoint layer {name!r} does not exist in the model") from None
+        if not isinstance(current, (nn.Linear, QuantLinear)) or \
+                (current.in_features, current.out_features) != (layout.get("in_features"), layout.get("out_features")):
+            raise ValueError(f"checkpoint layer {name!r} ({layout.get('in_features')} -> "
+                             f"{layout.get('out_features')}) does not match the model's {current!r}")
+        shells[name] = QuantLinear.from_layout(layout, device=device)
+
+    # the state dict the model will have once the shells are in place, checked key by key
+    expected = {}
+    for key, t in model.state_dict().items():
+        if not any(key.startswith(n + ".") for n in shells):
+            expected[key] = t
+    for name, shell in shells.items():
+        for key, t in shell.state_dict().items():
+            expected[f"{name}.{key}"] = t
+        shell.check_state(state, f"{name}.")
+    expected = {k: v for k, v in expected.items() if isinstance(v, torch.Tensor)}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path!r} does not match the model: missing {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''}")
+    for key, t in expected.items():
+        if state[key].shape != t.shape or state[key].dtype != t.dtype:
+            raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(state[key].shape)} and dtype "
+                             f"{state[key].dtype}, the model expects {tuple(t.shape)} and {t.dtype}")
+
+    for name, shell in shells.items():
+        _set_submodule(model, name, shell)
+    full = dict(state)
+    for name, shell in shells.items():
+        full[f"{name}._extra_state"] = shell.layout()
+    model.load_state_dict(full, strict=True)
+    return model

@@ -1,0 +1,150 @@
+"""The public ops, registered with torch.library (schema, fake impl, real impl) so that torch.compile and CUDA
+graphs see them as single ops.
+
+    lrq::hadamard_transform(x, scale)                                 fast_hadamard_transform-compatible
+    lrq::rotate_quant(x, perm, channel_scale, block, a_format, a_bits) -> (codes, scales)
+    lrq::gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
+    lrq::gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
+
+Each op validates its inputs (ops/checks.py; the fake impl runs the same checks) and then runs the
+implementation that `_pick` selects. Today every device runs the PyTorch reference (lrq_kernels/reference);
+GPU kernels plug in at `_pick` as they land, and LRQ_BACKEND=reference forces the reference (ops/backend.py).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..formats.weight import dequantize_packed
+from ..reference.act_quant import code_dtype, rotate_quantize_ref
+from ..reference.gemm import gemm_a8_ref, gemm_a16_ref
+from ..reference.hadamard import hadamard_transform_ref
+from .backend import requested_backend
+from .checks import FLOAT_IN, check_gemm_a8, check_gemm_a16, check_rotate_quant
+
+_LIB = "lrq"
+
+
+def _pick(op: str, device: torch.device) -> str:
+    """The implementation for `op` on `device`. Only the reference exists in this version."""
+    requested_backend()   # validates LRQ_BACKEND even when there is a single choice
+    return "reference"
+
+
+# --- hadamard_transform -------------------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{_LIB}::hadamard_transform", mutates_args=())
+def _hadamard_transform(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return hadamard_transform_ref(x, scale)
+
+
+@_hadamard_transform.register_fake
+def _(x, scale):
+    return torch.empty_like(x)
+
+
+def _ht_setup(ctx, inputs, output):
+    ctx.scale = inputs[1]
+
+
+def _ht_backward(ctx, grad):
+    # H is symmetric: the gradient of scale * H x (padded and trimmed) is the same transform of the gradient
+    # when the dim is a power of two; with padding, the trim/pad pair is its own adjoint too.
+    return _hadamard_transform(grad, ctx.scale), None
+
+
+_hadamard_transform.register_autograd(_ht_backward, setup_context=_ht_setup)
+
+
+def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """scale * x @ H along the last dim, as fast_hadamard_transform.hadamard_transform computes it.
+
+    H is the unnormalised Sylvester Hadamard matrix of size 2^ceil(log2(d)); x is zero-padded to that size and
+    the output trimmed back to d. Pass scale = 1/sqrt(2^ceil(log2 d)) for the normalised (orthogonal)
+    transform. Output dtype = x's dtype; differentiable.
+    """
+    from .._checks import check_tensor
+    check_tensor("x", x, min_ndim=1, dtypes=FLOAT_IN + (torch.float64,))
+    if x.shape[-1] == 0:
+        raise ValueError(f"x's last dim must be > 0, got shape {tuple(x.shape)}")
+    if not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
+    return _hadamard_transform(x, float(scale))
+
+
+# --- rotate + quantize ----------------------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{_LIB}::rotate_quant", mutates_args=())
+def rotate_quant(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor],
+                 block: int, a_format: str, a_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (codes [M, K] e4m3|int8, scales [M] float32): rotation then per-token quantization."""
+    check_rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
+    _pick("rotate_quant", x.device)
+    return rotate_quantize_ref(x, perm, channel_scale, block, a_format, a_bits)
+
+
+@rotate_quant.register_fake
+def _(x, perm, channel_scale, block, a_format, a_bits):
+    check_rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
+    m, k = x.shape
+    return x.new_empty((m, k), dtype=code_dtype(a_format)), x.new_empty((m,), dtype=torch.float32)
+
+
+def hadamard_quant(x: torch.Tensor, rotation=None, a_format: str = "fp8", a_bits: int = 8):
+    """Rotate, then quantize each token: x [.., K] -> (codes [.., K] e4m3|int8, scales [..] float32).
+
+    rotation: a lrq_kernels.Rotation (from ARS or Rotation.hadamard(K, block)); None means the default block
+    Hadamard for K (rotation/rotation.py: default_block). a_format "fp8" (a_bits 8) or "int" (a_bits 8 or 4;
+    INT4 levels -7..7 are held in int8). Dequantize as codes.float() * scales[..., None].
+    """
+    from .._checks import check_tensor
+    from ..rotation.rotation import Rotation
+    check_tensor("x", x, min_ndim=1, dtypes=FLOAT_IN)
+    k = x.shape[-1]
+    rot = Rotation.hadamard(k) if rotation is None else rotation
+    if not isinstance(rot, Rotation):
+        raise TypeError(f"rotation must be a lrq_kernels.Rotation or None, got {type(rotation).__name__}")
+    dev = x.device
+    perm = None if rot.perm is None else rot.perm.to(dev)
+    cs = None if rot.channel_scale is None else rot.channel_scale.to(dev)
+    codes, scales = rotate_quant(x.reshape(-1, k), perm, cs, rot.block, a_format, a_bits)
+    return codes.reshape(x.shape), scales.reshape(x.shape[:-1])
+
+
+# --- GEMMs ------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{_LIB}::gemm_a8", mutates_args=())
+def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor, w_scales: torch.Tensor,
+            codebook: torch.Tensor, bits: int, k: int, group_size: int, bias: Optional[torch.Tensor],
+            out_dtype: torch.dtype) -> torch.Tensor:
+    """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias, in out_dtype (group_size 0: per-channel scales)."""
+    check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
+    _pick("gemm_a8", x_codes.device)
+    w = dequantize_packed(packed, w_scales, codebook, bits, k, group_size or None)
+    return gemm_a8_ref(x_codes, x_scales, w, bias).to(out_dtype)
+
+
+@gemm_a8.register_fake
+def _(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype):
+    n = check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
+    return x_codes.new_empty((x_codes.shape[0], n), dtype=out_dtype)
+
+
+@torch.library.custom_op(f"{_LIB}::gemm_a16", mutates_args=())
+def gemm_a16(x: torch.Tensor, packed: torch.Tensor, w_scales: torch.Tensor, codebook: torch.Tensor,
+             bits: int, group_size: int, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """y [M, N] = x @ W_deq^T + bias, in x's dtype (weight-only path)."""
+    check_gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
+    _pick("gemm_a16", x.device)
+    w = dequantize_packed(packed, w_scales, codebook, bits, x.shape[1], group_size or None)
+    return gemm_a16_ref(x, w, bias).to(x.dtype)
+
+
+@gemm_a16.register_fake
+def _(x, packed, w_scales, codebook, bits, group_size, bias):
+    n = check_gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
+    return x.new_empty((x.shape[0], n))
+
+
+__all__ = ["hadamard_transform", "hadamard_quant", "rotate_quant", "gemm_a8", "gemm_a16"]
