@@ -36,7 +36,7 @@ def hadamard_transform_ref(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     n = 1 << (d - 1).bit_length()
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     xp = torch.nn.functional.pad(x.to(acc), (0, n - d))
-    return (fwht(xp) * scale)[..., :d].to(x.dtype)
+    return (fwht(xp) * scale)[..., :d].to(x.dtype).contiguous()
 
 
 def block_hadamard_ref(x: torch.Tensor, block: int) -> torch.Tensor:

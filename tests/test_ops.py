@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from lrq_kernels import ops, quantize_weight
+from lrq_kernels.formats.weight import dequantize_packed
+from lrq_kernels.reference import gemm_a8_ref, quantize_tokens_ref
+
+
+def _weight(n=48, k=128, bits=4, group=None):
+    q = quantize_weight(torch.randn(n, k), bits, "int", group_size=group)
+    return q.packed, q.scales, q.codebook
+
+
+def test_opcheck_hadamard_transform():
+    torch.library.opcheck(torch.ops.lrq.hadamard_transform.default, (torch.randn(3, 100, requires_grad=True), 0.5))
+
+
+@pytest.mark.parametrize("a_format,a_bits", [("fp8", 8), ("int", 8), ("int", 4)])
+def test_opcheck_rotate_quant(a_format, a_bits):
+    x = torch.randn(7, 128)
+    perm = torch.randperm(128)
+    cs = torch.rand(128) + 0.5
+    torch.library.opcheck(torch.ops.lrq.rotate_quant.default, (x, perm, cs, 64, a_format, a_bits))
+    torch.library.opcheck(torch.ops.lrq.rotate_quant.default, (x, None, None, 1, a_format, a_bits))
+
+
+@pytest.mark.parametrize("bits,group", [(4, 0), (3, 0), (4, 64)])
+def test_opcheck_gemms(bits, group):
+    packed, ws, cb = _weight(bits=bits, group=group or None)
+    bias = torch.randn(48)
+    for a_format in ("int", "fp8"):
+        codes, sx = quantize_tokens_ref(torch.randn(5, 128), a_format, 8)
+        # torch's schema checker multiplies its inputs, which CPU float8 does not support: skip that one for fp8
+        utils = ("test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic") \
+            if a_format == "fp8" else None
+        kw = {"test_utils": utils} if utils else {}
+        torch.library.opcheck(torch.ops.lrq.gemm_a8.default, (codes, sx, packed, ws, cb, bits, 128, group, bias,
+                                                             torch.bfloat16), **kw)
+    torch.library.opcheck(torch.ops.lrq.gemm_a16.default, (torch.randn(5, 128), packed, ws, cb, bits, group, None))
+
+
+def test_gemm_a8_matches_reference_on_awkward_m():
+    packed, ws, cb = _weight(k=136, bits=3)   # K not a power of two, not a multiple of 8's packing pad
+    w = dequantize_packed(packed, ws, cb, 3, 136, None)
+    for m in (1, 7, 33):
+        codes, sx = quantize_tokens_ref(torch.randn(m, 136), "int", 8)
+        y = ops.gemm_a8(codes, sx, packed, ws, cb, 3, 136, 0, None, torch.float32)
+        assert torch.allclose(y, gemm_a8_ref(codes, sx, w), rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_fake_checks_name_the_argument():
+    packed, ws, cb = _weight()
+    codes, sx = quantize_tokens_ref(torch.randn(5, 128), "fp8", 8)
+    with pytest.raises(ValueError, match=r"w_scales must have shape \(48,\), got \(47,\)"):
+        ops.gemm_a8(codes, sx, packed, ws[:47], cb, 4, 128, 0, None, torch.float32)
+    with pytest.raises(ValueError, match="codebook must have 16 entries for bits=4, got 8"):
+        ops.gemm_a8(codes, sx, packed, ws, cb[:8], 4, 128, 0, None, torch.float32)
+    with pytest.raises(ValueError, match="x_codes has K=128 columns but the weight has K=120"):
+        ops.gemm_a8(codes, sx, packed[:, :60], ws, cb, 4, 120, 0, None, torch.float32)
+    with pytest.raises(TypeError, match="x_codes must have dtype in .*got float32"):
+        ops.gemm_a8(codes.float(), sx, packed, ws, cb, 4, 128, 0, None, torch.float32)
+    with pytest.raises(ValueError, match="out_dtype must be one of .*got torch.int32"):
+        ops.gemm_a8(codes, sx, packed, ws, cb, 4, 128, 0, None, torch.int32)
+
+
+def test_backend_env_is_validated(monkeypatch):
+    monkeypatch.setenv("LRQ_BACKEND", "cudnn")
+    with pytest.raises(ValueError, match="LRQ_BACKEND must be one of .*got 'cudnn'"):
+        ops.rotate_quant(torch.randn(2, 64), None, None, 64, "fp8", 8)
