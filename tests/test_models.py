@@ -1,6 +1,5 @@
 """quantize_model on small diffusers DiTs (PixArt-style and DiT), calibrate, and checkpoints."""
 import copy
-import math
 
 import pytest
 import torch
@@ -27,10 +26,11 @@ def _dit_inputs(seed=0, t=5):
                 class_labels=torch.tensor([1, 3]), return_dict=False)
 
 
-def _floor_db(n_layers: int) -> float:
-    # A W4A8 layer's output SQNR is about a 4-bit weight quantizer's (~18 dB, 6 dB a bit minus clipping; see
-    # benchmarks/results/quant_error.md); independent errors of n layers at most add up: 18 - 10 log10(n).
-    return 18.0 - 10 * math.log10(n_layers)
+# Floor: 20 dB, one W4A8 layer's own output SQNR (a 4-bit weight quantizer gives 19-20 dB on Gaussian weights,
+# 6 dB a bit minus clipping: benchmarks/results/quant_error.md; FP8 activations add ~31 dB noise). In these
+# DiTs the quantized branches add into a float residual stream and the embeddings stay in float, so the whole
+# model's output must not be noisier than a single quantized layer; measured: 39.6 dB (PixArt), 34.4 dB (DiT).
+FLOOR_DB = 20.0
 
 
 @pytest.mark.parametrize("kind", ["pixart", "dit"])
@@ -50,8 +50,8 @@ def test_quantize_model_runs_and_output_sqnr_above_floor(kind):
     assert all("proj_out" not in n and "timestep_embedder" not in n for n in qlayers)
     out = qmodel(**inp())[0]
     db = sqnr_db(ref, out)
-    print(f"{kind}: W4A8 output SQNR {db:.2f} dB over {len(qlayers)} layers (floor {_floor_db(len(qlayers)):.1f})")
-    assert db > _floor_db(len(qlayers))
+    print(f"{kind}: W4A8 output SQNR {db:.2f} dB over {len(qlayers)} layers (floor {FLOOR_DB} dB)")
+    assert db > FLOOR_DB
 
 
 def test_calibrate_records_every_linear_input():
