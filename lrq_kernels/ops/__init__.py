@@ -7,11 +7,12 @@ graphs see them as single ops.
     lrq::gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
 
 Each op validates its inputs (ops/checks.py; the fake impl runs the same checks) and then runs the
-implementation that `_pick` selects. Today every device runs the PyTorch reference (lrq_kernels/reference);
-GPU kernels plug in at `_pick` as they land, and LRQ_BACKEND=reference forces the reference (ops/backend.py).
+implementation that `_pick` selects: the Triton kernels (lrq_kernels/triton) on CUDA, the PyTorch reference
+(lrq_kernels/reference) elsewhere. LRQ_BACKEND=reference|triton forces one (ops/backend.py).
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -26,10 +27,51 @@ from .checks import FLOAT_IN, check_gemm_a8, check_gemm_a16, check_rotate_quant
 _LIB = "lrq"
 
 
-def _pick(op: str, device: torch.device) -> str:
-    """The implementation for `op` on `device`. Only the reference exists in this version."""
-    requested_backend()   # validates LRQ_BACKEND even when there is a single choice
-    return "reference"
+MAX_ROW_REGISTERS = 16384   # rotate_quant holds a whole token (K padded to NBP * block) in registers
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_ok(device: torch.device, want: str) -> bool:
+    # on CPU only Triton's interpreter can run a kernel, and only when asked for (the CPU tests do)
+    if device.type != "cuda" and not (_interpreting() and want == "triton"):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pick(op: str, device: torch.device, **shape) -> str:
+    """The implementation for `op` on `device`:
+
+    | op           | CUDA (Triton importable)                       | otherwise  |
+    | rotate_quant | triton if K padded to blocks <= 16384 elements | reference  |
+    | gemm_a8      | triton (fp8 codes need sm_89+)                 | reference  |
+    | gemm_a16     | triton                                         | reference  |
+
+    LRQ_BACKEND=reference forces the reference; LRQ_BACKEND=triton forces Triton (an error where it cannot
+    run; on CPU it needs TRITON_INTERPRET=1, which the CPU tests use).
+    """
+    want = requested_backend()
+    if want == "reference":
+        return "reference"
+    ok = _triton_ok(device, want)
+    if ok and op == "rotate_quant":
+        k, block = shape["k"], shape["block"]
+        nbp = 1 << max(0, (k // block - 1).bit_length())
+        ok = nbp * block <= MAX_ROW_REGISTERS
+    if ok and op == "gemm_a8" and shape.get("fp8") and device.type == "cuda":
+        cap = torch.cuda.get_device_capability(device)
+        if cap < (8, 9):
+            raise RuntimeError(f"FP8 activations need a GPU of compute capability >= 8.9 (Ada, Hopper), got "
+                               f"sm_{cap[0]}{cap[1]} on {device}; use QuantConfig(a_format='int')")
+    if want == "triton" and not ok:
+        raise RuntimeError(f"LRQ_BACKEND=triton but {op} cannot run in Triton on {device} with {shape}")
+    return "triton" if ok else "reference"
 
 
 # --- hadamard_transform -------------------------------------------------------------------------------------
@@ -80,7 +122,9 @@ def rotate_quant(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: O
                  block: int, a_format: str, a_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (codes [M, K] e4m3|int8, scales [M] float32): rotation then per-token quantization."""
     check_rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
-    _pick("rotate_quant", x.device)
+    if _pick("rotate_quant", x.device, k=x.shape[1], block=block) == "triton":
+        from ..triton.rotate_quant import rotate_quant_triton
+        return rotate_quant_triton(x, perm, channel_scale, block, a_format, a_bits)
     return rotate_quantize_ref(x, perm, channel_scale, block, a_format, a_bits)
 
 
@@ -120,7 +164,9 @@ def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor,
             out_dtype: torch.dtype) -> torch.Tensor:
     """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias, in out_dtype (group_size 0: per-channel scales)."""
     check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
-    _pick("gemm_a8", x_codes.device)
+    if _pick("gemm_a8", x_codes.device, fp8=x_codes.dtype == torch.float8_e4m3fn) == "triton":
+        from ..triton.gemm import gemm_a8_triton
+        return gemm_a8_triton(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
     w = dequantize_packed(packed, w_scales, codebook, bits, k, group_size or None)
     return gemm_a8_ref(x_codes, x_scales, w, bias).to(out_dtype)
 
@@ -136,7 +182,9 @@ def gemm_a16(x: torch.Tensor, packed: torch.Tensor, w_scales: torch.Tensor, code
              bits: int, group_size: int, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """y [M, N] = x @ W_deq^T + bias, in x's dtype (weight-only path)."""
     check_gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
-    _pick("gemm_a16", x.device)
+    if _pick("gemm_a16", x.device) == "triton":
+        from ..triton.gemm import gemm_a16_triton
+        return gemm_a16_triton(x, packed, w_scales, codebook, bits, group_size, bias)
     w = dequantize_packed(packed, w_scales, codebook, bits, x.shape[1], group_size or None)
     return gemm_a16_ref(x, w, bias).to(x.dtype)
 

@@ -1,0 +1,98 @@
+"""The Triton kernels against the references: on the GPU when there is one, else under TRITON_INTERPRET=1 on
+tiny shapes (CI). Codes must equal the reference's (rounding ties allowed on <= 1e-4 of them); GEMM outputs
+within 1e-3 relative error of the reference's float32 math."""
+import os
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"    # before the kernels are imported: they become interpreted
+
+from conftest import rel_err  # noqa: E402
+
+from lrq_kernels import ops, quantize_weight  # noqa: E402
+from lrq_kernels.formats.weight import dequantize_packed  # noqa: E402
+from lrq_kernels.reference import gemm_a8_ref, gemm_a16_ref, quantize_tokens_ref, rotate_quantize_ref  # noqa: E402
+
+DEV = "cuda" if ON_GPU else "cpu"
+# the interpreter's bf16 dot is wrong (Triton 3.6), so CPU runs use fp16 inputs
+ACT_DTYPE = torch.bfloat16 if ON_GPU else torch.float16
+
+
+@pytest.fixture(autouse=True)
+def _force_triton(monkeypatch):
+    monkeypatch.setenv("LRQ_BACKEND", "triton")
+
+
+def codes_match(got, want, max_frac=1e-4):
+    g, w = got.float(), want.float()
+    same = (g == w) | (torch.isnan(g) & torch.isnan(w))
+    return (1 - same.float().mean().item()) <= max_frac
+
+
+@pytest.mark.parametrize("m,k,block", [(1, 64, 64), (7, 192, 64), (5, 1152, 128), (3, 4608, 512), (2, 3072, 1024),
+                                       (4, 256, 256), (3, 96, 32), (6, 64, 1)])
+@pytest.mark.parametrize("a_format,a_bits", [("fp8", 8), ("int", 8), ("int", 4)])
+def test_rotate_quant_codes_equal_reference(m, k, block, a_format, a_bits):
+    x = torch.randn(m, k, device=DEV).to(ACT_DTYPE)
+    x[0, k // 3] *= 60
+    codes, scales = ops.rotate_quant(x, None, None, block, a_format, a_bits)
+    rc, rs = rotate_quantize_ref(x, None, None, block, a_format, a_bits)
+    assert codes.dtype == rc.dtype and codes_match(codes, rc)
+    assert torch.allclose(scales, rs, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("a_format,a_bits", [("fp8", 8), ("int", 4)])
+def test_rotate_quant_ars_gather_zero_and_nan_tokens(a_format, a_bits):
+    k = 384
+    x = torch.randn(5, k, device=DEV).to(ACT_DTYPE)
+    x[1] = 0
+    x[3, 10] = float("nan")
+    perm = torch.randperm(k, device=DEV)
+    cs = torch.rand(k, device=DEV) + 0.5
+    codes, scales = ops.rotate_quant(x, perm, cs, 128, a_format, a_bits)
+    rc, rs = rotate_quantize_ref(x, perm, cs, 128, a_format, a_bits)
+    keep = torch.tensor([0, 1, 2, 4], device=DEV)        # the NaN token's codes are unspecified; its scale is NaN
+    assert codes_match(codes[keep], rc[keep])
+    assert scales[1] == 0 and torch.all(codes[1].float() == 0)
+    assert torch.isnan(scales[3]) and torch.isfinite(scales[keep]).all()
+
+
+def _weight(n, k, bits, group):
+    q = quantize_weight(torch.randn(n, k), bits, "tlq", group_size=group)
+    return q.to(DEV)
+
+
+@pytest.mark.parametrize("m", [1, 7, 33])
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("group", [None, 64])
+@pytest.mark.parametrize("a_format", ["fp8", "int"])
+def test_gemm_a8_against_reference(m, bits, group, a_format):
+    n, k = 40, 192
+    q = _weight(n, k, bits, group)
+    bias = torch.randn(n, device=DEV)
+    codes, sx = quantize_tokens_ref(torch.randn(m, k, device=DEV), a_format, 8)
+    y = ops.gemm_a8(codes, sx, q.packed, q.scales, q.codebook, bits, k, group or 0, bias, torch.float32)
+    want = gemm_a8_ref(codes, sx, q.dequantize(), bias)
+    assert rel_err(y, want) <= 1e-3
+
+
+@pytest.mark.parametrize("m", [1, 5, 20])
+@pytest.mark.parametrize("bits,group", [(4, None), (3, None), (4, 128)])
+def test_gemm_a16_against_reference(m, bits, group):
+    n, k = 36, 256
+    q = _weight(n, k, bits, group)
+    x = torch.randn(m, k, device=DEV).to(ACT_DTYPE)
+    y = ops.gemm_a16(x, q.packed, q.scales, q.codebook, bits, group or 0, None)
+    assert y.dtype == ACT_DTYPE
+    assert rel_err(y.float(), gemm_a16_ref(x, q.dequantize())) <= 3e-3   # bf16/fp16 output rounding: 2^-9
+
+
+def test_gemm_a8_k_not_multiple_of_block():
+    n, k = 24, 200
+    q = _weight(n, k, 3, None)
+    codes, sx = quantize_tokens_ref(torch.randn(3, k, device=DEV), "fp8", 8)
+    y = ops.gemm_a8(codes, sx, q.packed, q.scales, q.codebook, 3, k, 0, None, torch.float32)
+    assert rel_err(y, gemm_a8_ref(codes, sx, dequantize_packed(q.packed, q.scales, q.codebook, 3, k, None))) <= 1e-3
