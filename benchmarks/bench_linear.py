@@ -1,0 +1,156 @@
+"""Linear-layer benchmark on the GPU: every shape of benchmarks/dit_shapes.json, all baselines in one run.
+
+    python benchmarks/bench_linear.py [--out DIR] [--only SUBSTRING]
+
+Per shape (M tokens, K in, N out), medians of CUDA-graph replays (triton.testing.do_bench_cudagraph, so launch
+overhead is out of every number alike):
+  bf16      F.linear in bf16 (cuBLAS)
+  fp8       torch._scaled_mm, FP8 e4m3 with row-wise scales (per token x per channel), GEMM alone (M % 16 == 0)
+  naive-q   per-token absmax -> FP8 cast in plain PyTorch ops (what a user gets without a fused kernel)
+  rq        our fused rotate (block Hadamard) + per-token FP8 quantize, alone; GB/s over bytes read + written
+  gemm W4A8 / W3A8   our GEMM alone on FP8 codes
+  fwd W4A8 / W3A8 / W4A16 / W3A16   the whole QuantLinear forward, bf16 in and out
+Ceilings measured in the same run: device-to-device copy bandwidth, bf16 and FP8 8192^3 GEMM rates.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import triton  # noqa: E402
+from triton.testing import do_bench_cudagraph  # noqa: E402
+
+from lrq_kernels import QuantConfig, QuantLinear, ops  # noqa: E402
+from lrq_kernels.rotation.rotation import default_block  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def bench_us(fn, rep=60):
+    fn()
+    torch.cuda.synchronize()
+    return do_bench_cudagraph(fn, rep=rep, return_mode="median") * 1e3
+
+
+def ceilings():
+    n = 1 << 28                                        # 512 MiB of bf16 each way
+    a = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
+    b = torch.empty_like(a)
+    copy_us = bench_us(lambda: b.copy_(a))
+    copy_gbs = 2 * a.numel() * 2 / copy_us / 1e3
+    del a, b
+    s = 8192
+    x = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
+    bf16_tf = 2 * s ** 3 / bench_us(lambda: F.linear(x, w)) / 1e6
+    xf, wf = x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
+    sa = torch.ones(s, 1, device="cuda")
+    sb = torch.ones(1, s, device="cuda")
+    fp8_tf = 2 * s ** 3 / bench_us(lambda: torch._scaled_mm(xf, wf.t(), sa, sb, out_dtype=torch.bfloat16)) / 1e6
+    return {"copy_GBps": copy_gbs, "bf16_TFLOPs": bf16_tf, "fp8_rowwise_TFLOPs": fp8_tf}
+
+
+def naive_quant(x):
+    s = x.abs().amax(dim=-1, keepdim=True).float() / 448.0
+    return (x.float() / s).clamp(-448, 448).to(torch.float8_e4m3fn), s
+
+
+def bench_shape(m, k, n, ceil):
+    torch.manual_seed(0)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.float32)
+    w_bf16 = lin.weight.detach().to(torch.bfloat16)
+    flop = 2 * m * k * n
+    r = {"M": m, "K": k, "N": n}
+    r["bf16_us"] = bench_us(lambda: F.linear(x, w_bf16))
+    if m % 16 == 0:
+        xf = x.to(torch.float8_e4m3fn)
+        wf = w_bf16.to(torch.float8_e4m3fn)
+        sa = torch.rand(m, 1, device="cuda")
+        sb = torch.rand(1, n, device="cuda")
+        r["fp8_us"] = bench_us(lambda: torch._scaled_mm(xf, wf.t(), sa, sb, out_dtype=torch.bfloat16))
+    r["naive_q_us"] = bench_us(lambda: naive_quant(x))
+    block = default_block(k)
+    r["block"] = block
+    r["rq_us"] = bench_us(lambda: ops.rotate_quant(x, None, None, block, "fp8", 8))
+    rq_bytes = m * k * 2 + m * k + m * 4
+    r["rq_GBps"] = rq_bytes / r["rq_us"] / 1e3
+    r["rq_pct_copy"] = 100 * r["rq_GBps"] / ceil["copy_GBps"]
+    perm = torch.randperm(k, device="cuda")
+    cs = torch.rand(k, device="cuda") + 0.5
+    r["rq_ars_us"] = bench_us(lambda: ops.rotate_quant(x, perm, cs, block, "fp8", 8))
+    codes, sx = ops.rotate_quant(x, None, None, block, "fp8", 8)
+    for bits in (4, 3):
+        for a_bits in (8, 16):
+            cfg = QuantConfig(w_bits=bits, a_bits=a_bits, w_format="int", rotation="hadamard")
+            q = QuantLinear.from_linear(lin, cfg)
+            tag = f"W{bits}A{a_bits}"
+            if a_bits == 8:
+                r[f"gemm_{tag}_us"] = bench_us(lambda: ops.gemm_a8(codes, sx, q.qweight, q.w_scales, q.codebook,
+                                                                    bits, k, 0, None, torch.bfloat16))
+            r[f"fwd_{tag}_us"] = bench_us(lambda: q(x))
+            if a_bits == 16:
+                wbytes = q.qweight.numel() + q.w_scales.numel() * 4
+                r[f"fwd_{tag}_weight_GBps"] = (wbytes + m * k * 2 + m * n * 2) / r[f"fwd_{tag}_us"] / 1e3
+                r[f"fwd_{tag}_pct_copy"] = 100 * r[f"fwd_{tag}_weight_GBps"] / ceil["copy_GBps"]
+            del q
+    r["bf16_TFLOPs"] = flop / r["bf16_us"] / 1e6
+    r["gemm_W4A8_TFLOPs"] = flop / r["gemm_W4A8_us"] / 1e6
+    for tag in ("W4A8", "W3A8", "W4A16", "W3A16"):
+        r[f"speedup_{tag}"] = r["bf16_us"] / r[f"fwd_{tag}_us"]
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+    with open(os.path.join(HERE, "dit_shapes.json")) as f:
+        shapes = [s for s in json.load(f)["gemm"] if args.only in f"{s['model']} {s['layer']}"]
+    ceil = ceilings()
+    print("ceilings:", {k: round(v, 1) for k, v in ceil.items()}, flush=True)
+    rows = []
+    for s in shapes:
+        r = bench_shape(s["M"], s["K"], s["N"], ceil)
+        r.update(model=s["model"], layer=s["layer"])
+        rows.append(r)
+        print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+        torch.cuda.empty_cache()
+
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "python benchmarks/bench_linear.py", "ceilings": ceil}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench_linear.json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    md = [f"# Linear layers on {meta['gpu']}", "",
+          f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
+          f"Medians of CUDA-graph replays, µs. Ceilings in this run: copy {ceil['copy_GBps']:.0f} GB/s, "
+          f"bf16 {ceil['bf16_TFLOPs']:.0f} TFLOP/s, FP8 row-wise {ceil['fp8_rowwise_TFLOPs']:.0f} TFLOP/s.", "",
+          "| model | layer | M | K | N | bf16 | fp8 GEMM | naive-q | rq (% copy) | gemm W4A8 | fwd W4A8 (× bf16) "
+          "| fwd W3A8 | fwd W4A16 (× bf16) | fwd W3A16 (× bf16) |",
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        fp8 = f"{r['fp8_us']:.1f}" if "fp8_us" in r else "–"
+        md.append(f"| {r['model']} | {r['layer']} | {r['M']} | {r['K']} | {r['N']} | {r['bf16_us']:.1f} | {fp8} | "
+                  f"{r['naive_q_us']:.1f} | {r['rq_us']:.1f} ({r['rq_pct_copy']:.0f}%) | {r['gemm_W4A8_us']:.1f} | "
+                  f"{r['fwd_W4A8_us']:.1f} ({r['speedup_W4A8']:.2f}×) | {r['fwd_W3A8_us']:.1f} | "
+                  f"{r['fwd_W4A16_us']:.1f} ({r['speedup_W4A16']:.2f}×) | {r['fwd_W3A16_us']:.1f} "
+                  f"({r['speedup_W3A16']:.2f}×) |")
+    with open(os.path.join(args.out, "bench_linear.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

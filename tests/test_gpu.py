@@ -1,0 +1,69 @@
+"""GPU-only checks (skipped without CUDA): every shape of benchmarks/dit_shapes.json plus M in {1, 7, 333},
+torch.compile(fullgraph=True) and CUDA-graph capture of QuantLinear."""
+import json
+import os
+
+import pytest
+import torch
+from conftest import rel_err
+
+from lrq_kernels import QuantConfig, QuantLinear, ops, quantize_weight
+from lrq_kernels.reference import gemm_a8_ref, rotate_quantize_ref
+from lrq_kernels.rotation.rotation import default_block
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+with open(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "dit_shapes.json")) as f:
+    SHAPES = json.load(f)["gemm"]
+CASES = sorted({(s["M"], s["K"], s["N"]) for s in SHAPES} |
+               {(m, s["K"], s["N"]) for s in SHAPES for m in (1, 7, 333)})
+
+
+def _codes_match(got, want, max_frac=1e-4):
+    return (got.float() != want.float()).float().mean().item() <= max_frac
+
+
+@pytest.mark.parametrize("m,k,n", CASES, ids=lambda v: str(v))
+def test_shapes_rotate_quant_and_gemm(m, k, n):
+    torch.manual_seed(0)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    x[:, 5] *= 40
+    block = default_block(k)
+    codes, sx = ops.rotate_quant(x, None, None, block, "fp8", 8)
+    rc, rs = rotate_quantize_ref(x, None, None, block, "fp8", 8)
+    assert _codes_match(codes, rc) and torch.allclose(sx, rs, rtol=1e-6, atol=0)
+    for bits in (4, 3):
+        q = quantize_weight(torch.randn(n, k, device="cuda") * 0.02, bits, "int")
+        y = ops.gemm_a8(rc, rs, q.packed, q.scales, q.codebook, bits, k, 0, None, torch.float32)
+        assert rel_err(y, gemm_a8_ref(rc, rs, q.dequantize())) <= 1e-3
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(), QuantConfig(w_bits=3), QuantConfig(a_bits=16),
+                                 QuantConfig(a_bits=4, a_format="int")], ids=lambda c: c.name)
+def test_quantlinear_cuda_matches_reference_path(cfg, monkeypatch):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(1152, 4608).cuda()
+    q = QuantLinear.from_linear(lin, cfg)
+    x = torch.randn(2, 333, 1152, device="cuda", dtype=torch.bfloat16)
+    y = q(x)
+    monkeypatch.setenv("LRQ_BACKEND", "reference")
+    y_ref = q(x)
+    assert y.dtype == torch.bfloat16 and rel_err(y.float(), y_ref.float()) <= 5e-3
+
+
+def test_torch_compile_fullgraph_and_cuda_graph():
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(torch.nn.Linear(3072, 3072).cuda(), QuantConfig())
+    x = torch.randn(77, 3072, device="cuda", dtype=torch.bfloat16)
+    eager = q(x)
+    compiled = torch.compile(q, fullgraph=True)
+    assert torch.equal(compiled(x), eager)
+    static_x = x.clone()
+    q(static_x)                                         # warm-up (compiles the kernels) outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static_y = q(static_x)
+    static_x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_y, q(static_x))
