@@ -18,15 +18,16 @@ import triton.language as tl
 
 @triton.jit
 def _fwht_rows(x, R: tl.constexpr, B: tl.constexpr, LOG_B: tl.constexpr):
-    """Unnormalised Walsh-Hadamard transform of each row of x [R, B] (Sylvester order)."""
-    for s in tl.static_range(LOG_B):
-        h: tl.constexpr = 1 << s
-        y = tl.reshape(x, [R, B // (2 * h), 2, h])
-        y = tl.permute(y, [0, 1, 3, 2])          # the butterfly pair (k, k + h) on the last axis
+    """Unnormalised Walsh-Hadamard transform of each row of x [R, B], in Sylvester (natural) order.
+
+    Constant-geometry form (Pease): every stage pairs k with k + B/2 and interleaves the results,
+    y[2j] = x[j] + x[j + B/2], y[2j + 1] = x[j] - x[j + B/2]; log2(B) stages give H_B x. The same shapes at
+    every stage, so the loop unrolls with no shape that depends on the stage.
+    """
+    for _ in tl.static_range(LOG_B):
+        y = tl.permute(tl.reshape(x, [R, 2, B // 2]), [0, 2, 1])
         a, b = tl.split(y)
-        y = tl.join(a + b, a - b)
-        y = tl.permute(y, [0, 1, 3, 2])
-        x = tl.reshape(y, [R, B])
+        x = tl.reshape(tl.join(a + b, a - b), [R, B])
     return x
 
 
