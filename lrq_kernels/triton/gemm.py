@@ -8,7 +8,7 @@
 Weight tile decode ([BLOCK_N, BLOCK_K], K contiguous in memory, packing of formats/packing.py):
     4-bit: byte = row[k >> 1], code = (byte >> 4 * (k & 1)) & 15
     3-bit: code = ((row[k >> 2] >> 2 * (k & 3)) & 3) | (((row[K8/4 + (k >> 3)] >> (k & 7)) & 1) << 2)
-    value = codebook[code], read from a 16-byte (8-byte) table that stays in L1.
+    value = codebook[code], looked up in registers (four int32 words hold the 16 e4m3 bytes).
 Scales: per channel in the epilogue (exact: the codebook values reach the tensor cores unscaled); per group,
 each K step lies inside one group (BLOCK_K divides group_size) and its partial product is scaled in fp32.
 """
@@ -24,24 +24,50 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
-def _decode_weight_tile(w_ptr, cb_ptr, offs_n, offs_k, N, K, row_bytes, hi_offset, BITS: tl.constexpr):
-    """Codebook values [BLOCK_N, BLOCK_K] of the packed codes at (offs_n, offs_k); 0 outside the matrix."""
-    mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
-    row = w_ptr + offs_n.to(tl.int64)[:, None] * row_bytes
+def _lookup(code, t0, t1, t2, t3, BITS: tl.constexpr):
+    """codebook[code] as e4m3, from the table's 16 e4m3 bytes held in four int32 words (t_j = entries 4j..4j+3,
+    little-endian): two selects and a shift, no memory access (a global gather a weight was the first
+    version's bottleneck: 36 TFLOP/s on FLUX fc1, benchmarks/results/bench_linear_v1.md)."""
     if BITS == 4:
-        byte = tl.load(row + (offs_k[None, :] >> 1), mask=mask, other=0).to(tl.int32)
-        code = (byte >> ((offs_k[None, :] & 1) * 4)) & 15
+        word = tl.where((code & 8) != 0, tl.where((code & 4) != 0, t3, t2), tl.where((code & 4) != 0, t1, t0))
     else:
-        lo = tl.load(row + (offs_k[None, :] >> 2), mask=mask, other=0).to(tl.int32)
-        hi = tl.load(row + hi_offset + (offs_k[None, :] >> 3), mask=mask, other=0).to(tl.int32)
-        code = ((lo >> ((offs_k[None, :] & 3) * 2)) & 3) | (((hi >> (offs_k[None, :] & 7)) & 1) << 2)
-    val = tl.load(cb_ptr + code)
-    return tl.where(mask, val, 0.0)
+        word = tl.where((code & 4) != 0, t1, t0)
+    byte = (word >> ((code & 3) * 8)) & 0xFF
+    return byte.to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+
+
+@triton.jit
+def _decode_weight_tile(w_ptr, t0, t1, t2, t3, offs_n, k0, N, row_bytes, hi_offset, BITS: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """e4m3 codebook values [BLOCK_N, BLOCK_K] of the codes of rows offs_n, columns k0 .. k0 + BLOCK_K.
+    Each packed byte is loaded once and split in registers; codes past K are the packing's zero padding or
+    masked bytes, and meet zero activations. Rows past N read as code 0 and are never stored."""
+    row = w_ptr + offs_n.to(tl.int64)[:, None] * row_bytes
+    n_ok = offs_n[:, None] < N
+    if BITS == 4:
+        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        byte = tl.load(row + kb[None, :], mask=n_ok & (kb[None, :] < row_bytes), other=0).to(tl.int32)
+        code = tl.reshape(tl.join(byte & 15, byte >> 4), [BLOCK_N, BLOCK_K])          # k = 2j + t
+    else:
+        kq = k0 // 4 + tl.arange(0, BLOCK_K // 4)
+        lo = tl.load(row + kq[None, :], mask=n_ok & (kq[None, :] < hi_offset), other=0).to(tl.int32)
+        # join(join(v0, v2), join(v1, v3)) flattens to v0 v1 v2 v3: k = 4j + i
+        lo = tl.reshape(tl.join(tl.join(lo & 3, (lo >> 4) & 3), tl.join((lo >> 2) & 3, (lo >> 6) & 3)),
+                        [BLOCK_N, BLOCK_K])
+        ke = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+        hi = tl.load(row + hi_offset + ke[None, :], mask=n_ok & ((hi_offset + ke[None, :]) < row_bytes),
+                     other=0).to(tl.int32)
+        # bit i of byte j is code 8j + i: nested joins in the order that flattens to bits 0..7
+        x0 = tl.join(tl.join(hi & 1, (hi >> 4) & 1), tl.join((hi >> 2) & 1, (hi >> 6) & 1))
+        x1 = tl.join(tl.join((hi >> 1) & 1, (hi >> 5) & 1), tl.join((hi >> 3) & 1, (hi >> 7) & 1))
+        hi = tl.reshape(tl.join(x0, x1), [BLOCK_N, BLOCK_K])
+        code = lo | (hi << 2)
+    return _lookup(code, t0, t1, t2, t3, BITS)
 
 
 @triton.jit
 def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K: tl.constexpr, row_bytes, hi_offset,
-                 stride_am, stride_cm, n_groups,
+                 stride_am, stride_cm, n_groups, M_BUCKET,
                  BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SA: tl.constexpr,
                  DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_M: tl.constexpr):
@@ -57,6 +83,10 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    t0 = tl.load(cb_ptr)
+    t1 = tl.load(cb_ptr + 1)
+    t2 = tl.load(cb_ptr + 2)
+    t3 = tl.load(cb_ptr + 3)
     rk = tl.arange(0, BLOCK_K)
     a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -65,7 +95,7 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + rk
         a = tl.load(a_rows + offs_k[None, :], mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
-        w = _decode_weight_tile(w_ptr, cb_ptr, offs_n, offs_k, N, K, row_bytes, hi_offset, BITS)
+        w = _decode_weight_tile(w_ptr, t0, t1, t2, t3, offs_n, k0, N, row_bytes, hi_offset, BITS, BLOCK_N, BLOCK_K)
         a = a.to(DOT_DTYPE)
         w = w.to(DOT_DTYPE)
         if GROUP > 0:
@@ -87,19 +117,29 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
     tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-def _tile_config(m: int, n: int, k: int, group: int, fp8: bool):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Untuned first version: square-ish tiles for large M,
-    16-row tiles with narrow N for small M so that N/BLOCK_N programs cover the SMs."""
-    if _INTERPRET:
-        return 16, 16, 32 if fp8 else 16, 4, 1
-    bk = 128 if fp8 else 64
-    if group:
-        bk = min(bk, group)
-    if m <= 16:
-        return 16, 32, bk, 4, 4
-    if m <= 128:
-        return 64, 64, bk, 4, 4
-    return 128, 128, bk, 8, 3
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tried by the autotuner, pruned by M (below)
+_CONFIGS = [(128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 64, 8, 4),
+            (64, 128, 128, 4, 4), (64, 64, 128, 4, 4),
+            (16, 32, 128, 4, 4), (16, 64, 128, 4, 4), (16, 128, 128, 4, 3), (16, 64, 256, 4, 3)]
+
+
+def _prune(configs, named_args, **kwargs):
+    m, group = named_args["M_BUCKET"], kwargs.get("GROUP", named_args.get("GROUP", 0))
+    out = []
+    for c in configs:
+        bm, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"]
+        if group and group % bk:
+            continue
+        if (m <= 16) != (bm == 16) or (16 < m <= 256 and bm > 64):
+            continue
+        out.append(c)
+    return out or [configs[0]]
+
+
+_gemm_tuned = triton.autotune(
+    configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+             for bm, bn, bk, w, st in _CONFIGS],
+    key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune})(_gemm_kernel)
 
 
 def _launch(a, sa, packed, w_scales, codebook, bits, k, group, bias, out_dtype, dot_dtype):
@@ -108,32 +148,37 @@ def _launch(a, sa, packed, w_scales, codebook, bits, k, group, bias, out_dtype, 
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
         return out
-    bm, bn, bk, warps, stages = _tile_config(m, n, k, group, dot_dtype == tl.float8e4nv)
     k8 = 8 * ((k + 7) // 8)
-    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-    _gemm_kernel[grid](
-        a, sa if sa is not None else a, packed, w_scales, codebook, bias if bias is not None else w_scales, out,
-        m, n, k, packed.shape[1], k8 // 4, a.stride(0), out.stride(0), (k // group) if group else 1,
-        BITS=bits, GROUP=group, HAS_BIAS=bias is not None, HAS_SA=sa is not None, DOT_DTYPE=dot_dtype,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
+    args = (a, sa if sa is not None else a, packed, w_scales, codebook, bias if bias is not None else w_scales, out,
+            m, n, k, packed.shape[1], k8 // 4, a.stride(0), out.stride(0), (k // group) if group else 1,
+            min(triton.next_power_of_2(m), 4096))
+    meta = dict(BITS=bits, GROUP=group, HAS_BIAS=bias is not None, HAS_SA=sa is not None, DOT_DTYPE=dot_dtype,
+                GROUP_M=8)
+    if _INTERPRET:      # the interpreter runs one small tile shape; no autotuning
+        bk = 32 if dot_dtype == tl.float8e4nv else 16
+        grid = (triton.cdiv(m, 16) * triton.cdiv(n, 16),)
+        _gemm_kernel[grid](*args, BLOCK_M=16, BLOCK_N=16, BLOCK_K=bk, **meta)
+    else:
+        grid = lambda c: (triton.cdiv(m, c["BLOCK_M"]) * triton.cdiv(n, c["BLOCK_N"]),)
+        _gemm_tuned[grid](*args, **meta)
     return out
 
 
-def _codebook_table(codebook: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    # the values are e4m3-exact by construction (formats/codebooks.py), so this cast is exact
-    return codebook.to(dtype).contiguous()
+def _codebook_words(codebook: torch.Tensor) -> torch.Tensor:
+    """The codebook as 16 e4m3 bytes (zero-padded) viewed as 4 int32 words, the kernel's lookup table. The
+    values are e4m3-exact by construction (formats/codebooks.py), so the cast is exact."""
+    b = torch.zeros(16, dtype=torch.uint8, device=codebook.device)
+    b[: codebook.numel()] = codebook.to(torch.float8_e4m3fn).view(torch.uint8)
+    return b.view(torch.int32)
 
 
 def gemm_a8_triton(x_codes, x_scales, packed, w_scales, codebook, bits, k, group, bias, out_dtype):
-    fp8 = x_codes.dtype == torch.float8_e4m3fn
-    dot = tl.float8e4nv if fp8 else tl.float16
-    table = _codebook_table(codebook, torch.float8_e4m3fn if fp8 else torch.float16)
+    dot = tl.float8e4nv if x_codes.dtype == torch.float8_e4m3fn else tl.float16
     return _launch(x_codes.contiguous(), x_scales.contiguous(), packed.contiguous(), w_scales.contiguous(),
-                   table, bits, k, group, bias, out_dtype, dot)
+                   _codebook_words(codebook), bits, k, group, bias, out_dtype, dot)
 
 
 def gemm_a16_triton(x, packed, w_scales, codebook, bits, group, bias):
     dot = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}[x.dtype]
-    table = _codebook_table(codebook, x.dtype)
-    return _launch(x.contiguous(), None, packed.contiguous(), w_scales.contiguous(), table, bits, x.shape[1],
-                   group, bias, x.dtype, dot)
+    return _launch(x.contiguous(), None, packed.contiguous(), w_scales.contiguous(), _codebook_words(codebook),
+                   bits, x.shape[1], group, bias, x.dtype, dot)

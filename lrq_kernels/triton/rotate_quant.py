@@ -33,10 +33,12 @@ def _fwht_rows(x, R: tl.constexpr, B: tl.constexpr, LOG_B: tl.constexpr):
 
 @triton.jit
 def _rint(y):
-    """Round half to even (what torch.round and the fp8 cast do), from floor: exact in float32."""
-    r = tl.floor(y + 0.5)
-    odd_tie = ((r - y) == 0.5) & ((r - 2.0 * tl.floor(r * 0.5)) == 1.0)
-    return tl.where(odd_tie, r - 1.0, r)
+    """Round half to even (what torch.round and the fp8 cast do). From floor(y) and the exact remainder:
+    floor(y + 0.5) would be wrong, since y + 0.5 itself rounds (0.49999997 + 0.5 == 1.0 in float32)."""
+    r = tl.floor(y)
+    d = y - r                                                            # exact for |y| < 2^23
+    odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
+    return tl.where((d > 0.5) | ((d == 0.5) & odd), r + 1.0, r)
 
 
 @triton.jit
