@@ -7,7 +7,10 @@ import pytest
 import torch
 from conftest import rel_err
 
-from lrq_kernels import QuantConfig, QuantLinear, ops, quantize_weight
+from lrq_kernels import QuantConfig, QuantLinear, ops
+from lrq_kernels.formats.codebooks import TLQGrid, tlq_codebook
+from lrq_kernels.formats.packing import pack_codes
+from lrq_kernels.formats.weight import dequantize_packed
 from lrq_kernels.reference import gemm_a8_ref, rotate_quantize_ref
 from lrq_kernels.rotation.rotation import default_block
 
@@ -33,9 +36,14 @@ def test_shapes_rotate_quant_and_gemm(m, k, n):
     rc, rs = rotate_quantize_ref(x, None, None, block, "fp8", 8)
     assert _codes_match(codes, rc) and torch.allclose(sx, rs, rtol=1e-6, atol=0)
     for bits in (4, 3):
-        q = quantize_weight(torch.randn(n, k, device="cuda") * 0.02, bits, "int")
-        y = ops.gemm_a8(rc, rs, q.packed, q.scales, q.codebook, bits, k, 0, None, torch.float32)
-        assert rel_err(y, gemm_a8_ref(rc, rs, q.dequantize())) <= 1e-3
+        # random codes under a TLQ codebook: the GEMM must be right for any codes, and this skips the search
+        codes_w = torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8)
+        cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
+        sw = torch.rand(n, device="cuda") * 0.01 + 1e-3
+        packed = pack_codes(codes_w, bits)
+        y = ops.gemm_a8(rc, rs, packed, sw, cb, bits, k, 0, None, torch.float32)
+        w = dequantize_packed(packed, sw, cb, bits, k, None)
+        assert rel_err(y, gemm_a8_ref(rc, rs, w)) <= 1e-3
 
 
 @pytest.mark.parametrize("cfg", [QuantConfig(), QuantConfig(w_bits=3), QuantConfig(a_bits=16),

@@ -11,15 +11,16 @@ tgt = GPUTarget("cuda", 90, 32)
 def rq(B, NBP, BM, fp8=True, perm=False, scale=False, warps=8):
     sig = {"x_ptr": "*bf16", "perm_ptr": "*i32", "cs_ptr": "*fp32", "codes_ptr": "*fp8e4nv" if fp8 else "*i8", "scales_ptr": "*fp32",
            "M": "i32", "K": "i32", "stride_xm": "i32", "stride_cm": "i32",
-           "HAS_PERM": "constexpr", "HAS_SCALE": "constexpr", "B": "constexpr", "LOG_B": "constexpr", "NBP": "constexpr", "BLOCK_M": "constexpr", "QMAX": "constexpr", "IS_FP8": "constexpr"}
+           "HAS_PERM": "constexpr", "HAS_SCALE": "constexpr", "B": "constexpr", "LOG_B": "constexpr", "NBP": "constexpr", "BLOCK_M": "constexpr", "QMAX": "constexpr", "IS_FP8": "constexpr", "INTERPRET": "constexpr"}
     import math
-    cst = {"HAS_PERM": perm, "HAS_SCALE": scale, "B": B, "LOG_B": int(math.log2(B)), "NBP": NBP, "BLOCK_M": BM, "QMAX": 448.0 if fp8 else 127.0, "IS_FP8": fp8}
+    cst = {"HAS_PERM": perm, "HAS_SCALE": scale, "B": B, "LOG_B": int(math.log2(B)), "NBP": NBP, "BLOCK_M": BM, "QMAX": 448.0 if fp8 else 127.0, "IS_FP8": fp8, "INTERPRET": False}
     src = ASTSource(fn=_rotate_quant_kernel, signature=sig, constexprs=cst)
     k = triton.compile(src, target=tgt, options={"num_warps": warps})
     return k
 for args in [(128, 16, 1), (1024, 16, 1), (64, 1, 16), (512,16,1)]:
     k = rq(*args)
     import re; ptx = k.asm["ptx"]; print("rq", args, "smem", k.metadata.shared, "local(ld/st.local)", len(re.findall(r"ld.local|st.local", ptx)), "bar.sync", len(re.findall("bar.sync", ptx)), "ptx lines", ptx.count(chr(10)))
+k = rq(128, 16, 1, fp8=False); print("rq int8: mul.rn in PTX:", "mul.rn.f32" in k.asm["ptx"])
 def gm(bits, group, dot, bm, bn, bk, warps, stages, K=3072, adt="*fp8e4nv", cbdt="*i32", cdt="*bf16"):
     sig = {"a_ptr": adt, "sa_ptr": "*fp32", "w_ptr": "*u8", "sw_ptr": "*fp32", "cb_ptr": cbdt, "bias_ptr": "*fp32", "c_ptr": cdt,
            "M": "i32", "N": "i32", "K": "constexpr", "row_bytes": "i32", "hi_offset": "i32", "stride_am": "i32", "stride_cm": "i32", "n_groups": "i32", "M_BUCKET": "i32",

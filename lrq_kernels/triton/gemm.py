@@ -120,26 +120,23 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tried by the autotuner, pruned by M (below)
 _CONFIGS = [(128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 64, 8, 4),
             (64, 128, 128, 4, 4), (64, 64, 128, 4, 4),
-            (16, 32, 128, 4, 4), (16, 64, 128, 4, 4), (16, 128, 128, 4, 3), (16, 64, 256, 4, 3)]
+            (16, 32, 128, 4, 4), (16, 64, 128, 4, 4), (16, 128, 128, 4, 3), (16, 64, 256, 4, 3),
+            (16, 64, 64, 4, 4)]
 
 
 def _prune(configs, named_args, **kwargs):
     m, group = named_args["M_BUCKET"], kwargs.get("GROUP", named_args.get("GROUP", 0))
-    out = []
-    for c in configs:
-        bm, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"]
-        if group and group % bk:
-            continue
-        if (m <= 16) != (bm == 16) or (16 < m <= 256 and bm > 64):
-            continue
-        out.append(c)
-    return out or [configs[0]]
+    fits = [c for c in configs if not group or group % c.kwargs["BLOCK_K"] == 0]   # a K step inside one group
+    out = [c for c in fits if (m <= 16) == (c.kwargs["BLOCK_M"] == 16) and not (16 < m <= 256 and c.kwargs["BLOCK_M"] > 64)]
+    return out or fits
 
 
 _gemm_tuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
              for bm, bn, bk, w, st in _CONFIGS],
-    key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune})(_gemm_kernel)
+    # GROUP and BITS in the key: a tile tuned for per-channel scales (BLOCK_K = 128) must not be reused for
+    # group_size 64 (seen on the H100: 17% error at W3, group 64, M = 1)
+    key=["M_BUCKET", "N", "K", "GROUP", "BITS"], prune_configs_by={"early_config_prune": _prune})(_gemm_kernel)
 
 
 def _launch(a, sa, packed, w_scales, codebook, bits, k, group, bias, out_dtype, dot_dtype):

@@ -10,6 +10,7 @@ IEEE division for scale and inverse, round-to-nearest-even, NaN confined to its 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -29,6 +30,18 @@ def _fwht_rows(x, R: tl.constexpr, B: tl.constexpr, LOG_B: tl.constexpr):
         a, b = tl.split(y)
         x = tl.reshape(tl.join(a + b, a - b), [R, B])
     return x
+
+
+@triton.jit
+def _mul_rn(a, b, INTERPRET: tl.constexpr):
+    """a * b rounded to float32 before any later use. LLVM otherwise contracts `a * b - r` into one FMA that
+    keeps the exact product, and INT codes at rounding ties then differ from the reference (seen on the H100:
+    int8 codes off on 0.3% of elements with no rotation at all)."""
+    if INTERPRET:
+        return a * b
+    else:
+        return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32,
+                                         is_pure=True, pack=1)
 
 
 @triton.jit
@@ -55,7 +68,8 @@ def _round_to_e4m3_grid(y):
 @triton.jit
 def _rotate_quant_kernel(x_ptr, perm_ptr, cs_ptr, codes_ptr, scales_ptr, M, K, stride_xm, stride_cm,
                          HAS_PERM: tl.constexpr, HAS_SCALE: tl.constexpr, B: tl.constexpr, LOG_B: tl.constexpr,
-                         NBP: tl.constexpr, BLOCK_M: tl.constexpr, QMAX: tl.constexpr, IS_FP8: tl.constexpr):
+                         NBP: tl.constexpr, BLOCK_M: tl.constexpr, QMAX: tl.constexpr, IS_FP8: tl.constexpr,
+                         INTERPRET: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)                       # [BLOCK_M]
     cols = tl.arange(0, NBP * B)                                       # [KP] position after the gather
@@ -80,7 +94,7 @@ def _rotate_quant_kernel(x_ptr, perm_ptr, cs_ptr, codes_ptr, scales_ptr, M, K, s
     amax = tl.where(has_nan, float("nan"), amax)
     scale = tl.math.div_rn(amax, tl.full([BLOCK_M], QMAX, tl.float32))
     inv = tl.where(amax > 0, tl.math.div_rn(tl.full([BLOCK_M], QMAX, tl.float32), amax), 0.0)
-    y = x * inv[:, None]
+    y = _mul_rn(x, tl.broadcast_to(inv[:, None], x.shape), INTERPRET)
     if IS_FP8:
         nan = y != y                                                    # min/max would drop it
         y = _round_to_e4m3_grid(tl.minimum(tl.maximum(y, -QMAX), QMAX))
@@ -118,5 +132,6 @@ def rotate_quant_triton(x: torch.Tensor, perm, channel_scale, block: int, a_form
         x, perm_t, cs_t, codes, scales, m, k, x.stride(0), codes.stride(0),
         HAS_PERM=perm is not None, HAS_SCALE=channel_scale is not None, B=block, LOG_B=int(math.log2(block)),
         NBP=nbp, BLOCK_M=block_m, QMAX=act_qmax(a_format, a_bits), IS_FP8=a_format == "fp8",
+        INTERPRET=os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=num_warps)
     return codes, scales
