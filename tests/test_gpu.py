@@ -11,7 +11,7 @@ from lrq_kernels import QuantConfig, QuantLinear, ops
 from lrq_kernels.formats.codebooks import TLQGrid, tlq_codebook
 from lrq_kernels.formats.packing import pack_codes
 from lrq_kernels.formats.weight import dequantize_packed
-from lrq_kernels.reference import gemm_a8_ref, rotate_quantize_ref
+from lrq_kernels.reference import rotate_quantize_ref
 from lrq_kernels.rotation.rotation import default_block
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -43,7 +43,10 @@ def test_shapes_rotate_quant_and_gemm(m, k, n):
         packed = pack_codes(codes_w, bits)
         y = ops.gemm_a8(rc, rs, packed, sw, cb, bits, k, 0, None, torch.float32)
         w = dequantize_packed(packed, sw, cb, bits, k, None)
-        assert rel_err(y, gemm_a8_ref(rc, rs, w)) <= 1e-3
+        # the oracle in float64: PyTorch's float32 GEMM on the GPU is itself ~1e-3 off (seen: 1.16e-3 at
+        # M=333, K=N=2432), while the kernel sums exact FP8 products in float32
+        want = (rc.double() @ w.double().t()) * rs.double()[:, None]
+        assert rel_err(y, want) <= 1e-3
 
 
 @pytest.mark.parametrize("cfg", [QuantConfig(), QuantConfig(w_bits=3), QuantConfig(a_bits=16),
