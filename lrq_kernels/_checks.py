@@ -31,10 +31,5 @@ def check_choice(name: str, value, choices: Iterable) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def check_same_device(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
-    if t.device != ref.device:
-        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; put them on one device")
-
-
 def is_power_of_two(n: int) -> bool:
     return n > 0 and (n & (n - 1)) == 0

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -27,6 +25,3 @@ def rel_err(a, b) -> float:
 def student_t(n, k, nu, scale=0.02):
     return torch.distributions.StudentT(float(nu)).sample((n, k)) * scale
 
-
-def sqrt(x):
-    return math.sqrt(x)
