@@ -23,8 +23,7 @@ from .._checks import check_choice, check_tensor
 from ..formats.codebooks import is_e4m3_exact
 from ..formats.packing import packed_row_bytes
 from ..formats.weight import FORMATS, GROUP_SIZES, QuantizedWeight, quantize_weight
-from ..ops import gemm_a8, gemm_a16, rotate_quant
-from ..reference.act_quant import rotate_ref
+from ..ops import gemm_a8, gemm_a16, rotate, rotate_quant
 from ..rotation.ars import ActStats, choose_rotation
 from ..rotation.rotation import KINDS, Rotation, check_block, default_block
 
@@ -175,8 +174,7 @@ class QuantLinear(nn.Module):
         g = cfg.group_size or 0
         bias = self.bias
         if cfg.a_bits == 16:
-            xr = x2 if self.rotation_kind == "none" else \
-                rotate_ref(x2, self.perm, self.channel_scale, self.block).to(x.dtype)
+            xr = x2 if self.rotation_kind == "none" else rotate(x2, self.perm, self.channel_scale, self.block)
             y = gemm_a16(xr, self.qweight, self.w_scales, self.codebook, cfg.w_bits, g, bias)
         else:
             codes, scales = rotate_quant(x2, self.perm, self.channel_scale, self.block, cfg.a_format, cfg.a_bits)

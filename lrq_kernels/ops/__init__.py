@@ -3,12 +3,14 @@ graphs see them as single ops.
 
     lrq::hadamard_transform(x, scale)                                 fast_hadamard_transform-compatible
     lrq::rotate_quant(x, perm, channel_scale, block, a_format, a_bits) -> (codes, scales)
+    lrq::rotate(x, perm, channel_scale, block) -> x rotated, in x's dtype (the weight-only path)
     lrq::gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
     lrq::gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
 
 Each op validates its inputs (ops/checks.py; the fake impl runs the same checks) and then runs the
-implementation that `_pick` selects: the Triton kernels (lrq_kernels/triton) on CUDA, the PyTorch reference
-(lrq_kernels/reference) elsewhere. LRQ_BACKEND=reference|triton forces one (ops/backend.py).
+implementation that `_pick` selects: the CUDA kernels (lrq_kernels._C via lrq_kernels/cuda) or the Triton
+kernels (lrq_kernels/triton) on a GPU, the PyTorch reference (lrq_kernels/reference) elsewhere.
+LRQ_BACKEND=reference|triton|cuda forces one (ops/backend.py).
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from typing import Optional
 
 import torch
 
+from .. import cuda as cuda_kernels
 from ..formats.weight import dequantize_packed
-from ..reference.act_quant import code_dtype, rotate_quantize_ref
+from ..reference.act_quant import code_dtype, rotate_quantize_ref, rotate_ref
 from ..reference.gemm import gemm_a8_ref, gemm_a16_ref
 from ..reference.hadamard import hadamard_transform_ref
 from .backend import requested_backend
@@ -27,7 +30,8 @@ from .checks import FLOAT_IN, check_gemm_a8, check_gemm_a16, check_rotate_quant
 _LIB = "lrq"
 
 
-MAX_ROW_REGISTERS = 16384   # rotate_quant holds a whole token (K padded to NBP * block) in registers
+MAX_ROW_REGISTERS = 16384   # Triton's rotate_quant holds a whole token (K padded to NBP * block) in registers
+MAX_GEMV_M = 16             # the CUDA GEMV's mma tile has 16 rows
 
 
 def _interpreting() -> bool:
@@ -45,33 +49,66 @@ def _triton_ok(device: torch.device, want: str) -> bool:
     return True
 
 
-def _pick(op: str, device: torch.device, **shape) -> str:
-    """The implementation for `op` on `device`:
+def _cuda_why_not(op: str, device: torch.device, shape: dict) -> str:
+    """'' when lrq_kernels._C runs `op` for this device and shape, else the reason."""
+    if not cuda_kernels.available():
+        return cuda_kernels.why_unavailable()
+    if not cuda_kernels.device_ok(device):
+        return f"needs a CUDA GPU of compute capability >= {cuda_kernels.MIN_CAPABILITY}, got {device}"
+    if op in ("rotate_quant", "rotate"):
+        return cuda_kernels.rotate_quant_unsupported(shape["k"], shape["block"], shape["dtype"])
+    if op == "gemm_a16":
+        return cuda_kernels.gemv_a16_unsupported(shape["m"], shape["k"], shape["bits"], shape["group"],
+                                                 shape["dtype"])
+    return f"no CUDA kernel for {op}"
 
-    | op           | CUDA (Triton importable)                       | otherwise  |
-    | rotate_quant | triton if K padded to blocks <= 16384 elements | reference  |
-    | gemm_a8      | triton (fp8 codes need sm_89+)                 | reference  |
-    | gemm_a16     | triton                                         | reference  |
 
-    LRQ_BACKEND=reference forces the reference; LRQ_BACKEND=triton forces Triton (an error where it cannot
-    run; on CPU it needs TRITON_INTERPRET=1, which the CPU tests use).
-    """
-    want = requested_backend()
-    if want == "reference":
-        return "reference"
-    ok = _triton_ok(device, want)
-    if ok and op == "rotate_quant":
+def _triton_why_not(op: str, device: torch.device, shape: dict, want: str) -> str:
+    if not _triton_ok(device, want):
+        return f"Triton cannot run on {device}"
+    if op == "rotate_quant":
         k, block = shape["k"], shape["block"]
         nbp = 1 << max(0, (k // block - 1).bit_length())
-        ok = nbp * block <= MAX_ROW_REGISTERS
-    if ok and op == "gemm_a8" and shape.get("fp8") and device.type == "cuda":
+        if nbp * block > MAX_ROW_REGISTERS:
+            return f"K={k} padded to {nbp * block} > {MAX_ROW_REGISTERS} values a token"
+    if op == "gemm_a8" and shape.get("fp8") and device.type == "cuda":
         cap = torch.cuda.get_device_capability(device)
         if cap < (8, 9):
             raise RuntimeError(f"FP8 activations need a GPU of compute capability >= 8.9 (Ada, Hopper), got "
                                f"sm_{cap[0]}{cap[1]} on {device}; use QuantConfig(a_format='int')")
-    if want == "triton" and not ok:
-        raise RuntimeError(f"LRQ_BACKEND=triton but {op} cannot run in Triton on {device} with {shape}")
-    return "triton" if ok else "reference"
+    return ""
+
+
+def _pick(op: str, device: torch.device, **shape) -> str:
+    """The implementation for `op` on `device` and this shape; the first that can run it, in this order:
+
+    | op           | on CUDA, auto                                         | otherwise |
+    | rotate_quant | cuda (K % 8 == 0), then triton                        | reference |
+    | rotate       | cuda (K % 8 == 0)                                     | reference |
+    | gemm_a16     | cuda if M <= 16 and K % 128 == 0, else triton         | reference |
+    | gemm_a8      | triton (fp8 codes need sm_89+)                        | reference |
+
+    Why this order: benchmarks/bench_cuda.py measures CUDA against Triton on the H100 (results in
+    benchmarks/results/bench_cuda.md). LRQ_BACKEND=reference|triton|cuda forces one, and raises where it cannot
+    run (on CPU, triton needs TRITON_INTERPRET=1, which the CPU tests use).
+    """
+    want = requested_backend()
+    if want == "reference":
+        return "reference"
+    order = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",),
+             "gemm_a16": ("cuda", "triton"), "gemm_a8": ("triton",)}[op]
+    if want != "auto":
+        order = (want,) if want in order else ()    # an op with no kernel there runs its reference
+    reasons = []
+    for backend in order:
+        why = _cuda_why_not(op, device, shape) if backend == "cuda" else _triton_why_not(op, device, shape, want)
+        if not why:
+            return backend
+        reasons.append(f"{backend}: {why}")
+    if want != "auto" and order:
+        raise RuntimeError(f"LRQ_BACKEND={want} but {op} cannot run there on {device} with {shape}: "
+                           + "; ".join(reasons))
+    return "reference"
 
 
 # --- hadamard_transform -------------------------------------------------------------------------------------
@@ -122,7 +159,10 @@ def rotate_quant(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: O
                  block: int, a_format: str, a_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (codes [M, K] e4m3|int8, scales [M] float32): rotation then per-token quantization."""
     check_rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
-    if _pick("rotate_quant", x.device, k=x.shape[1], block=block) == "triton":
+    backend = _pick("rotate_quant", x.device, k=x.shape[1], block=block, dtype=x.dtype)
+    if backend == "cuda":
+        return cuda_kernels.rotate_quant_cuda(x, perm, channel_scale, block, a_format, a_bits)
+    if backend == "triton":
         from ..triton.rotate_quant import rotate_quant_triton
         return rotate_quant_triton(x, perm, channel_scale, block, a_format, a_bits)
     return rotate_quantize_ref(x, perm, channel_scale, block, a_format, a_bits)
@@ -133,6 +173,23 @@ def _(x, perm, channel_scale, block, a_format, a_bits):
     check_rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
     m, k = x.shape
     return x.new_empty((m, k), dtype=code_dtype(a_format)), x.new_empty((m,), dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_LIB}::rotate", mutates_args=())
+def rotate(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor],
+           block: int) -> torch.Tensor:
+    """x [M, K] -> x[:, perm] * channel_scale times the normalised block Hadamard, in x's dtype (the weight-only
+    path's rotation; float32 inside, rounded once at the end)."""
+    check_rotate_quant(x, perm, channel_scale, block, "fp8", 8)
+    if _pick("rotate", x.device, k=x.shape[1], block=block, dtype=x.dtype) == "cuda":
+        return cuda_kernels.rotate_quant_cuda(x, perm, channel_scale, block, None, 16)[0]
+    return rotate_ref(x, perm, channel_scale, block).to(x.dtype)
+
+
+@rotate.register_fake
+def _(x, perm, channel_scale, block):
+    check_rotate_quant(x, perm, channel_scale, block, "fp8", 8)
+    return torch.empty_like(x)
 
 
 def hadamard_quant(x: torch.Tensor, rotation=None, a_format: str = "fp8", a_bits: int = 8):
@@ -182,7 +239,10 @@ def gemm_a16(x: torch.Tensor, packed: torch.Tensor, w_scales: torch.Tensor, code
              bits: int, group_size: int, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """y [M, N] = x @ W_deq^T + bias, in x's dtype (weight-only path)."""
     check_gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
-    if _pick("gemm_a16", x.device) == "triton":
+    backend = _pick("gemm_a16", x.device, m=x.shape[0], k=x.shape[1], bits=bits, group=group_size, dtype=x.dtype)
+    if backend == "cuda":
+        return cuda_kernels.gemv_a16_cuda(x, packed, w_scales, codebook, bits, group_size, bias)
+    if backend == "triton":
         from ..triton.gemm import gemm_a16_triton
         return gemm_a16_triton(x, packed, w_scales, codebook, bits, group_size, bias)
     w = dequantize_packed(packed, w_scales, codebook, bits, x.shape[1], group_size or None)
@@ -195,4 +255,4 @@ def _(x, packed, w_scales, codebook, bits, group_size, bias):
     return x.new_empty((x.shape[0], n))
 
 
-__all__ = ["hadamard_transform", "hadamard_quant", "rotate_quant", "gemm_a8", "gemm_a16"]
+__all__ = ["hadamard_transform", "hadamard_quant", "rotate", "rotate_quant", "gemm_a8", "gemm_a16"]

@@ -1,0 +1,47 @@
+// lrq_kernels._C: launchers of the CUDA kernels. Plain pointers, sizes and a stream: nothing here depends on
+// PyTorch, so one build serves any torch version and the module imports on a machine without a GPU. Python
+// (lrq_kernels/cuda/) validates the tensors and passes their data pointers; these functions only check what the
+// kernels themselves require and return an error message ("" when the launch succeeded).
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace lrq {
+
+enum DType : int { kBF16 = 0, kF16 = 1, kF32 = 2 };
+// What rotate_quant writes: FP8 e4m3 codes, INT8 codes (INT8 or INT4 levels), or the rotated values themselves
+// in the input's dtype (the weight-only path, which rotates without quantizing).
+enum OutFormat : int { kFP8 = 0, kINT = 1, kSame = 2 };
+
+struct RotateQuantArgs {
+  const void* x; int64_t stride_x;       // [M, K] row stride in elements
+  int x_dtype;                            // DType
+  const void* perm; bool perm_is_int64;   // optional gather x[:, perm] (nullptr: none)
+  const float* channel_scale;             // optional multiplier after the gather (nullptr: none)
+  void* out; int64_t stride_out;          // codes [M, K] (int8/e4m3) or rotated values (x's dtype)
+  float* scales;                          // [M] float32 (ignored for kSame)
+  int64_t m; int k; int block;            // block: power of two dividing K, <= 16384
+  int out_format;                         // OutFormat
+  float qmax;                             // 448, 127 or 7
+  int device; uintptr_t stream;
+};
+
+struct GemvA16Args {
+  const void* x; int x_dtype;             // [M, K] contiguous, bf16 or fp16, M <= 16
+  int m; int k; int n;
+  const uint8_t* packed; int bits;        // [N, row bytes] (formats/packing.py)
+  const float* w_scales; int group_size;  // [N] (group 0) or [N, K/group] (group 64, 128)
+  const float* codebook;                  // [2^bits] float32, values exact in bf16/fp16 (e4m3-exact)
+  const float* bias;                      // [N] float32 or nullptr
+  void* y;                                // [M, N] in x's dtype
+  int device; uintptr_t stream;
+};
+
+std::string rotate_quant(const RotateQuantArgs& a);
+std::string gemv_a16(const GemvA16Args& a);
+
+// Requirements, so that Python can ask before it dispatches (the same rules the launchers check).
+std::string rotate_quant_unsupported(int64_t k, int block);
+std::string gemv_a16_unsupported(int m, int k, int bits, int group_size);
+
+}  // namespace lrq

@@ -1,0 +1,312 @@
+// Fused rotate + per-token quantize: x [M, K] -> codes [M, K] (e4m3 or int8) and scales [M] (float32), or the
+// rotated values in x's dtype (the weight-only path). Numerics are lrq_kernels/reference/act_quant.py's, bit for
+// bit: the same butterfly additions in the same order (bit 0 of the index first), the normalisation as one
+// float32 multiply, IEEE division for scale and inverse, round to nearest even, NaN confined to its token.
+//
+// Layout. A CTA owns R whole tokens, flattened to e = r * K + c. Thread (warp w, lane l) holds V vectors of 8
+// contiguous values, vector i at e = ((w * V + i) * 32 + l) * 8 + j (j = 0..7), so every load and store is
+// 16 bytes wide and a warp's accesses are contiguous. The Hadamard block B is a power of two dividing K, so the
+// bits of e below log2(B) are the index inside the block, and each butterfly stage pairs elements whose e
+// differs in one bit:  bits 0-2 -> inside a vector (registers),  bits 3-7 -> lanes (__shfl_xor_sync),
+// bits 8.. -> vectors of the same thread (registers), then warps (shared memory, only for B > 256 * V).
+// Slots past the CTA's R * K elements (the last warp may be partial) hold zeros and store nothing.
+#include "common.cuh"
+#include "lrq.h"
+#include <cuda_fp8.h>
+#include <algorithm>
+#include <numeric>
+
+namespace lrq {
+namespace {
+
+constexpr int kMaxTokensPerCta = 32;
+
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float v[8]);
+
+template <>
+__device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16* p, float v[8]) {
+  uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+  for (int i = 0; i < 4; ++i) { float2 f = __bfloat1622float2(h[i]); v[2 * i] = f.x; v[2 * i + 1] = f.y; }
+}
+template <>
+__device__ __forceinline__ void load8<__half>(const __half* p, float v[8]) {
+  uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+  for (int i = 0; i < 4; ++i) { float2 f = __half22float2(h[i]); v[2 * i] = f.x; v[2 * i + 1] = f.y; }
+}
+template <>
+__device__ __forceinline__ void load8<float>(const float* p, float v[8]) {
+  float4 a = __ldg(reinterpret_cast<const float4*>(p)), b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float v[8]) {
+  alignas(16) T t[8];
+  for (int j = 0; j < 8; ++j) t[j] = from_float<T>(v[j]);
+  if constexpr (sizeof(T) == 4) {
+    reinterpret_cast<float4*>(p)[0] = reinterpret_cast<const float4*>(t)[0];
+    reinterpret_cast<float4*>(p)[1] = reinterpret_cast<const float4*>(t)[1];
+  } else {
+    *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(t);
+  }
+}
+
+// One code byte. fp8: clamp (keeping NaN) then the hardware's round-to-nearest-even cast; int: rint (half to
+// even), NaN -> 0, clamp to +-qmax.
+template <int FMT>
+__device__ __forceinline__ uint8_t quantize_one(float y, float qmax) {
+  if constexpr (FMT == kFP8) {
+    if (y != y) return 0x7F;
+    y = fminf(fmaxf(y, -qmax), qmax);
+    return static_cast<uint8_t>(__nv_cvt_float_to_fp8(y, __NV_SATFINITE, __NV_E4M3));
+  } else {
+    int q = __float2int_rn(y);                       // cvt.rni: NaN -> 0
+    int lim = static_cast<int>(qmax);
+    q = q < -lim ? -lim : (q > lim ? lim : q);
+    return static_cast<uint8_t>(static_cast<int8_t>(q));
+  }
+}
+
+template <typename T, int V, int FMT>
+__global__ void rotate_quant_kernel(const T* __restrict__ x, int64_t stride_x, const void* __restrict__ perm,
+                                    bool perm_is_int64, const float* __restrict__ channel_scale,
+                                    void* __restrict__ out, int64_t stride_out, float* __restrict__ scales,
+                                    int64_t m, int k, int log_b, int tokens_per_cta, float norm, float qmax) {
+  extern __shared__ float smem[];
+  unsigned* amax_bits = reinterpret_cast<unsigned*>(smem);   // [kMaxTokensPerCta]: |value| bits, max-reduced
+  float* exchange = smem + kMaxTokensPerCta;                 // [R * K] for stages across warps
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * tokens_per_cta;
+  const int cta_elems = tokens_per_cta * k;
+
+  if (threadIdx.x < kMaxTokensPerCta) amax_bits[threadIdx.x] = 0u;
+
+  float v[V][8];
+  int tok[V], col[V];
+  bool live[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    const int e = ((warp * V + i) * 32 + lane) * 8;
+    tok[i] = e / k;
+    col[i] = e - tok[i] * k;
+    const int64_t row = row0 + tok[i];
+    live[i] = e < cta_elems && row < m;
+    if (!live[i]) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
+      continue;
+    }
+    const T* xr = x + row * stride_x;
+    if (perm == nullptr) {
+      load8<T>(xr + col[i], v[i]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int64_t src = perm_is_int64 ? __ldg(static_cast<const int64_t*>(perm) + col[i] + j)
+                                          : __ldg(static_cast<const int32_t*>(perm) + col[i] + j);
+        v[i][j] = to_float<T>(xr[src]);
+      }
+    }
+    if (channel_scale != nullptr) {
+      float s[8];
+      load8<float>(channel_scale + col[i], s);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], s[j]);
+    }
+  }
+
+  // Butterflies, bit 0 first (the reference's order): lower = a + b, upper = a - b (a the lower element).
+#pragma unroll
+  for (int s = 0; s < 3; ++s) {
+    if (s >= log_b) break;
+    const int h = 1 << s;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (!(j & h)) { float a = v[i][j], b = v[i][j + h]; v[i][j] = a + b; v[i][j + h] = a - b; }
+  }
+#pragma unroll
+  for (int s = 3; s < 8; ++s) {
+    if (s >= log_b) break;
+    const int h = 1 << (s - 3);
+    const bool upper = lane & h;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float p = __shfl_xor_sync(0xffffffffu, v[i][j], h);
+        v[i][j] = upper ? p - v[i][j] : v[i][j] + p;
+      }
+  }
+#pragma unroll
+  for (int hv = 1; hv < V; hv <<= 1) {
+    if (8 + __ffs(hv) - 1 >= log_b) break;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      if (!(i & hv))
+#pragma unroll
+        for (int j = 0; j < 8; ++j) { float a = v[i][j], b = v[i + hv][j]; v[i][j] = a + b; v[i + hv][j] = a - b; }
+  }
+  int log_v = 0;
+  while ((1 << log_v) < V) ++log_v;
+  for (int s = 8 + log_v; s < log_b; ++s) {          // across warps: one shared-memory round trip a stage
+    const int h = 1 << s;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int e = ((warp * V + i) * 32 + lane) * 8;
+      if (e < cta_elems)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) exchange[e + j] = v[i][j];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int e = ((warp * V + i) * 32 + lane) * 8;
+      if (e < cta_elems) {
+        const bool upper = e & h;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float p = exchange[(e ^ h) + j];
+          v[i][j] = upper ? p - v[i][j] : v[i][j] + p;
+        }
+      }
+    }
+    __syncthreads();
+  }
+  if (log_b > 0) {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], norm);
+  }
+
+  if constexpr (FMT == kSame) {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      if (live[i]) store8<T>(static_cast<T*>(out) + (row0 + tok[i]) * stride_out + col[i], v[i]);
+    return;
+  } else {
+    // Per-token absmax. The bit patterns of |v| order like the values, and a NaN's (0x7FC00000) sorts above
+    // +inf, so an integer max keeps NaN as the reference's amax does (fmaxf would drop it).
+    __syncthreads();                                   // amax_bits initialised
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      unsigned mx = 0u;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
+      const int e0 = ((warp * V + i) * 32) * 8;        // lane 0's element of this vector slot
+      const bool one_token = (e0 / k) == ((e0 + 31 * 8) / k);
+      if (one_token) {
+        mx = __reduce_max_sync(0xffffffffu, mx);
+        if (lane == 0 && e0 < cta_elems) atomicMax(&amax_bits[tok[i]], mx);
+      } else if (live[i]) {
+        atomicMax(&amax_bits[tok[i]], mx);
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      if (!live[i]) continue;
+      const float amax = __uint_as_float(amax_bits[tok[i]]);
+      const float inv = amax > 0.f ? __fdiv_rn(qmax, amax) : 0.f;
+      uint32_t lo = 0, hi = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        lo |= static_cast<uint32_t>(quantize_one<FMT>(__fmul_rn(v[i][j], inv), qmax)) << (8 * j);
+        hi |= static_cast<uint32_t>(quantize_one<FMT>(__fmul_rn(v[i][j + 4], inv), qmax)) << (8 * j);
+      }
+      const int64_t row = row0 + tok[i];
+      *reinterpret_cast<uint2*>(static_cast<uint8_t*>(out) + row * stride_out + col[i]) = make_uint2(lo, hi);
+      if (col[i] == 0) scales[row] = __fdiv_rn(amax, qmax);
+    }
+  }
+}
+
+struct Plan { int v, tokens, threads; size_t smem; };
+
+// V (vectors a thread) covers the block inside a warp where it can (B <= 256 * V, V <= 8); tokens a CTA so
+// that a CTA has at least 128 threads' worth of work.
+Plan plan_for(int64_t k, int block) {
+  Plan p{};
+  p.v = std::max(2, std::min(8, block / 256));
+  const int64_t per_token = (k + 8 * p.v - 1) / (8 * p.v);     // thread slots a token needs
+  p.tokens = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxTokensPerCta, 128 / per_token)));
+  const int64_t slots = (p.tokens * k + 8 * p.v - 1) / (8 * p.v);
+  p.threads = static_cast<int>((slots + 31) / 32 * 32);
+  const bool cross_warp = block > 256 * p.v;
+  p.smem = sizeof(float) * (kMaxTokensPerCta + (cross_warp ? p.tokens * k : 0));
+  return p;
+}
+
+template <typename T, int V, int FMT>
+std::string launch(const RotateQuantArgs& a, const Plan& p) {
+  auto kernel = rotate_quant_kernel<T, V, FMT>;
+  if (p.smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)p.smem);
+    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(rotate_quant)", e);
+  }
+  int log_b = 0;
+  while ((1 << log_b) < a.block) ++log_b;
+  const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
+  const int64_t grid = (a.m + p.tokens - 1) / p.tokens;
+  kernel<<<static_cast<unsigned>(grid), p.threads, p.smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
+      static_cast<const T*>(a.x), a.stride_x, a.perm, a.perm_is_int64, a.channel_scale, a.out, a.stride_out,
+      a.scales, a.m, a.k, log_b, p.tokens, norm, a.qmax);
+  return last_launch_error("rotate_quant_kernel");
+}
+
+template <typename T, int FMT>
+std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
+  switch (p.v) {
+    case 2: return launch<T, 2, FMT>(a, p);
+    case 4: return launch<T, 4, FMT>(a, p);
+    case 8: return launch<T, 8, FMT>(a, p);
+  }
+  return "rotate_quant: no kernel for V=" + std::to_string(p.v);
+}
+
+template <typename T>
+std::string dispatch_fmt(const RotateQuantArgs& a, const Plan& p) {
+  switch (a.out_format) {
+    case kFP8: return dispatch_v<T, kFP8>(a, p);
+    case kINT: return dispatch_v<T, kINT>(a, p);
+    case kSame: return dispatch_v<T, kSame>(a, p);
+  }
+  return "rotate_quant: out_format must be 0 (fp8), 1 (int) or 2 (same as x), got " + std::to_string(a.out_format);
+}
+
+}  // namespace
+
+std::string rotate_quant_unsupported(int64_t k, int block) {
+  if (k <= 0 || k % 8) return "K must be a positive multiple of 8 (16-byte rows), got K=" + std::to_string(k);
+  if (block < 1 || (block & (block - 1)) || k % block)
+    return "block must be a power of two dividing K=" + std::to_string(k) + ", got " + std::to_string(block);
+  if (block > 16384) return "block must be <= 16384, got " + std::to_string(block);
+  const Plan p = plan_for(k, block);
+  if (p.threads > 1024) return "K=" + std::to_string(k) + " needs more than 1024 threads a token";
+  if (p.smem > 200 * 1024) return "K=" + std::to_string(k) + " needs too much shared memory";
+  return "";
+}
+
+std::string rotate_quant(const RotateQuantArgs& a) {
+  std::string why = rotate_quant_unsupported(a.k, a.block);
+  if (!why.empty()) return "rotate_quant: " + why;
+  if (a.m == 0) return "";
+  if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.out)) % 16)
+    return "rotate_quant: x and out must be 16-byte aligned";
+  why = set_device(a.device);
+  if (!why.empty()) return why;
+  const Plan p = plan_for(a.k, a.block);
+  switch (a.x_dtype) {
+    case kBF16: return dispatch_fmt<__nv_bfloat16>(a, p);
+    case kF16: return dispatch_fmt<__half>(a, p);
+    case kF32: return dispatch_fmt<float>(a, p);
+  }
+  return "rotate_quant: x_dtype must be 0 (bf16), 1 (fp16) or 2 (fp32), got " + std::to_string(a.x_dtype);
+}
+
+}  // namespace lrq

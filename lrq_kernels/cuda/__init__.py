@@ -1,0 +1,101 @@
+"""The CUDA kernels of lrq_kernels._C (csrc/), called with tensors.
+
+The compiled module takes data pointers, sizes and a stream; this file turns validated tensors (ops/checks.py
+has already run) into those arguments, on PyTorch's current stream, so the launches order with the rest of the
+program and are captured by CUDA graphs. `available()` is False when the extension was not built (no nvcc at
+install time, LRQ_SKIP_CUDA_BUILD=1) or cannot load; importing this file never fails.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+try:
+    from .. import _C  # type: ignore[attr-defined]
+    _IMPORT_ERROR: Optional[str] = None
+except ImportError as e:             # not built, or built for another Python
+    _C = None
+    _IMPORT_ERROR = str(e)
+
+_DTYPE = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
+MIN_CAPABILITY = (8, 0)              # the module holds sm_80 and sm_90a machine code (CMakeLists.txt)
+
+
+def available() -> bool:
+    return _C is not None
+
+
+def why_unavailable() -> str:
+    return "" if _C is not None else f"lrq_kernels._C is not built or does not load ({_IMPORT_ERROR})"
+
+
+def device_ok(device: torch.device) -> bool:
+    return (_C is not None and device.type == "cuda"
+            and torch.cuda.get_device_capability(device) >= MIN_CAPABILITY)
+
+
+def rotate_quant_unsupported(k: int, block: int, dtype: torch.dtype) -> str:
+    """'' when rotate_quant_cuda runs this K, block and input dtype, else why not."""
+    if _C is None:
+        return why_unavailable()
+    if dtype not in _DTYPE:
+        return f"x's dtype must be bf16, fp16 or fp32, got {dtype}"
+    return _C.rotate_quant_unsupported(k, block)
+
+
+def gemv_a16_unsupported(m: int, k: int, bits: int, group_size: int, dtype: torch.dtype) -> str:
+    if _C is None:
+        return why_unavailable()
+    if dtype not in (torch.bfloat16, torch.float16):
+        return f"x's dtype must be bf16 or fp16, got {dtype}"
+    return _C.gemv_a16_unsupported(m, k, bits, group_size)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous and 16-byte aligned (the kernels use 16-byte loads); copies only views that are not."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format: Optional[str], a_bits: int):
+    """x [M, K] -> (codes [M, K], scales [M]); a_format None: the rotated values in x's dtype (scales unused)."""
+    from ..reference.act_quant import act_qmax, code_dtype
+    m, k = x.shape
+    x = _aligned(x)
+    if a_format is None:
+        out = torch.empty_like(x)
+        fmt, qmax = _C.OUT_SAME, 0.0
+    else:
+        out = torch.empty((m, k), dtype=code_dtype(a_format), device=x.device)
+        fmt, qmax = (_C.OUT_FP8 if a_format == "fp8" else _C.OUT_INT), act_qmax(a_format, a_bits)
+    scales = torch.empty((m,), dtype=torch.float32, device=x.device)
+    perm = None if perm is None else perm.contiguous()
+    cs = None if channel_scale is None else channel_scale.contiguous()
+    with torch.cuda.device(x.device):
+        _C.rotate_quant(x.data_ptr(), x.stride(0), _DTYPE[x.dtype], 0 if perm is None else perm.data_ptr(),
+                        perm is not None and perm.dtype == torch.int64, 0 if cs is None else cs.data_ptr(),
+                        out.data_ptr(), out.stride(0), scales.data_ptr(), m, k, block, fmt, qmax,
+                        x.device.index, _stream(x.device))
+    return out, scales
+
+
+def gemv_a16_cuda(x, packed, w_scales, codebook, bits: int, group_size: int, bias):
+    """y [M, N] = x @ W_deq^T + bias in x's dtype, M <= 16 (codebook values exact in x's dtype)."""
+    m, k = x.shape
+    n = packed.shape[0]
+    x = _aligned(x)
+    packed = _aligned(packed)
+    w_scales = w_scales.contiguous()
+    codebook = codebook.contiguous()
+    bias32 = None if bias is None else bias.float().contiguous()
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    with torch.cuda.device(x.device):
+        _C.gemv_a16(x.data_ptr(), _DTYPE[x.dtype], m, k, n, packed.data_ptr(), bits, w_scales.data_ptr(),
+                    group_size, codebook.data_ptr(), 0 if bias32 is None else bias32.data_ptr(), y.data_ptr(),
+                    x.device.index, _stream(x.device))
+    return y
