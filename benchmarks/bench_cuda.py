@@ -1,0 +1,195 @@
+"""The CUDA kernels (lrq_kernels._C) against the Triton kernels and cuBLAS, on the GPU, in one run.
+
+    python benchmarks/bench_cuda.py [--out DIR]
+
+1. rotate + per-token FP8 quantize (block Hadamard of rotation.default_block, as QuantLinear runs it) on every
+   activation shape of dit_shapes.json: CUDA vs Triton vs naive PyTorch quantization (no rotation) vs
+   fast-hadamard-transform (Hadamard alone, where it is installed); GB/s over bytes read + written, % of copy.
+2. the small-M weight-only GEMM on the FLUX.1 shapes, M in {1, 4, 16}, 4- and 3-bit codes, per-channel and
+   group-128 scales: CUDA vs Triton vs F.linear bf16 (cuBLAS); GB/s over the packed weight bytes, % of copy.
+3. the whole weight-only QuantLinear forward (rotate + GEMM, bf16 in and out) on FLUX fc1 at M = 1 and 16.
+Every time is a median of CUDA-graph replays over copies of the data that do not fit in L2 (timing.py).
+Results: results/bench_cuda.json and results/bench_cuda.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+import triton  # noqa: E402
+from timing import cold_us, copy_gbps  # noqa: E402
+
+from lrq_kernels import QuantConfig, QuantLinear, cuda as cuda_kernels  # noqa: E402
+from lrq_kernels.formats.codebooks import TLQGrid, tlq_codebook  # noqa: E402
+from lrq_kernels.formats.packing import pack_codes  # noqa: E402
+from lrq_kernels.rotation.rotation import default_block  # noqa: E402
+from lrq_kernels.triton.gemm import gemm_a16_triton  # noqa: E402
+from lrq_kernels.triton.rotate_quant import rotate_quant_triton  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FLUX_GEMV = [("attn qkv", 3072, 3072), ("mlp fc1", 3072, 12288), ("mlp fc2", 12288, 3072),
+             ("single proj_in", 3072, 21504), ("single proj_out", 15360, 3072)]
+
+
+def naive_quant(x):
+    s = x.abs().amax(dim=-1, keepdim=True).float() / 448.0
+    return (x.float() / s).clamp(-448, 448).to(torch.float8_e4m3fn), s
+
+
+def fht_or_none():
+    try:
+        from fast_hadamard_transform import hadamard_transform
+        return hadamard_transform
+    except ImportError:
+        return None
+
+
+def bench_rotate(m, k, copy_bw):
+    block = default_block(k)
+    nbytes = m * k * 2 + m * k + 4 * m
+    x_ = pool_of(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
+    r = {"M": m, "K": k, "block": block}
+    r["cuda_us"] = cold_us(lambda i: (lambda x=x_(i): cuda_kernels.rotate_quant_cuda(x, None, None, block, "fp8", 8)),
+                           nbytes)
+    r["triton_us"] = cold_us(lambda i: (lambda x=x_(i): rotate_quant_triton(x, None, None, block, "fp8", 8)), nbytes)
+    r["naive_us"] = cold_us(lambda i: (lambda x=x_(i): naive_quant(x)), nbytes)
+    perm = torch.randperm(k, device="cuda")
+    cs = torch.rand(k, device="cuda") + 0.5
+    r["cuda_ars_us"] = cold_us(lambda i: (lambda x=x_(i): cuda_kernels.rotate_quant_cuda(x, perm, cs, block, "fp8", 8)),
+                               nbytes)
+    fht = fht_or_none()
+    if fht is not None and (k & (k - 1)) == 0:
+        r["fht_us"] = cold_us(lambda i: (lambda x=x_(i): fht(x, k ** -0.5)), 4 * m * k)
+    for name in ("cuda", "triton", "cuda_ars"):
+        r[f"{name}_pct_copy"] = 100 * nbytes / r[f"{name}_us"] / 1e3 / copy_bw
+    r["cuda_over_triton"] = r["triton_us"] / r["cuda_us"]
+    return r
+
+
+def pool_of(base):
+    """copy i of `base` (a tensor, a tuple of tensors or a module), made on first use; copy 0 is base itself."""
+    import copy
+    items = [base]
+
+    def get(i):
+        while len(items) <= i:
+            items.append(copy.deepcopy(base))
+        return items[i]
+    return get
+
+
+def bench_gemv(layer, k, n, m, bits, group, copy_bw):
+    torch.manual_seed(0)
+    cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
+    codes = torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8)
+    w = pool_of((pack_codes(codes, bits), torch.rand((n, k // group) if group else (n,), device="cuda") + 0.5))
+    del codes
+    wbytes = w(0)[0].numel() + 4 * w(0)[1].numel()
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    r = {"layer": layer, "M": m, "K": k, "N": n, "bits": bits, "group": group, "weight_MB": wbytes / 1e6}
+    r["cuda_us"] = cold_us(lambda i: (lambda p=w(i): cuda_kernels.gemv_a16_cuda(x, p[0], p[1], cb, bits, group, None)),
+                           wbytes)
+    r["triton_us"] = cold_us(lambda i: (lambda p=w(i): gemm_a16_triton(x, p[0], p[1], cb, bits, group, None)), wbytes)
+    del w
+    wb = pool_of(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
+    r["bf16_us"] = cold_us(lambda i: (lambda t=wb(i): F.linear(x, t)), 2 * n * k)
+    del wb
+    torch.cuda.empty_cache()
+    r["cuda_GBps"] = wbytes / r["cuda_us"] / 1e3
+    r["cuda_pct_copy"] = 100 * r["cuda_GBps"] / copy_bw
+    r["cuda_over_bf16"] = r["bf16_us"] / r["cuda_us"]
+    r["triton_over_bf16"] = r["bf16_us"] / r["triton_us"]
+    return r
+
+
+def bench_forward(k, n, m, bits):
+    """The weight-only QuantLinear forward (as dispatched: rotate then GEMM) against F.linear in bf16."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(k, n, bias=False, device="cuda")
+    cfg = QuantConfig(w_bits=bits, a_bits=16, w_format="int", rotation="hadamard")
+    q = pool_of(QuantLinear.from_linear(lin, cfg))
+    wbytes = q(0).qweight.numel() + 4 * q(0).w_scales.numel()
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    us = cold_us(lambda i: (lambda layer=q(i): layer(x)), wbytes)
+    del q
+    wb = pool_of(lin.weight.detach().to(torch.bfloat16))
+    bf16 = cold_us(lambda i: (lambda t=wb(i): F.linear(x, t)), 2 * n * k)
+    torch.cuda.empty_cache()
+    return {"M": m, "K": k, "N": n, "bits": bits, "fwd_us": us, "bf16_us": bf16, "speedup": bf16 / us,
+            "weight_MB": wbytes / 1e6}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args()
+    assert cuda_kernels.available(), cuda_kernels.why_unavailable()
+    with open(os.path.join(HERE, "dit_shapes.json")) as f:
+        shapes = json.load(f)["gemm"]
+    copy = copy_gbps()
+    print(f"copy {copy:.0f} GB/s", flush=True)
+    rot_shapes = sorted({(s["M"], s["K"]) for s in shapes if s["M"] >= 512})
+    rot = []
+    for m, k in rot_shapes:
+        rot.append(bench_rotate(m, k, copy))
+        print({a: (round(b, 2) if isinstance(b, float) else b) for a, b in rot[-1].items()}, flush=True)
+        torch.cuda.empty_cache()
+    gemv = []
+    for layer, k, n in FLUX_GEMV:
+        for m in (1, 4, 16):
+            for bits, group in ((4, 0), (3, 0), (4, 128)):
+                gemv.append(bench_gemv(layer, k, n, m, bits, group, copy))
+                print({a: (round(b, 2) if isinstance(b, float) else b) for a, b in gemv[-1].items()}, flush=True)
+    fwd = [bench_forward(3072, 12288, m, bits) for m in (1, 16) for bits in (4, 3)]
+    for r in fwd:
+        print(r, flush=True)
+
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "python benchmarks/bench_cuda.py", "copy_GBps": copy,
+            "fast_hadamard_transform": fht_or_none() is not None}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench_cuda.json"), "w") as f:
+        json.dump({"meta": meta, "rotate_quant": rot, "gemv_a16": gemv, "forward_a16": fwd}, f, indent=1)
+    md = [f"# CUDA kernels (lrq_kernels._C) on {meta['gpu']}", "",
+          f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
+          f"Medians of CUDA-graph replays over copies of the data larger than L2 together, µs. "
+          f"Copy bandwidth in this run: {copy:.0f} GB/s (read + write). fast-hadamard-transform installed: "
+          f"{meta['fast_hadamard_transform']}.", "",
+          "## rotate + per-token FP8 quantize (block Hadamard)", "",
+          "| M | K | block | CUDA µs (% copy) | Triton µs (% copy) | CUDA / Triton speed | CUDA with ARS gather (% copy) "
+          "| naive PyTorch quantize, no rotation |",
+          "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rot:
+        md.append(f"| {r['M']} | {r['K']} | {r['block']} | {r['cuda_us']:.1f} ({r['cuda_pct_copy']:.0f}%) | "
+                  f"{r['triton_us']:.1f} ({r['triton_pct_copy']:.0f}%) | {r['cuda_over_triton']:.2f}× | "
+                  f"{r['cuda_ars_us']:.1f} ({r['cuda_ars_pct_copy']:.0f}%) | {r['naive_us']:.1f} |")
+    md += ["", "## small-M weight-only GEMM, FLUX.1 shapes", "",
+           "| layer | K | N | M | bits | group | weight MB | CUDA µs (% copy) | Triton µs | bf16 µs | CUDA × bf16 "
+           "| Triton × bf16 |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in gemv:
+        md.append(f"| {r['layer']} | {r['K']} | {r['N']} | {r['M']} | {r['bits']} | {r['group'] or '–'} | "
+                  f"{r['weight_MB']:.1f} | {r['cuda_us']:.1f} ({r['cuda_pct_copy']:.0f}%) | {r['triton_us']:.1f} | "
+                  f"{r['bf16_us']:.1f} | {r['cuda_over_bf16']:.2f}× | {r['triton_over_bf16']:.2f}× |")
+    md += ["", "## weight-only QuantLinear forward (rotate + GEMM), FLUX fc1", "",
+           "| M | bits | forward µs | bf16 µs | × bf16 |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for r in fwd:
+        md.append(f"| {r['M']} | {r['bits']} | {r['fwd_us']:.1f} | {r['bf16_us']:.1f} | {r['speedup']:.2f}× |")
+    with open(os.path.join(args.out, "bench_cuda.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Runs every CUDA kernel of lrq_kernels._C on small awkward shapes, for compute-sanitizer:
+
+    compute-sanitizer --tool memcheck  --error-exitcode 1 python tools/sanitize_cuda.py
+    compute-sanitizer --tool racecheck --error-exitcode 1 python tools/sanitize_cuda.py
+
+Inputs are made on the CPU and copied, so that the sanitizer sees few kernels besides ours. Each output is also
+checked against the reference, so a clean sanitizer run is also a correct one.
+"""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from lrq_kernels import cuda as cuda_kernels  # noqa: E402
+from lrq_kernels.formats.codebooks import nf_codebook  # noqa: E402
+from lrq_kernels.formats.packing import pack_codes  # noqa: E402
+from lrq_kernels.formats.weight import dequantize_packed  # noqa: E402
+from lrq_kernels.reference import rotate_quantize_ref  # noqa: E402
+
+
+def main():
+    assert cuda_kernels.available(), cuda_kernels.why_unavailable()
+    g = torch.Generator().manual_seed(0)
+    n_cases = 0
+    # rotate + quantize: in-warp blocks, blocks across warps (4096), odd M, the ARS gather, every output format
+    for m, k, block in ((1, 1152, 128), (7, 4608, 512), (3, 3072, 1024), (5, 4096, 4096), (2, 1000, 8)):
+        x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+        perm = torch.randperm(k, generator=g)
+        cs = torch.rand(k, generator=g) + 0.5
+        xd = x.cuda()
+        for p, c in ((None, None), (perm, cs)):
+            pd, cd = (None, None) if p is None else (p.cuda(), c.cuda())
+            for fmt, bits in (("fp8", 8), ("int", 4)):
+                codes, scales = cuda_kernels.rotate_quant_cuda(xd, pd, cd, block, fmt, bits)
+                rc, rs = rotate_quantize_ref(x, p, c, block, fmt, bits)
+                assert torch.equal(codes.cpu().float(), rc.float()) and torch.equal(scales.cpu(), rs), (m, k, fmt)
+            cuda_kernels.rotate_quant_cuda(xd, pd, cd, block, None, 16)
+            n_cases += 3
+    # small-M GEMV: both bit widths, per-channel and group scales, M past 8 (second mma row block), N not a
+    # multiple of the CTA's rows
+    for m, k, n, bits, group in ((1, 1152, 40, 4, 0), (9, 256, 24, 3, 64), (16, 384, 17, 4, 128), (3, 128, 8, 3, 0)):
+        x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+        codes = torch.randint(0, 2 ** bits, (n, k), generator=g, dtype=torch.uint8)
+        packed = pack_codes(codes, bits)
+        sw = torch.rand((n, k // group) if group else (n,), generator=g) + 0.5
+        cb = nf_codebook(bits)
+        bias = torch.randn(n, generator=g)
+        y = cuda_kernels.gemv_a16_cuda(x.cuda(), packed.cuda(), sw.cuda(), cb.cuda(), bits, group, bias.cuda())
+        want = x.double() @ dequantize_packed(packed, sw, cb, bits, k, group or None).double().t() + bias.double()
+        err = ((y.cpu().double() - want).norm() / want.norm()).item()
+        assert err < 4e-3, (m, k, n, bits, group, err)
+        n_cases += 1
+    torch.cuda.synchronize()
+    print(f"sanitize_cuda: {n_cases} launches checked against the reference")
+
+
+if __name__ == "__main__":
+    main()
