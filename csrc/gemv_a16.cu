@@ -11,9 +11,11 @@
 // Decoding: one shared-memory lookup gives two decoded weights as the bf16x2 (or half2) register the B fragment
 // wants: a table of all 256 byte values (4-bit: two codes a byte) or 64 pairs of 3-bit codes, replicated for
 // each of the 32 lanes (entry e of lane l at word e * 32 + l: lane l only reads bank l, so no lookup conflicts).
+// The table is built once a CTA, while the CTA's first weight loads are in flight.
 //
 // Work split: a CTA of 8 warps owns 8 * NG weight rows and splits K between its warps (chunks of CH codes,
-// interleaved), then adds the 8 partial sums in shared memory. CTAs are persistent (one table build each).
+// interleaved), then adds the 8 partial sums in shared memory. CTAs are persistent (one table build each), and
+// a warp requests its next chunk's weights before it decodes the current one, across tile boundaries.
 // Group scales: a chunk is exactly one group (CH = group size), so a group's partial product is scaled once.
 #include "common.cuh"
 #include "lrq.h"
@@ -90,16 +92,17 @@ struct Codes {
       i0 = w & 0xFF;
       i1 = (w >> 8) & 0xFF;
     } else {
+      // 3-bit table index: low bits of both codes, then their high bits (the table is built in this order)
       const uint32_t l = (lo[t >> 2] >> ((t & 3) * 8)) & 0xFF;       // low 2 bits of codes 4t..4t+3
       const uint32_t h = (hi[t >> 3] >> ((t & 7) * 4)) & 0xF;        // bit 2 of codes 4t..4t+3
-      i0 = (l & 3) | ((h & 1) << 2) | (((l >> 2) & 3) << 3) | (((h >> 1) & 1) << 5);
-      i1 = ((l >> 4) & 3) | (((h >> 2) & 1) << 2) | (((l >> 6) & 3) << 3) | (((h >> 3) & 1) << 5);
+      i0 = (l & 0xF) | ((h & 3) << 4);
+      i1 = (l >> 4) | ((h >> 2) << 4);
     }
   }
 };
 
 template <typename T, int BITS, int NG, int GROUP>
-__global__ void __launch_bounds__(kWarps * 32) gemv_a16_kernel(
+__global__ void __launch_bounds__(kWarps * 32, 2) gemv_a16_kernel(
     const T* __restrict__ x, int m, int k, int n, const uint8_t* __restrict__ packed, int row_bytes,
     const float* __restrict__ w_scales, const float* __restrict__ codebook, const float* __restrict__ bias,
     T* __restrict__ y) {
@@ -114,34 +117,46 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_a16_kernel(
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
-  for (int i = threadIdx.x; i < ENTRIES * 32; i += blockDim.x) {
-    const int e = i >> 5;
-    const int lo = BITS == 4 ? (e & 15) : (e & 7), hi = BITS == 4 ? (e >> 4) : (e >> 3);
-    lut[i] = Pair<T>::pack(__ldg(codebook + lo), __ldg(codebook + hi));
-  }
-  __syncthreads();
-
   const int chunks = k / CH;
   const int groups = GROUP ? k / GROUP : 1;
   const int tiles = (n + ROWS - 1) / ROWS;
   const bool row_g = g < m, row_g8 = g + 8 < m;
-  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+
+  // This warp's work is the sequence (tile, chunk): tiles blockIdx.x, + gridDim.x, ...; in each, the chunks
+  // warp, warp + kWarps, ... The weights of the next item are requested before the current one's arithmetic,
+  // across tile boundaries too, so a warp always has a load in flight (the loads are what this kernel waits on).
+  auto load_item = [&](Codes<BITS, CPT>* dst, int tile, int c) {
+#pragma unroll
+    for (int j = 0; j < NG; ++j) {
+      const int row = tile * ROWS + j * 8 + g;
+      if (row < n) dst[j].load(packed + static_cast<int64_t>(row) * row_bytes, k, c, q);
+      else dst[j].zero();
+    }
+  };
+  Codes<BITS, CPT> w[NG], next[NG];
+  int tile = blockIdx.x, c = warp;
+  if (tile < tiles && c < chunks) load_item(w, tile, c);
+
+  // The decode table, built while the first loads are in flight: thread t computes entry t once and writes its
+  // 32 lane copies with 16-byte stores.
+  for (int e = threadIdx.x; e < ENTRIES; e += blockDim.x) {
+    const int lo = BITS == 4 ? (e & 15) : ((e & 3) | (((e >> 4) & 1) << 2));
+    const int hi = BITS == 4 ? (e >> 4) : (((e >> 2) & 3) | (((e >> 5) & 1) << 2));
+    const uint32_t val = Pair<T>::pack(__ldg(codebook + lo), __ldg(codebook + hi));
+    uint4* dst = reinterpret_cast<uint4*>(lut + e * 32);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) dst[i] = make_uint4(val, val, val, val);
+  }
+  __syncthreads();
+
+  for (; tile < tiles; tile += gridDim.x) {
     const int n0 = tile * ROWS;
     float acc[NG][4] = {};
-    // Weights of the next chunk are requested before this chunk's arithmetic (two loads in flight a row).
-    Codes<BITS, CPT> w[NG], next[NG];
-    auto load_chunk = [&](Codes<BITS, CPT>* dst, int c) {
-#pragma unroll
-      for (int j = 0; j < NG; ++j) {
-        const int row = n0 + j * 8 + g;
-        if (row < n) dst[j].load(packed + static_cast<int64_t>(row) * row_bytes, k, c, q);
-        else dst[j].zero();
-      }
-    };
-    if (warp < chunks) load_chunk(w, warp);
-    for (int c = warp; c < chunks; c += kWarps) {
-      if (c + kWarps < chunks) load_chunk(next, c + kWarps);
-      uint32_t xa[CPT / 2], xb[CPT / 2];                             // x rows g and g + 8, bf16x2 words
+    for (; c < chunks; c += kWarps) {
+      int nt = tile, nc = c + kWarps;                                   // the item after this one
+      if (nc >= chunks) { nc = warp; nt = tile + gridDim.x; }
+      if (nt < tiles && nc < chunks) load_item(next, nt, nc);
+      uint32_t xa[CPT / 2], xb[CPT / 2];                               // x rows g and g + 8, bf16x2 words
       const int kx = c * CH + q * CPT;
 #pragma unroll
       for (int i = 0; i < CPT / 8; ++i) {
@@ -163,8 +178,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_a16_kernel(
           Pair<T>::mma(GROUP ? part[j] : acc[j], a, lut[i0 * 32 + lane], lut[i1 * 32 + lane]);
         }
       }
-#pragma unroll
-      for (int j = 0; j < NG; ++j) w[j] = next[j];
       if constexpr (GROUP != 0) {                                      // chunk c is group c
 #pragma unroll
         for (int j = 0; j < NG; ++j) {
@@ -175,7 +188,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_a16_kernel(
           acc[j][2] += part[j][2] * s0; acc[j][3] += part[j][3] * s1;
         }
       }
+#pragma unroll
+      for (int j = 0; j < NG; ++j) w[j] = next[j];
     }
+    c = warp;
 #pragma unroll
     for (int j = 0; j < NG; ++j)
 #pragma unroll
@@ -219,9 +235,12 @@ std::string launch(const GemvA16Args& a) {
   return last_launch_error("gemv_a16_kernel");
 }
 
-// NG (weight rows a warp, in groups of 8): two when there are enough rows to fill the GPU with CTAs of 16 rows.
+// NG (weight rows a warp, in groups of 8). Every CTA reads all of x once a tile, so x's traffic grows with M
+// over the rows a tile: at M = 16 on FLUX fc2 (N = 3072, K = 12288), 16-row tiles read 4x more x than weight
+// bytes from L2 (bench_cuda.md, first run); 32-row tiles halve that. Small M: the most CTAs that fill the GPU.
 template <typename T, int BITS, int GROUP>
 std::string dispatch_ng(const GemvA16Args& a) {
+  if (a.m > 4) return launch<T, BITS, 4, GROUP>(a);
   if (a.n >= 8192) return launch<T, BITS, 2, GROUP>(a);
   return launch<T, BITS, 1, GROUP>(a);
 }

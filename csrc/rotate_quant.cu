@@ -54,19 +54,17 @@ __device__ __forceinline__ void store8(T* p, const float v[8]) {
   }
 }
 
-// One code byte. fp8: clamp (keeping NaN) then the hardware's round-to-nearest-even cast; int: rint (half to
-// even), NaN -> 0, clamp to +-qmax.
+// Two code bytes (element 0 in the low byte). fp8: the hardware's round-to-nearest-even cast with .satfinite,
+// which is the reference's clamp to +-448 then cast (and keeps NaN); int: rint (half to even; NaN -> 0 in cvt.rni),
+// clamp to +-qmax.
 template <int FMT>
-__device__ __forceinline__ uint8_t quantize_one(float y, float qmax) {
+__device__ __forceinline__ uint32_t quantize_pair(float y0, float y1, float qmax) {
   if constexpr (FMT == kFP8) {
-    if (y != y) return 0x7F;
-    y = fminf(fmaxf(y, -qmax), qmax);
-    return static_cast<uint8_t>(__nv_cvt_float_to_fp8(y, __NV_SATFINITE, __NV_E4M3));
+    return static_cast<uint32_t>(__nv_cvt_float2_to_fp8x2(make_float2(y0, y1), __NV_SATFINITE, __NV_E4M3));
   } else {
-    int q = __float2int_rn(y);                       // cvt.rni: NaN -> 0
-    int lim = static_cast<int>(qmax);
-    q = q < -lim ? -lim : (q > lim ? lim : q);
-    return static_cast<uint8_t>(static_cast<int8_t>(q));
+    const int lim = static_cast<int>(qmax);
+    const int q0 = min(max(__float2int_rn(y0), -lim), lim), q1 = min(max(__float2int_rn(y1), -lim), lim);
+    return (static_cast<uint32_t>(q0) & 0xFFu) | ((static_cast<uint32_t>(q1) & 0xFFu) << 8);
   }
 }
 
@@ -133,14 +131,12 @@ __global__ void rotate_quant_kernel(const T* __restrict__ x, int64_t stride_x, c
   for (int s = 3; s < 8; ++s) {
     if (s >= log_b) break;
     const int h = 1 << (s - 3);
-    const bool upper = lane & h;
+    // lower: v + p, upper: p - v, as one fma by +-1 (exact multiply, one rounding: the same float as the add)
+    const float sign = (lane & h) ? -1.f : 1.f;
 #pragma unroll
     for (int i = 0; i < V; ++i)
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float p = __shfl_xor_sync(0xffffffffu, v[i][j], h);
-        v[i][j] = upper ? p - v[i][j] : v[i][j] + p;
-      }
+      for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], __shfl_xor_sync(0xffffffffu, v[i][j], h));
   }
 #pragma unroll
   for (int hv = 1; hv < V; hv <<= 1) {
@@ -167,12 +163,9 @@ __global__ void rotate_quant_kernel(const T* __restrict__ x, int64_t stride_x, c
     for (int i = 0; i < V; ++i) {
       const int e = ((warp * V + i) * 32 + lane) * 8;
       if (e < cta_elems) {
-        const bool upper = e & h;
+        const float sign = (e & h) ? -1.f : 1.f;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float p = exchange[(e ^ h) + j];
-          v[i][j] = upper ? p - v[i][j] : v[i][j] + p;
-        }
+        for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], exchange[(e ^ h) + j]);
       }
     }
     __syncthreads();
@@ -213,12 +206,11 @@ __global__ void rotate_quant_kernel(const T* __restrict__ x, int64_t stride_x, c
       if (!live[i]) continue;
       const float amax = __uint_as_float(amax_bits[tok[i]]);
       const float inv = amax > 0.f ? __fdiv_rn(qmax, amax) : 0.f;
-      uint32_t lo = 0, hi = 0;
+      uint32_t w[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        lo |= static_cast<uint32_t>(quantize_one<FMT>(__fmul_rn(v[i][j], inv), qmax)) << (8 * j);
-        hi |= static_cast<uint32_t>(quantize_one<FMT>(__fmul_rn(v[i][j + 4], inv), qmax)) << (8 * j);
-      }
+      for (int j = 0; j < 4; ++j)
+        w[j] = quantize_pair<FMT>(__fmul_rn(v[i][2 * j], inv), __fmul_rn(v[i][2 * j + 1], inv), qmax);
+      const uint32_t lo = w[0] | (w[1] << 16), hi = w[2] | (w[3] << 16);
       const int64_t row = row0 + tok[i];
       *reinterpret_cast<uint2*>(static_cast<uint8_t*>(out) + row * stride_out + col[i]) = make_uint2(lo, hi);
       if (col[i] == 0) scales[row] = __fdiv_rn(amax, qmax);
@@ -295,6 +287,8 @@ std::string rotate_quant_unsupported(int64_t k, int block) {
 std::string rotate_quant(const RotateQuantArgs& a) {
   std::string why = rotate_quant_unsupported(a.k, a.block);
   if (!why.empty()) return "rotate_quant: " + why;
+  if (a.out_format == kFP8 && a.qmax != 448.f)
+    return "rotate_quant: fp8 codes use qmax 448 (the .satfinite cast clamps there), got " + std::to_string(a.qmax);
   if (a.m == 0) return "";
   if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.out)) % 16)
     return "rotate_quant: x and out must be 16-byte aligned";

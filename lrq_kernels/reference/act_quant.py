@@ -34,7 +34,9 @@ def quantize_tokens_ref(r: torch.Tensor, a_format: str, a_bits: int):
     qmax = act_qmax(a_format, a_bits)
     r = r.float()
     amax = r.abs().amax(dim=-1) if r.shape[-1] else torch.zeros(r.shape[0], device=r.device)
-    scale = amax / qmax
+    # a tensor divisor, not the Python float: PyTorch's CUDA division by a scalar multiplies by its float32
+    # reciprocal (off by an ulp from amax / qmax), so the reference would depend on its device
+    scale = amax / torch.full_like(amax, qmax)
     inv = torch.where(amax > 0, qmax / amax, torch.zeros_like(amax))
     y = r * inv[:, None]
     if a_format == "fp8":
