@@ -15,7 +15,7 @@
 //
 // Work split: a CTA of 8 warps owns 8 * NG weight rows and splits K between its warps (chunks of CH codes,
 // interleaved), then adds the 8 partial sums in shared memory. CTAs are persistent (one table build each), and
-// a warp requests its next chunk's weights before it decodes the current one, across tile boundaries.
+// a warp requests the weights of several chunks before it decodes them.
 // Group scales: a chunk is exactly one group (CH = group size), so a group's partial product is scaled once.
 #include "common.cuh"
 #include "lrq.h"
@@ -122,20 +122,26 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_a16_kernel(
   const int tiles = (n + ROWS - 1) / ROWS;
   const bool row_g = g < m, row_g8 = g + 8 < m;
 
-  // This warp's work is the sequence (tile, chunk): tiles blockIdx.x, + gridDim.x, ...; in each, the chunks
-  // warp, warp + kWarps, ... The weights of the next item are requested before the current one's arithmetic,
-  // across tile boundaries too, so a warp always has a load in flight (the loads are what this kernel waits on).
-  auto load_item = [&](Codes<BITS, CPT>* dst, int tile, int c) {
+  // A warp's chunks of a tile are warp, warp + kWarps, ...; it requests the weights of up to MAXC of them at once
+  // and then decodes them (all of a tile's chunks in one round for K = 3072), so that each warp has several loads
+  // in flight: with one chunk ahead only, a 4.7 MB weight took 8.9 µs (bench_cuda.md, second run).
+  constexpr int MAXC = NG == 4 ? 2 : 4;
+  auto load_round = [&](Codes<BITS, CPT> (*dst)[NG], int tile, int c0) {
 #pragma unroll
-    for (int j = 0; j < NG; ++j) {
-      const int row = tile * ROWS + j * 8 + g;
-      if (row < n) dst[j].load(packed + static_cast<int64_t>(row) * row_bytes, k, c, q);
-      else dst[j].zero();
+    for (int i = 0; i < MAXC; ++i) {
+      const int c = c0 + i * kWarps;
+#pragma unroll
+      for (int j = 0; j < NG; ++j) {
+        const int row = tile * ROWS + j * 8 + g;
+        if (c < chunks && row < n) dst[i][j].load(packed + static_cast<int64_t>(row) * row_bytes, k, c, q);
+        else dst[i][j].zero();
+      }
     }
   };
-  Codes<BITS, CPT> w[NG], next[NG];
-  int tile = blockIdx.x, c = warp;
-  if (tile < tiles && c < chunks) load_item(w, tile, c);
+  Codes<BITS, CPT> w[MAXC][NG];
+  int tile = blockIdx.x;
+  bool loaded = false;
+  if (tile < tiles) { load_round(w, tile, warp); loaded = true; }
 
   // The decode table, built while the first loads are in flight: thread t computes entry t once and writes its
   // 32 lane copies with 16-byte stores.
@@ -152,46 +158,48 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_a16_kernel(
   for (; tile < tiles; tile += gridDim.x) {
     const int n0 = tile * ROWS;
     float acc[NG][4] = {};
-    for (; c < chunks; c += kWarps) {
-      int nt = tile, nc = c + kWarps;                                   // the item after this one
-      if (nc >= chunks) { nc = warp; nt = tile + gridDim.x; }
-      if (nt < tiles && nc < chunks) load_item(next, nt, nc);
-      uint32_t xa[CPT / 2], xb[CPT / 2];                               // x rows g and g + 8, bf16x2 words
-      const int kx = c * CH + q * CPT;
+    for (int c0 = warp; c0 < chunks; c0 += MAXC * kWarps) {
+      if (!loaded) load_round(w, tile, c0);
+      loaded = false;
 #pragma unroll
-      for (int i = 0; i < CPT / 8; ++i) {
-        const uint4 za = row_g ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(g) * k + kx) + i)
-                               : make_uint4(0, 0, 0, 0);
-        const uint4 zb = row_g8 ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(g + 8) * k + kx) + i)
-                                : make_uint4(0, 0, 0, 0);
-        xa[4 * i] = za.x; xa[4 * i + 1] = za.y; xa[4 * i + 2] = za.z; xa[4 * i + 3] = za.w;
-        xb[4 * i] = zb.x; xb[4 * i + 1] = zb.y; xb[4 * i + 2] = zb.z; xb[4 * i + 3] = zb.w;
-      }
-      float part[NG][4] = {};
+      for (int i = 0; i < MAXC; ++i) {
+        const int c = c0 + i * kWarps;
+        if (c >= chunks) break;
+        uint32_t xa[CPT / 2], xb[CPT / 2];                             // x rows g and g + 8, bf16x2 words
+        const int kx = c * CH + q * CPT;
 #pragma unroll
-      for (int t = 0; t < TILES; ++t) {
-        const uint32_t a[4] = {xa[2 * t], xb[2 * t], xa[2 * t + 1], xb[2 * t + 1]};
+        for (int u = 0; u < CPT / 8; ++u) {
+          const uint4 za = row_g ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(g) * k + kx) + u)
+                                 : make_uint4(0, 0, 0, 0);
+          const uint4 zb = row_g8 ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(g + 8) * k + kx) + u)
+                                  : make_uint4(0, 0, 0, 0);
+          xa[4 * u] = za.x; xa[4 * u + 1] = za.y; xa[4 * u + 2] = za.z; xa[4 * u + 3] = za.w;
+          xb[4 * u] = zb.x; xb[4 * u + 1] = zb.y; xb[4 * u + 2] = zb.z; xb[4 * u + 3] = zb.w;
+        }
+        float part[NG][4] = {};
 #pragma unroll
-        for (int j = 0; j < NG; ++j) {
-          uint32_t i0, i1;
-          w[j].pair_index(t, i0, i1);
-          Pair<T>::mma(GROUP ? part[j] : acc[j], a, lut[i0 * 32 + lane], lut[i1 * 32 + lane]);
+        for (int t = 0; t < TILES; ++t) {
+          const uint32_t a[4] = {xa[2 * t], xb[2 * t], xa[2 * t + 1], xb[2 * t + 1]};
+#pragma unroll
+          for (int j = 0; j < NG; ++j) {
+            uint32_t i0, i1;
+            w[i][j].pair_index(t, i0, i1);
+            Pair<T>::mma(GROUP ? part[j] : acc[j], a, lut[i0 * 32 + lane], lut[i1 * 32 + lane]);
+          }
+        }
+        if constexpr (GROUP != 0) {                                    // chunk c is group c
+#pragma unroll
+          for (int j = 0; j < NG; ++j) {
+            const int col = n0 + j * 8 + 2 * q;                        // accumulator columns 2q, 2q + 1
+            const float s0 = col < n ? __ldg(w_scales + static_cast<int64_t>(col) * groups + c) : 0.f;
+            const float s1 = col + 1 < n ? __ldg(w_scales + static_cast<int64_t>(col + 1) * groups + c) : 0.f;
+            acc[j][0] += part[j][0] * s0; acc[j][1] += part[j][1] * s1;
+            acc[j][2] += part[j][2] * s0; acc[j][3] += part[j][3] * s1;
+          }
         }
       }
-      if constexpr (GROUP != 0) {                                      // chunk c is group c
-#pragma unroll
-        for (int j = 0; j < NG; ++j) {
-          const int col = n0 + j * 8 + 2 * q;                          // accumulator columns 2q, 2q + 1
-          const float s0 = col < n ? __ldg(w_scales + static_cast<int64_t>(col) * groups + c) : 0.f;
-          const float s1 = col + 1 < n ? __ldg(w_scales + static_cast<int64_t>(col + 1) * groups + c) : 0.f;
-          acc[j][0] += part[j][0] * s0; acc[j][1] += part[j][1] * s1;
-          acc[j][2] += part[j][2] * s0; acc[j][3] += part[j][3] * s1;
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < NG; ++j) w[j] = next[j];
     }
-    c = warp;
+    loaded = false;
 #pragma unroll
     for (int j = 0; j < NG; ++j)
 #pragma unroll

@@ -68,8 +68,14 @@ __device__ __forceinline__ uint32_t quantize_pair(float y0, float y1, float qmax
   }
 }
 
+// Register budget: V = 4 kernels (up to 512 threads) keep to 64 registers so that two CTAs share an SM (at 70
+// registers, K = 15360's 480-thread CTAs ran one an SM: 41% of copy bandwidth, bench_cuda.md, second run).
+template <int V> struct Bounds { static constexpr int kThreads = 1024, kMinBlocks = 1; };
+template <> struct Bounds<4> { static constexpr int kThreads = 512, kMinBlocks = 2; };
+template <> struct Bounds<8> { static constexpr int kThreads = 256, kMinBlocks = 2; };
+
 template <typename T, int V, int FMT>
-__global__ void rotate_quant_kernel(const T* __restrict__ x, int64_t stride_x, const void* __restrict__ perm,
+__global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(const T* __restrict__ x, int64_t stride_x, const void* __restrict__ perm,
                                     bool perm_is_int64, const float* __restrict__ channel_scale,
                                     void* __restrict__ out, int64_t stride_out, float* __restrict__ scales,
                                     int64_t m, int k, int log_b, int tokens_per_cta, float norm, float qmax) {
@@ -220,11 +226,12 @@ __global__ void rotate_quant_kernel(const T* __restrict__ x, int64_t stride_x, c
 
 struct Plan { int v, tokens, threads; size_t smem; };
 
-// V (vectors a thread) covers the block inside a warp where it can (B <= 256 * V, V <= 8); tokens a CTA so
-// that a CTA has at least 128 threads' worth of work.
+// V (vectors a thread): 4, or 8 for blocks of 2048 and more (B <= 256 * V keeps a block inside a warp up to
+// 2048). Four 16-byte loads a thread keep enough bytes in flight, and at V = 2 K = 13824 needed 864-thread CTAs
+// that ran one an SM (52% of copy). Tokens a CTA: enough for at least 128 threads' worth of work.
 Plan plan_for(int64_t k, int block) {
   Plan p{};
-  p.v = std::max(2, std::min(8, block / 256));
+  p.v = block >= 2048 ? 8 : 4;
   const int64_t per_token = (k + 8 * p.v - 1) / (8 * p.v);     // thread slots a token needs
   p.tokens = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxTokensPerCta, 128 / per_token)));
   const int64_t slots = (p.tokens * k + 8 * p.v - 1) / (8 * p.v);
@@ -254,7 +261,6 @@ std::string launch(const RotateQuantArgs& a, const Plan& p) {
 template <typename T, int FMT>
 std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
   switch (p.v) {
-    case 2: return launch<T, 2, FMT>(a, p);
     case 4: return launch<T, 4, FMT>(a, p);
     case 8: return launch<T, 8, FMT>(a, p);
   }
@@ -279,7 +285,9 @@ std::string rotate_quant_unsupported(int64_t k, int block) {
     return "block must be a power of two dividing K=" + std::to_string(k) + ", got " + std::to_string(block);
   if (block > 16384) return "block must be <= 16384, got " + std::to_string(block);
   const Plan p = plan_for(k, block);
-  if (p.threads > 1024) return "K=" + std::to_string(k) + " needs more than 1024 threads a token";
+  const int max_threads = p.v == 4 ? Bounds<4>::kThreads : Bounds<8>::kThreads;
+  if (p.threads > max_threads)
+    return "K=" + std::to_string(k) + " needs more than " + std::to_string(max_threads) + " threads a CTA";
   if (p.smem > 200 * 1024) return "K=" + std::to_string(k) + " needs too much shared memory";
   return "";
 }
