@@ -226,12 +226,14 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
 
 struct Plan { int v, tokens, threads; size_t smem; };
 
-// V (vectors a thread): 4, or 8 for blocks of 2048 and more (B <= 256 * V keeps a block inside a warp up to
-// 2048). Four 16-byte loads a thread keep enough bytes in flight, and at V = 2 K = 13824 needed 864-thread CTAs
-// that ran one an SM (52% of copy). Tokens a CTA: enough for at least 128 threads' worth of work.
+// V (vectors a thread), from two runs of bench_cuda.py on the H100 (V = 2 everywhere, then V = 4):
+//   blocks <= 512 with K <= 8192: V = 2 (8192 x 4608: 71% of copy at V = 2, 59% at V = 4; 8858 x 2432: 70%, 57%);
+//   larger K or blocks of 1024: V = 4 (32760 x 13824, block 512: 52% at V = 2 with 864-thread CTAs, 60% at V = 4);
+//   blocks of 2048 and more: V = 8, so that B <= 256 * V keeps a block inside a warp up to 2048.
+// Tokens a CTA: enough for at least 128 threads' worth of work.
 Plan plan_for(int64_t k, int block) {
   Plan p{};
-  p.v = block >= 2048 ? 8 : 4;
+  p.v = block >= 2048 ? 8 : (block <= 512 && k <= 8192 ? 2 : 4);
   const int64_t per_token = (k + 8 * p.v - 1) / (8 * p.v);     // thread slots a token needs
   p.tokens = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxTokensPerCta, 128 / per_token)));
   const int64_t slots = (p.tokens * k + 8 * p.v - 1) / (8 * p.v);
@@ -261,6 +263,7 @@ std::string launch(const RotateQuantArgs& a, const Plan& p) {
 template <typename T, int FMT>
 std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
   switch (p.v) {
+    case 2: return launch<T, 2, FMT>(a, p);
     case 4: return launch<T, 4, FMT>(a, p);
     case 8: return launch<T, 8, FMT>(a, p);
   }
@@ -285,7 +288,7 @@ std::string rotate_quant_unsupported(int64_t k, int block) {
     return "block must be a power of two dividing K=" + std::to_string(k) + ", got " + std::to_string(block);
   if (block > 16384) return "block must be <= 16384, got " + std::to_string(block);
   const Plan p = plan_for(k, block);
-  const int max_threads = p.v == 4 ? Bounds<4>::kThreads : Bounds<8>::kThreads;
+  const int max_threads = p.v == 2 ? Bounds<2>::kThreads : (p.v == 4 ? Bounds<4>::kThreads : Bounds<8>::kThreads);
   if (p.threads > max_threads)
     return "K=" + std::to_string(k) + " needs more than " + std::to_string(max_threads) + " threads a CTA";
   if (p.smem > 200 * 1024) return "K=" + std::to_string(k) + " needs too much shared memory";
