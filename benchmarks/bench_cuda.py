@@ -135,19 +135,19 @@ def main():
     assert cuda_kernels.available(), cuda_kernels.why_unavailable()
     with open(os.path.join(HERE, "dit_shapes.json")) as f:
         shapes = json.load(f)["gemm"]
-    copy = copy_gbps()
-    print(f"copy {copy:.0f} GB/s", flush=True)
+    copy_bw = copy_gbps()
+    print(f"copy {copy_bw:.0f} GB/s", flush=True)
     rot_shapes = sorted({(s["M"], s["K"]) for s in shapes if s["M"] >= 512})
     rot = []
     for m, k in rot_shapes:
-        rot.append(bench_rotate(m, k, copy))
+        rot.append(bench_rotate(m, k, copy_bw))
         print({a: (round(b, 2) if isinstance(b, float) else b) for a, b in rot[-1].items()}, flush=True)
         torch.cuda.empty_cache()
     gemv = []
     for layer, k, n in FLUX_GEMV:
         for m in (1, 4, 16):
             for bits, group in ((4, 0), (3, 0), (4, 128)):
-                gemv.append(bench_gemv(layer, k, n, m, bits, group, copy))
+                gemv.append(bench_gemv(layer, k, n, m, bits, group, copy_bw))
                 print({a: (round(b, 2) if isinstance(b, float) else b) for a, b in gemv[-1].items()}, flush=True)
     fwd = [bench_forward(3072, 12288, m, bits) for m in (1, 16) for bits in (4, 3)]
     for r in fwd:
@@ -156,7 +156,7 @@ def main():
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python benchmarks/bench_cuda.py", "copy_GBps": copy,
+            "command": "python benchmarks/bench_cuda.py", "copy_GBps": copy_bw,
             "fast_hadamard_transform": fht_or_none() is not None}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_cuda.json"), "w") as f:
@@ -164,7 +164,7 @@ def main():
     md = [f"# CUDA kernels (lrq_kernels._C) on {meta['gpu']}", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
           f"Medians of CUDA-graph replays over copies of the data larger than L2 together, µs. "
-          f"Copy bandwidth in this run: {copy:.0f} GB/s (read + write). fast-hadamard-transform installed: "
+          f"Copy bandwidth in this run: {copy_bw:.0f} GB/s (read + write). fast-hadamard-transform installed: "
           f"{meta['fast_hadamard_transform']}.", "",
           "## rotate + per-token FP8 quantize (block Hadamard)", "",
           "| M | K | block | CUDA µs (% copy) | Triton µs (% copy) | CUDA / Triton speed | CUDA with ARS gather (% copy) "

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
 import triton  # noqa: E402
-from triton.testing import do_bench_cudagraph  # noqa: E402
+from timing import bench_us, copy_gbps  # noqa: E402
 
 from lrq_kernels import QuantConfig, QuantLinear, ops  # noqa: E402
 from lrq_kernels.rotation.rotation import default_block  # noqa: E402
@@ -34,19 +35,8 @@ from lrq_kernels.rotation.rotation import default_block  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def bench_us(fn, rep=60):
-    fn()
-    torch.cuda.synchronize()
-    return do_bench_cudagraph(fn, rep=rep, return_mode="median") * 1e3
-
-
 def ceilings():
-    n = 1 << 28                                        # 512 MiB of bf16 each way
-    a = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
-    b = torch.empty_like(a)
-    copy_us = bench_us(lambda: b.copy_(a))
-    copy_gbs = 2 * a.numel() * 2 / copy_us / 1e3
-    del a, b
+    copy_gbs = copy_gbps()
     s = 8192
     x = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)

@@ -25,3 +25,19 @@ def rel_err(a, b) -> float:
 def student_t(n, k, nu, scale=0.02):
     return torch.distributions.StudentT(float(nu)).sample((n, k)) * scale
 
+
+
+def assert_compile_and_cuda_graph_match_eager(module, x):
+    """torch.compile(fullgraph=True) of `module` and a CUDA-graph capture of its forward give the eager output
+    (the graph replayed on new data in the captured input buffer)."""
+    eager = module(x)
+    assert torch.equal(torch.compile(module, fullgraph=True)(x), eager)
+    static_x = x.clone()
+    module(static_x)                                    # warm-up (compiles the kernels) outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static_y = module(static_x)
+    static_x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_y, module(static_x))

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import assert_compile_and_cuda_graph_match_eager, rel_err
 
 from lrq_kernels import QuantConfig, QuantLinear, cuda as cuda_kernels, ops
 from lrq_kernels.formats.codebooks import TLQGrid, nf_codebook, tlq_codebook
@@ -237,15 +237,4 @@ def test_cuda_and_triton_rotate_quant_agree(monkeypatch):
 def test_weight_only_quantlinear_on_cuda_graph_and_compile():
     torch.manual_seed(0)
     q = QuantLinear.from_linear(torch.nn.Linear(3072, 3072).cuda(), QuantConfig(a_bits=16, group_size=128))
-    x = torch.randn(1, 3072, device="cuda", dtype=torch.bfloat16)
-    eager = q(x)
-    assert torch.equal(torch.compile(q, fullgraph=True)(x), eager)
-    static_x = x.clone()
-    q(static_x)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        static_y = q(static_x)
-    static_x.copy_(torch.randn_like(x))
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(static_y, q(static_x))
+    assert_compile_and_cuda_graph_match_eager(q, torch.randn(1, 3072, device="cuda", dtype=torch.bfloat16))

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import assert_compile_and_cuda_graph_match_eager, rel_err
 
 from lrq_kernels import QuantConfig, QuantLinear, ops
 from lrq_kernels.formats.codebooks import TLQGrid, tlq_codebook
@@ -65,16 +65,4 @@ def test_quantlinear_cuda_matches_reference_path(cfg, monkeypatch):
 def test_torch_compile_fullgraph_and_cuda_graph():
     torch.manual_seed(0)
     q = QuantLinear.from_linear(torch.nn.Linear(3072, 3072).cuda(), QuantConfig())
-    x = torch.randn(77, 3072, device="cuda", dtype=torch.bfloat16)
-    eager = q(x)
-    compiled = torch.compile(q, fullgraph=True)
-    assert torch.equal(compiled(x), eager)
-    static_x = x.clone()
-    q(static_x)                                         # warm-up (compiles the kernels) outside the capture
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        static_y = q(static_x)
-    static_x.copy_(torch.randn_like(x))
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(static_y, q(static_x))
+    assert_compile_and_cuda_graph_match_eager(q, torch.randn(77, 3072, device="cuda", dtype=torch.bfloat16))

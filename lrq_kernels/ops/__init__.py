@@ -25,7 +25,7 @@ from ..reference.act_quant import code_dtype, rotate_quantize_ref, rotate_ref
 from ..reference.gemm import gemm_a8_ref, gemm_a16_ref
 from ..reference.hadamard import hadamard_transform_ref
 from .backend import requested_backend
-from .checks import FLOAT_IN, check_gemm_a8, check_gemm_a16, check_rotate_quant
+from .checks import FLOAT_IN, check_gemm_a8, check_gemm_a16, check_rotate_quant, check_rotation
 
 _LIB = "lrq"
 
@@ -180,7 +180,7 @@ def rotate(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optiona
            block: int) -> torch.Tensor:
     """x [M, K] -> x[:, perm] * channel_scale times the normalised block Hadamard, in x's dtype (the weight-only
     path's rotation; float32 inside, rounded once at the end)."""
-    check_rotate_quant(x, perm, channel_scale, block, "fp8", 8)
+    check_rotation(x, perm, channel_scale, block)
     if _pick("rotate", x.device, k=x.shape[1], block=block, dtype=x.dtype) == "cuda":
         return cuda_kernels.rotate_quant_cuda(x, perm, channel_scale, block, None, 16)[0]
     return rotate_ref(x, perm, channel_scale, block).to(x.dtype)
@@ -188,7 +188,7 @@ def rotate(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optiona
 
 @rotate.register_fake
 def _(x, perm, channel_scale, block):
-    check_rotate_quant(x, perm, channel_scale, block, "fp8", 8)
+    check_rotation(x, perm, channel_scale, block)
     return torch.empty_like(x)
 
 

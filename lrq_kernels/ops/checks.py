@@ -12,11 +12,15 @@ OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def check_rotate_quant(x, perm, channel_scale, block, a_format, a_bits):
+    check_rotation(x, perm, channel_scale, block)
+    act_qmax(a_format, a_bits)
+
+
+def check_rotation(x, perm, channel_scale, block):
     check_tensor("x", x, ndim=2, dtypes=FLOAT_IN)
     k = x.shape[1]
     if not (isinstance(block, int) and is_power_of_two(block) and k % block == 0):
         raise ValueError(f"block must be a power of two dividing K={k}, got {block!r}")
-    act_qmax(a_format, a_bits)
     if perm is not None:
         check_tensor("perm", perm, ndim=1, dtypes=(torch.int64, torch.int32))
         if perm.numel() != k:
