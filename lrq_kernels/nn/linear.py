@@ -88,6 +88,9 @@ class QuantLinear(nn.Module):
         self.register_buffer("perm", torch.arange(k, device=device) if permuted else None)
         self.register_buffer("channel_scale", torch.ones(k, device=device) if smoothed else None)
         self.rotation_note = ""
+        # tensor parallelism (nn/parallel.py sets these when it shards the layer): "colwise" needs nothing at
+        # run time; "rowwise" all-reduces each token's absmax and the partial outputs over tp_group
+        self.tp_style, self.tp_group = None, None
 
     def _apply(self, fn, recurse=True):
         # .to(device) moves every buffer; .to(dtype) / .half() / .bfloat16() leave them in their own dtypes
@@ -145,6 +148,9 @@ class QuantLinear(nn.Module):
             mod.channel_scale.copy_(rot.channel_scale)
         mod.rotation_note = rot.note
         mod.quant_info = qw.info
+        for attr in ("_tp_packed_col_blocks", "_tp_packed_row_blocks"):   # diffusers' packed tensor-parallel plans
+            if hasattr(linear, attr):
+                setattr(mod, attr, getattr(linear, attr))
         return mod
 
     @property
@@ -170,6 +176,8 @@ class QuantLinear(nn.Module):
             raise ValueError(f"x is on {x.device} but this QuantLinear is on {self.qweight.device}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
+        if self.tp_style == "rowwise":
+            return self._row_parallel_forward(x2).reshape(*lead, self.out_features)
         cfg = self.config
         g = cfg.group_size or 0
         bias = self.bias
@@ -181,6 +189,32 @@ class QuantLinear(nn.Module):
             y = gemm_a8(codes, scales, self.qweight, self.w_scales, self.codebook, cfg.w_bits,
                         self.in_features, g, bias, x.dtype)
         return y.reshape(*lead, self.out_features)
+
+    def _row_parallel_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        """This rank holds input channels of the layer (nn/parallel.py). Every rank quantizes its channels of
+        a token with the absmax of the whole token (all-reduced), so the codes are the unsharded layer's; the
+        partial outputs are summed in float32 and the bias is added once, after the sum."""
+        import torch.distributed as dist
+        from ..reference.act_quant import quantize_tokens_with_amax_ref   # no kernel takes an outside absmax yet
+        cfg = self.config
+        g = cfg.group_size or 0
+        if cfg.a_bits == 16:
+            xr = x2 if self.rotation_kind == "none" else rotate(x2, self.perm, self.channel_scale, self.block)
+            y = gemm_a16(xr, self.qweight, self.w_scales, self.codebook, cfg.w_bits, g, None).float()
+        else:
+            xf = x2.float()
+            r = xf if self.rotation_kind == "none" else rotate(xf, self.perm, self.channel_scale, self.block)
+            local = r.abs().amax(dim=-1) if r.shape[1] else torch.zeros(r.shape[0], device=r.device)
+            amax = local.clone()
+            dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=self.tp_group)
+            amax = torch.where(torch.isnan(local), local, amax)   # NaN stays NaN, whatever MAX makes of it
+            codes, scales = quantize_tokens_with_amax_ref(r, amax, cfg.a_format, cfg.a_bits)
+            y = gemm_a8(codes, scales, self.qweight, self.w_scales, self.codebook, cfg.w_bits, self.in_features,
+                        g, None, torch.float32)
+        dist.all_reduce(y, group=self.tp_group)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x2.dtype)
 
     def extra_repr(self) -> str:
         g = f", group={self.config.group_size}" if self.config.group_size else ""

@@ -31,9 +31,16 @@ def code_dtype(a_format: str) -> torch.dtype:
 
 def quantize_tokens_ref(r: torch.Tensor, a_format: str, a_bits: int):
     """r: float32 [M, K] (already rotated) -> (codes [M, K] e4m3 or int8, scales float32 [M])."""
-    qmax = act_qmax(a_format, a_bits)
     r = r.float()
     amax = r.abs().amax(dim=-1) if r.shape[-1] else torch.zeros(r.shape[0], device=r.device)
+    return quantize_tokens_with_amax_ref(r, amax, a_format, a_bits)
+
+
+def quantize_tokens_with_amax_ref(r: torch.Tensor, amax: torch.Tensor, a_format: str, a_bits: int):
+    """The same with each token's absmax given (float32 [M]): a row-parallel layer quantizes its slice of the
+    channels with the absmax of the whole token, so that its codes are those of the unsharded layer."""
+    qmax = act_qmax(a_format, a_bits)
+    r, amax = r.float(), amax.float()
     # a tensor divisor, not the Python float: PyTorch's CUDA division by a scalar multiplies by its float32
     # reciprocal (off by an ulp from amax / qmax), so the reference would depend on its device
     scale = amax / torch.full_like(amax, qmax)
