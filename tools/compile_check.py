@@ -26,9 +26,9 @@ def gm(bits, group, dot, bm, bn, bk, warps, stages, K=3072, adt="*fp8e4nv", cbdt
            "M": "i32", "N": "i32", "K": "constexpr", "row_bytes": "i32", "hi_offset": "i32", "stride_am": "i32", "stride_cm": "i32", "n_groups": "i32", "M_BUCKET": "i32",
            "BITS": "constexpr", "GROUP": "constexpr", "HAS_BIAS": "constexpr", "HAS_SA": "constexpr", "DOT_DTYPE": "constexpr",
            "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "GROUP_M": "constexpr",
-           "USE_PRMT": "constexpr", "PROMOTE_K": "constexpr"}
+           "USE_PRMT": "constexpr"}
     cst = {"K": K, "BITS": bits, "GROUP": group, "HAS_BIAS": True, "HAS_SA": adt == "*fp8e4nv", "DOT_DTYPE": dot, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
-           "USE_PRMT": prmt, "PROMOTE_K": 512}
+           "USE_PRMT": prmt}
     k = triton.compile(ASTSource(fn=_gemm_kernel, signature=sig, constexprs=cst), target=tgt, options={"num_warps": warps, "num_stages": stages})
     import re
     sass_ok = True

@@ -21,7 +21,6 @@ import triton
 import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-PROMOTE_K = 512   # FP8 products chained on the tensor cores before a float32 add (_gemm_kernel)
 # LRQ_TRITON_PRMT=0 keeps the select-and-shift decode on the GPU too (to compare the two in one benchmark)
 USE_PRMT = os.environ.get("LRQ_TRITON_PRMT", "1") != "0"
 
@@ -120,7 +119,7 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
                  stride_am, stride_cm, n_groups, M_BUCKET,
                  BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SA: tl.constexpr,
                  DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, USE_PRMT: tl.constexpr, PROMOTE_K: tl.constexpr):
+                 GROUP_M: tl.constexpr, USE_PRMT: tl.constexpr):
     # grouped tile order: GROUP_M row-tiles share each column of weight tiles while it is in L2
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -140,7 +139,6 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
     rk = tl.arange(0, BLOCK_K)
     a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # K is a compile-time constant: a model has a handful of widths, and Triton's CPU interpreter cannot run a
     # loop whose bound is a runtime scalar under NumPy >= 2.4
     for k0 in range(0, K, BLOCK_K):
@@ -156,14 +154,11 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
             acc += tl.dot(a, tl.trans(w)) * s[None, :]
         elif DOT_DTYPE == tl.float8e4nv:
             # Hopper's FP8 MMA accumulates with fewer bits than float32 (DeepSeek-V3 reports ~14): chained over
-            # the whole K it gave 1.16e-3 relative error at M = 333, K = N = 2432 (tests/test_gpu.py). So the
-            # tensor cores chain at most PROMOTE_K products, then the CUDA cores add that partial sum to the
-            # float32 accumulator. Every 128 (one BLOCK_K) cost FLUX fc1 40% (523 -> 734 us): the add waits
-            # for each wgmma; every 512 lets four chain.
-            part = tl.dot(a, tl.trans(w), part)
-            if ((k0 // BLOCK_K) % (PROMOTE_K // BLOCK_K) == PROMOTE_K // BLOCK_K - 1) or (k0 + BLOCK_K >= K):
-                acc += part
-                part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            # the whole K it gave 1.16e-3 relative error at M = 333, K = N = 2432 (tests/test_gpu.py). Each
+            # BLOCK_K step's product is therefore added to the float32 accumulator by the CUDA cores. Measured on
+            # FLUX fc1 (bench_linear, H100): chained 523 us (wrong at 1e-3), a float32 add every step 734 us,
+            # every 4 steps through an in-loop branch 761 us (the branch costs more than it saves).
+            acc += tl.dot(a, tl.trans(w))
         else:
             acc = tl.dot(a, tl.trans(w), acc)
     if GROUP == 0:
@@ -212,8 +207,7 @@ def _launch(a, sa, packed, w_scales, codebook, bits, k, group, bias, out_dtype, 
             m, n, k, packed.shape[1], k8 // 4, a.stride(0), out.stride(0), (k // group) if group else 1,
             min(triton.next_power_of_2(m), 4096))
     meta = dict(BITS=bits, GROUP=group, HAS_BIAS=bias is not None, HAS_SA=sa is not None, DOT_DTYPE=dot_dtype,
-                GROUP_M=8, USE_PRMT=USE_PRMT and not _INTERPRET,   # the CPU interpreter runs no PTX
-                PROMOTE_K=PROMOTE_K)
+                GROUP_M=8, USE_PRMT=USE_PRMT and not _INTERPRET)   # the CPU interpreter runs no PTX
     if _INTERPRET:      # the interpreter runs one small tile shape; no autotuning
         bk = 32 if dot_dtype == tl.float8e4nv else 16
         grid = (triton.cdiv(m, 16) * triton.cdiv(n, 16),)
