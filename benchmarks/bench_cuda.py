@@ -156,7 +156,7 @@ def main():
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python benchmarks/bench_cuda.py", "copy_GBps": copy_bw,
+            "command": " ".join(["python benchmarks/bench_cuda.py"] + sys.argv[1:]), "copy_GBps": copy_bw,
             "fast_hadamard_transform": fht_or_none() is not None}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_cuda.json"), "w") as f:

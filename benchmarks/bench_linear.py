@@ -119,7 +119,7 @@ def main():
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python benchmarks/bench_linear.py", "ceilings": ceil}
+            "command": " ".join(["python benchmarks/bench_linear.py"] + sys.argv[1:]), "ceilings": ceil}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_linear.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
