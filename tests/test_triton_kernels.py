@@ -98,3 +98,61 @@ def test_gemm_a8_k_not_multiple_of_block():
     y = ops.gemm_a8(codes, sx, q.packed, q.scales, q.codebook, 3, k, 0, None, torch.float32)
     w = dequantize_packed(q.packed, q.scales, q.codebook, 3, k, None).double()
     assert rel_err(y, (codes.double() @ w.t()) * sx.double()[:, None]) <= 1e-3
+
+
+def _run_ptx(asm: str, regs: dict) -> dict:
+    """Execute the b32 and/shr/or/prmt instructions of a PTX block on Python ints (PTX ISA semantics of prmt's
+    default mode: selector nibble i picks byte (nibble & 7) of {b, a}, bit 3 replicates that byte's sign)."""
+    regs = dict(regs)
+
+    def val(tok):
+        tok = tok.strip()
+        return int(tok, 0) if tok[0].isdigit() else regs[tok]
+
+    for line in asm.splitlines():
+        line = line.strip().rstrip(";")
+        if not line or line[0] in "{}." or line.startswith(".reg"):
+            continue
+        op, args = line.split(None, 1)
+        d, *src = [a.strip() for a in args.split(",")]
+        v = [val(a) for a in src]
+        if op == "and.b32":
+            r = v[0] & v[1]
+        elif op == "or.b32":
+            r = v[0] | v[1]
+        elif op == "shr.b32":
+            r = v[0] >> v[1]
+        elif op == "prmt.b32":
+            pool = (v[0] | (v[1] << 32)).to_bytes(8, "little")
+            out = 0
+            for i in range(4):
+                nib = (v[2] >> (4 * i)) & 0xF
+                byte = pool[nib & 7]
+                if nib & 8:
+                    byte = 0xFF if byte & 0x80 else 0
+                out |= byte << (8 * i)
+            r = out
+        else:
+            raise AssertionError(f"unexpected instruction {op}")
+        regs[d] = r & 0xFFFFFFFF
+    return regs
+
+
+def test_prmt_decode_ptx_looks_up_every_nibble():
+    """The inline-PTX 4-bit decode of triton/gemm.py (run on the GPU only), executed instruction by instruction:
+    each output byte is the table entry of the low / high nibble of the input byte in the same position."""
+    from lrq_kernels.triton.gemm import _DECODE4_ASM
+    asm = _DECODE4_ASM.value if hasattr(_DECODE4_ASM, "value") else _DECODE4_ASM
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        table = torch.randint(0, 256, (16,), generator=g, dtype=torch.int64).tolist()
+        words = [int.from_bytes(bytes(table[4 * j: 4 * j + 4]), "little") for j in range(4)]
+        packed = torch.randint(0, 256, (4,), generator=g, dtype=torch.int64).tolist()
+        if trial < 16:                      # every code in every position at least once
+            packed = [(trial << 4 | (15 - trial))] * 4
+        w = int.from_bytes(bytes(packed), "little")
+        regs = {"$2": w, "$3": words[0], "$7": words[1], "$11": words[2], "$15": words[3]}
+        out = _run_ptx(asm, regs)
+        lo, hi = out["$0"].to_bytes(4, "little"), out["$1"].to_bytes(4, "little")
+        assert list(lo) == [table[b & 15] for b in packed]
+        assert list(hi) == [table[b >> 4] for b in packed]
