@@ -222,7 +222,7 @@ class QuantLinear(nn.Module):
         a = "float (weight-only)" if c.a_bits == 16 else ("fp8" if c.a_format == "fp8" else f"int{c.a_bits}")
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"w={self.w_format}{self.config.w_bits}{g}, a={a}, rotation={self.rotation_kind}"
-                f"(block={self.block})")
+                f"(block={self.block})" + (f", tensor-parallel {self.tp_style} shard" if self.tp_style else ""))
 
     # --- state dict: metadata in _extra_state, everything checked before anything is copied ---------------
 
