@@ -29,6 +29,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from lrq_kernels.nn.model import read_checkpoint
+
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "digits_dit")
 GENERATOR_FILE = os.path.join(ASSETS, "transformer.safetensors")
 CLASSIFIER_FILE = os.path.join(ASSETS, "classifier.safetensors")
@@ -87,19 +89,6 @@ def scheduler(kind: str = "ddim"):
     return cls(**SCHEDULER_CONFIG)
 
 
-def _read_checkpoint(path: str, fmt: str) -> tuple[dict, dict]:
-    from safetensors import safe_open
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors has its own error types for missing, truncated or garbled files
-        raise ValueError(f"cannot read checkpoint {path!r}: {e}") from None
-    if meta.get("format") != fmt:
-        raise ValueError(f"checkpoint {path!r} has format {meta.get('format')!r}, expected {fmt!r}")
-    return state, meta
-
-
 def _check_state(model: nn.Module, state: dict, path: str) -> None:
     """Every tensor of the model present with its shape and finite; nothing extra. Raises before any copy."""
     expected = model.state_dict()
@@ -126,7 +115,7 @@ def save_generator(model: nn.Module, path: str, info: dict) -> None:
 def load_generator(path: str = GENERATOR_FILE, device="cpu"):
     """(model in float32, eval mode, on `device`; info dict of the training run). Refuses a file whose format,
     config, tensor names, shapes or values do not match, before loading anything."""
-    state, meta = _read_checkpoint(path, GENERATOR_FORMAT)
+    state, meta = read_checkpoint(path, GENERATOR_FORMAT)
     cfg = json.loads(meta.get("model_config", "null"))
     if cfg != MODEL_CONFIG:
         raise ValueError(f"checkpoint {path!r} was trained with model config {cfg}, this code builds {MODEL_CONFIG}")
@@ -171,7 +160,7 @@ def save_classifier(model: DigitsClassifier, real_mu: torch.Tensor, real_cov: to
 
 def load_classifier(path: str = CLASSIFIER_FILE, device="cpu"):
     """(classifier in eval mode, real-feature mean [64] and covariance [64, 64] in float64, info dict)."""
-    state, meta = _read_checkpoint(path, CLASSIFIER_FORMAT)
+    state, meta = read_checkpoint(path, CLASSIFIER_FORMAT)
     net = DigitsClassifier()
     d = DigitsClassifier.FEATURES
     for key, shape in (("real_mu", (d,)), ("real_cov", (d, d))):

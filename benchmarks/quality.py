@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ import digits_dit as dd  # noqa: E402
 
 import lrq_kernels as lrq  # noqa: E402
 from lrq_kernels.integrations.diffusers import DIT_SKIP  # noqa: E402
+from lrq_kernels.nn.model import _linears, _set_submodule  # noqa: E402  (quantize_model's own walk)
 from lrq_kernels.reference.act_quant import dequantize_tokens_ref, quantize_tokens_ref  # noqa: E402
 from lrq_kernels.rotation.ars import SALIENT_RATIO  # noqa: E402
 
@@ -75,27 +77,15 @@ def rotation_label(m: lrq.QuantLinear) -> str:
 
 
 def counts(values) -> dict:
-    out = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items()))
+    return dict(sorted(Counter(values).items()))
 
 
 def make_w8a8(model):
+    """A copy of `model` with W8A8Linear in place of every linear quantize_model would replace."""
     q = copy.deepcopy(model)
-    names = [n for n, m in q.named_modules() if isinstance(m, nn.Linear)
-             and n in {k for k, _ in _quantizable(model)}]
-    for n in names:
-        parent, _, child = n.rpartition(".")
-        setattr(q.get_submodule(parent) if parent else q, child, W8A8Linear(q.get_submodule(n)))
+    for name, lin in list(_linears(q, DIT_SKIP)):
+        _set_submodule(q, name, W8A8Linear(lin))
     return q
-
-
-def _quantizable(model):
-    """(name, linear) of the linears quantize_model replaces (the same skip patterns)."""
-    import fnmatch
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not any(fnmatch.fnmatch(n, p) for p in DIT_SKIP)]
 
 
 def kurtosis(t: torch.Tensor) -> float:
@@ -111,7 +101,7 @@ def layer_statistics(model, calib: dict, default_model) -> list[dict]:
     the default configuration's choice of format and rotation."""
     chosen = quantized_linears(default_model)
     rows = []
-    for name, lin in _quantizable(model):
+    for name, lin in _linears(model, DIT_SKIP):
         w = lin.weight.detach().double().cpu()
         zr = w - w.mean(dim=1, keepdim=True)
         row_k = (zr.pow(4).mean(dim=1) / zr.pow(2).mean(dim=1).pow(2) - 3).median()

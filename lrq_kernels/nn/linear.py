@@ -195,7 +195,8 @@ class QuantLinear(nn.Module):
         a token with the absmax of the whole token (all-reduced), so the codes are the unsharded layer's; the
         partial outputs are summed in float32 and the bias is added once, after the sum."""
         import torch.distributed as dist
-        from ..reference.act_quant import quantize_tokens_with_amax_ref   # no kernel takes an outside absmax yet
+        from ..reference.act_quant import quantize_tokens_with_amax_ref, token_absmax   # no kernel takes an
+        # outside absmax yet
         cfg = self.config
         g = cfg.group_size or 0
         if cfg.a_bits == 16:
@@ -204,7 +205,7 @@ class QuantLinear(nn.Module):
         else:
             xf = x2.float()
             r = xf if self.rotation_kind == "none" else rotate(xf, self.perm, self.channel_scale, self.block)
-            local = r.abs().amax(dim=-1) if r.shape[1] else torch.zeros(r.shape[0], device=r.device)
+            local = token_absmax(r)
             amax = local.clone()
             dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=self.tp_group)
             amax = torch.where(torch.isnan(local), local, amax)   # NaN stays NaN, whatever MAX makes of it

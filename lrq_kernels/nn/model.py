@@ -70,13 +70,9 @@ def save_quantized(model: nn.Module, path: str) -> None:
     save_file(state, path, metadata=meta)
 
 
-def load_quantized(model: nn.Module, path: str) -> nn.Module:
-    """Load a checkpoint of `save_quantized` into `model` (the float model, or one already quantized alike).
-
-    Everything is checked first (file integrity, format, every layer's layout against the model, every tensor's
-    name, shape and dtype); the model is changed only when all of it passes, so a corrupted or mismatched file
-    leaves the model as it was.
-    """
+def read_checkpoint(path: str, fmt: str) -> tuple[dict, dict]:
+    """(tensors, metadata) of a safetensors file whose metadata "format" is `fmt`; ValueError naming the file
+    otherwise (missing, truncated, garbled, or another format)."""
     from safetensors import safe_open
     try:
         with safe_open(path, framework="pt") as f:
@@ -84,8 +80,19 @@ def load_quantized(model: nn.Module, path: str) -> nn.Module:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated or garbled files
         raise ValueError(f"cannot read checkpoint {path!r}: {e}") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path!r} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    if meta.get("format") != fmt:
+        raise ValueError(f"checkpoint {path!r} has format {meta.get('format')!r}, expected {fmt!r}")
+    return state, meta
+
+
+def load_quantized(model: nn.Module, path: str) -> nn.Module:
+    """Load a checkpoint of `save_quantized` into `model` (the float model, or one already quantized alike).
+
+    Everything is checked first (file integrity, format, every layer's layout against the model, every tensor's
+    name, shape and dtype); the model is changed only when all of it passes, so a corrupted or mismatched file
+    leaves the model as it was.
+    """
+    state, meta = read_checkpoint(path, CHECKPOINT_FORMAT)
     try:
         layouts = json.loads(meta["layouts"])
     except (KeyError, json.JSONDecodeError) as e:

@@ -32,8 +32,12 @@ def code_dtype(a_format: str) -> torch.dtype:
 def quantize_tokens_ref(r: torch.Tensor, a_format: str, a_bits: int):
     """r: float32 [M, K] (already rotated) -> (codes [M, K] e4m3 or int8, scales float32 [M])."""
     r = r.float()
-    amax = r.abs().amax(dim=-1) if r.shape[-1] else torch.zeros(r.shape[0], device=r.device)
-    return quantize_tokens_with_amax_ref(r, amax, a_format, a_bits)
+    return quantize_tokens_with_amax_ref(r, token_absmax(r), a_format, a_bits)
+
+
+def token_absmax(r: torch.Tensor) -> torch.Tensor:
+    """max_k |r[t, k]| of each token, float32 [M] (0 for K = 0; NaN where the token has a NaN)."""
+    return r.float().abs().amax(dim=-1) if r.shape[-1] else torch.zeros(r.shape[0], device=r.device)
 
 
 def quantize_tokens_with_amax_ref(r: torch.Tensor, amax: torch.Tensor, a_format: str, a_bits: int):
