@@ -80,6 +80,25 @@ def test_gemm_a8_against_reference(m, bits, group, a_format):
     assert rel_err(y, want) <= 1e-3
 
 
+@pytest.mark.parametrize("bits,group", [(4, None), (3, 64)])
+@pytest.mark.parametrize("a_format", ["fp8", "int", "a16"])
+def test_gemm_swapped_operands_against_reference(bits, group, a_format, monkeypatch):
+    """The opt-in transposed product (LRQ_TRITON_SWAP_AB=1, lrq_kernels/triton/gemm.py) computes the same GEMM."""
+    import lrq_kernels.triton.gemm as tg
+    monkeypatch.setattr(tg, "SWAP_AB", True)
+    n, k, m = 40, 192, 7
+    q = _weight(n, k, bits, group)
+    if a_format == "a16":
+        x = torch.randn(m, k, device=DEV).to(ACT_DTYPE)
+        y = tg.gemm_a16_triton(x, q.packed, q.scales, q.codebook, bits, group or 0, None)
+        assert rel_err(y.float(), gemm_a16_ref(x, q.dequantize())) <= 3e-3
+        return
+    codes, sx = quantize_tokens_ref(torch.randn(m, k, device=DEV), a_format, 8)
+    y = tg.gemm_a8_triton(codes, sx, q.packed, q.scales, q.codebook, bits, k, group or 0, None, torch.float32)
+    want = (codes.double() @ q.dequantize().double().t()) * sx.double()[:, None]
+    assert rel_err(y, want) <= 1e-3
+
+
 @pytest.mark.parametrize("m", [1, 5, 20])
 @pytest.mark.parametrize("bits,group", [(4, None), (3, None), (4, 128)])
 def test_gemm_a16_against_reference(m, bits, group):
@@ -101,7 +120,7 @@ def test_gemm_a8_k_not_multiple_of_block():
 
 
 def _run_ptx(asm: str, regs: dict) -> dict:
-    """Execute the b32 and/shr/or/prmt instructions of a PTX block on Python ints (PTX ISA semantics of prmt's
+    """Execute the b32 and/shr/shl/or/prmt instructions of a PTX block on Python ints (PTX ISA semantics of prmt's
     default mode: selector nibble i picks byte (nibble & 7) of {b, a}, bit 3 replicates that byte's sign)."""
     regs = dict(regs)
 
@@ -122,6 +141,8 @@ def _run_ptx(asm: str, regs: dict) -> dict:
             r = v[0] | v[1]
         elif op == "shr.b32":
             r = v[0] >> v[1]
+        elif op == "shl.b32":
+            r = v[0] << v[1]
         elif op == "prmt.b32":
             pool = (v[0] | (v[1] << 32)).to_bytes(8, "little")
             out = 0
@@ -156,3 +177,24 @@ def test_prmt_decode_ptx_looks_up_every_nibble():
         lo, hi = out["$0"].to_bytes(4, "little"), out["$1"].to_bytes(4, "little")
         assert list(lo) == [table[b & 15] for b in packed]
         assert list(hi) == [table[b >> 4] for b in packed]
+
+
+def test_prmt_decode3_ptx_looks_up_every_code():
+    """The inline-PTX 3-bit decode, executed instruction by instruction: output i's byte j is the table entry of
+    code 4j + i, whose bits 0-1 are in lo byte j (two bits a code) and bit 2 in H byte j (one bit a code)."""
+    from lrq_kernels.triton.gemm import _DECODE3_ASM
+    asm = _DECODE3_ASM.value if hasattr(_DECODE3_ASM, "value") else _DECODE3_ASM
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        table = torch.randint(0, 256, (8,), generator=g, dtype=torch.int64).tolist()
+        words = [int.from_bytes(bytes(table[4 * j: 4 * j + 4]), "little") for j in range(2)]
+        codes = torch.randint(0, 8, (4, 4), generator=g, dtype=torch.int64)      # [byte j, code i]
+        if trial < 8:                       # every code in every position at least once
+            codes = (torch.arange(4)[None, :] + trial + torch.arange(4)[:, None]) % 8
+        lo = [sum((int(codes[j, i]) & 3) << (2 * i) for i in range(4)) for j in range(4)]
+        hb = [sum((int(codes[j, i]) >> 2) << i for i in range(4)) for j in range(4)]
+        regs = {"$4": int.from_bytes(bytes(lo), "little"), "$5": int.from_bytes(bytes(hb), "little"),
+                "$6": words[0], "$10": words[1]}
+        out = _run_ptx(asm, regs)
+        for i in range(4):
+            assert list(out[f"${i}"].to_bytes(4, "little")) == [table[int(codes[j, i])] for j in range(4)]

@@ -23,6 +23,13 @@ import triton.language as tl
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # LRQ_TRITON_PRMT=0 keeps the select-and-shift decode on the GPU too (to compare the two in one benchmark)
 USE_PRMT = os.environ.get("LRQ_TRITON_PRMT", "1") != "0"
+# The 3-bit prmt decode is opt-in (LRQ_TRITON_PRMT3=1) until it has run on a GPU: its PTX is checked on CPU
+# (tests/test_triton_kernels.py) and its K loop compiles to 379 SASS instructions against 577 for the select
+# decode and 353 for the GPU-measured 4-bit prmt decode (tools/sass_loop.py), but it has not been timed or run
+# through tests/test_gpu.py yet. benchmarks/gemm_variants.py measures it.
+USE_PRMT3 = os.environ.get("LRQ_TRITON_PRMT3", "0") == "1"
+# LRQ_TRITON_SWAP_AB=1: the transposed product (see _gemm_kernel), likewise opt-in until measured on the GPU
+SWAP_AB = os.environ.get("LRQ_TRITON_SWAP_AB", "0") == "1"
 
 
 @triton.jit
@@ -79,10 +86,58 @@ prmt.b32 $1, a, b, q;
 """)
 _DECODE4_CONSTRAINTS = tl.constexpr("=r,=r," + ",".join(["r"] * 17))
 
+# 3-bit decode on the GPU, 4 lo-plane bytes L and 4 expanded hi-plane bytes H an instance (16 codes):
+#   lo byte j holds bits 0-1 of codes 4j..4j+3; H byte j holds their bit 2 (bits 0..3, one per code)
+#   for i = 0..3:  c = ((L >> 2i) & 0x03030303) | ((H << (2 - i)) & 0x04040404)    code 4j+i, one a byte
+#                  s = prmt(c | (c >> 4), _, 0x20)                                  the 4 codes as nibbles
+#                  out_i = prmt(t0, t1, s)                                          codebook entries 0..7
+# 34 instructions for 16 codes. Operands: $0..$3 out_0..out_3, $4 L, $5 H, then t0, t1 as 4 registers each
+# ($6, $10 used). Like the 4-bit decode, each output byte depends only on the input bytes in its position.
+_DECODE3_ASM = tl.constexpr("""
+{
+.reg .b32 c, h, x;
+and.b32 c, $4, 0x03030303;
+shl.b32 h, $5, 2;
+and.b32 h, h, 0x04040404;
+or.b32 c, c, h;
+shr.b32 x, c, 4;
+or.b32 x, x, c;
+prmt.b32 x, x, x, 0x20;
+prmt.b32 $0, $6, $10, x;
+shr.b32 c, $4, 2;
+and.b32 c, c, 0x03030303;
+shl.b32 h, $5, 1;
+and.b32 h, h, 0x04040404;
+or.b32 c, c, h;
+shr.b32 x, c, 4;
+or.b32 x, x, c;
+prmt.b32 x, x, x, 0x20;
+prmt.b32 $1, $6, $10, x;
+shr.b32 c, $4, 4;
+and.b32 c, c, 0x03030303;
+and.b32 h, $5, 0x04040404;
+or.b32 c, c, h;
+shr.b32 x, c, 4;
+or.b32 x, x, c;
+prmt.b32 x, x, x, 0x20;
+prmt.b32 $2, $6, $10, x;
+shr.b32 c, $4, 6;
+and.b32 c, c, 0x03030303;
+shr.b32 h, $5, 1;
+and.b32 h, h, 0x04040404;
+or.b32 c, c, h;
+shr.b32 x, c, 4;
+or.b32 x, x, c;
+prmt.b32 x, x, x, 0x20;
+prmt.b32 $3, $6, $10, x;
+}
+""")
+_DECODE3_CONSTRAINTS = tl.constexpr("=r,=r,=r,=r," + ",".join(["r"] * 10))
+
 
 @triton.jit
 def _decode_weight_tile(w_ptr, t0, t1, t2, t3, offs_n, k0, N, row_bytes, hi_offset, BITS: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PRMT: tl.constexpr):
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PRMT: tl.constexpr, USE_PRMT3: tl.constexpr):
     """e4m3 codebook values [BLOCK_N, BLOCK_K] of the codes of rows offs_n, columns k0 .. k0 + BLOCK_K.
     Each packed byte is loaded once and split in registers; codes past K are the packing's zero padding or
     masked bytes, and meet zero activations. Rows past N read as code 0 and are never stored."""
@@ -99,13 +154,23 @@ def _decode_weight_tile(w_ptr, t0, t1, t2, t3, offs_n, k0, N, row_bytes, hi_offs
         code = tl.reshape(tl.join(byte & 15, byte >> 4), [BLOCK_N, BLOCK_K])          # k = 2j + t
     else:
         kq = k0 // 4 + tl.arange(0, BLOCK_K // 4)
-        lo = tl.load(row + kq[None, :], mask=n_ok & (kq[None, :] < hi_offset), other=0).to(tl.int32)
+        lo = tl.load(row + kq[None, :], mask=n_ok & (kq[None, :] < hi_offset), other=0)
+        ke = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+        hi = tl.load(row + hi_offset + ke[None, :], mask=n_ok & ((hi_offset + ke[None, :]) < row_bytes),
+                     other=0)
+        if USE_PRMT3:
+            # hi byte j covers codes 8j..8j+7: its low nibble sits beside lo byte 2j, its high one beside 2j + 1
+            h = tl.reshape(tl.join(hi & 15, hi >> 4), [BLOCK_N, BLOCK_K // 4])
+            o0, o1, o2, o3 = tl.inline_asm_elementwise(_DECODE3_ASM, _DECODE3_CONSTRAINTS, [lo, h, t0, t1],
+                                                       dtype=(tl.uint8, tl.uint8, tl.uint8, tl.uint8),
+                                                       is_pure=True, pack=4)
+            w = tl.reshape(tl.join(tl.join(o0, o2), tl.join(o1, o3)), [BLOCK_N, BLOCK_K])   # k = 4j + i
+            return w.to(tl.float8e4nv, bitcast=True)
+        lo = lo.to(tl.int32)
+        hi = hi.to(tl.int32)
         # join(join(v0, v2), join(v1, v3)) flattens to v0 v1 v2 v3: k = 4j + i
         lo = tl.reshape(tl.join(tl.join(lo & 3, (lo >> 4) & 3), tl.join((lo >> 2) & 3, (lo >> 6) & 3)),
                         [BLOCK_N, BLOCK_K])
-        ke = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-        hi = tl.load(row + hi_offset + ke[None, :], mask=n_ok & ((hi_offset + ke[None, :]) < row_bytes),
-                     other=0).to(tl.int32)
         # bit i of byte j is code 8j + i: nested joins in the order that flattens to bits 0..7
         x0 = tl.join(tl.join(hi & 1, (hi >> 4) & 1), tl.join((hi >> 2) & 1, (hi >> 6) & 1))
         x1 = tl.join(tl.join((hi >> 1) & 1, (hi >> 5) & 1), tl.join((hi >> 3) & 1, (hi >> 7) & 1))
@@ -115,11 +180,27 @@ def _decode_weight_tile(w_ptr, t0, t1, t2, t3, offs_n, k0, N, row_bytes, hi_offs
 
 
 @triton.jit
+def _accumulate(x, y, acc, scale, SCALED: tl.constexpr, FP32_STEPS: tl.constexpr):
+    """acc + x @ y for one K step. Hopper's FP8 MMA accumulates with fewer bits than float32 (DeepSeek-V3 reports
+    ~14): chained over the whole K it gave 1.16e-3 relative error at M = 333, K = N = 2432 (tests/test_gpu.py,
+    bound 1e-3). FP32_STEPS therefore adds each step's product to the float32 accumulator on the CUDA cores.
+    Measured on FLUX fc1 (bench_linear, H100): chained 523 us (wrong at 1e-3), a float32 add every step 734 us,
+    every 4 steps through an in-loop branch 761 us (the branch costs more than it saves)."""
+    if SCALED:
+        return acc + tl.dot(x, y) * scale
+    elif FP32_STEPS:
+        return acc + tl.dot(x, y)
+    else:
+        return tl.dot(x, y, acc)
+
+
+@triton.jit
 def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K: tl.constexpr, row_bytes, hi_offset,
                  stride_am, stride_cm, n_groups, M_BUCKET,
                  BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SA: tl.constexpr,
                  DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, USE_PRMT: tl.constexpr):
+                 GROUP_M: tl.constexpr, USE_PRMT: tl.constexpr, USE_PRMT3: tl.constexpr, FP32_STEPS: tl.constexpr,
+                 SWAP_AB: tl.constexpr):
     # grouped tile order: GROUP_M row-tiles share each column of weight tiles while it is in L2
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -138,29 +219,32 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
     t3 = tl.load(cb_ptr + 3)
     rk = tl.arange(0, BLOCK_K)
     a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # SWAP_AB computes the transposed product w @ a^T, so that the decoded weight tile is wgmma's A operand, read
+    # from registers rather than staged through shared memory (tools/sass_loop.py shows the register operand).
+    # An experiment, off by default until benchmarks/gemm_variants.py shows it faster on the GPU.
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # K is a compile-time constant: a model has a handful of widths, and Triton's CPU interpreter cannot run a
     # loop whose bound is a runtime scalar under NumPy >= 2.4
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + rk
         a = tl.load(a_rows + offs_k[None, :], mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
         w = _decode_weight_tile(w_ptr, t0, t1, t2, t3, offs_n, k0, N, row_bytes, hi_offset, BITS, BLOCK_N, BLOCK_K,
-                                USE_PRMT)
+                                USE_PRMT, USE_PRMT3)
         a = a.to(DOT_DTYPE)
         w = w.to(DOT_DTYPE)
-        if GROUP > 0:
-            g = k0 // GROUP
-            s = tl.load(sw_ptr + offs_n.to(tl.int64) * n_groups + g, mask=offs_n < N, other=0.0)
-            acc += tl.dot(a, tl.trans(w)) * s[None, :]
-        elif DOT_DTYPE == tl.float8e4nv:
-            # Hopper's FP8 MMA accumulates with fewer bits than float32 (DeepSeek-V3 reports ~14): chained over
-            # the whole K it gave 1.16e-3 relative error at M = 333, K = N = 2432 (tests/test_gpu.py). Each
-            # BLOCK_K step's product is therefore added to the float32 accumulator by the CUDA cores. Measured on
-            # FLUX fc1 (bench_linear, H100): chained 523 us (wrong at 1e-3), a float32 add every step 734 us,
-            # every 4 steps through an in-loop branch 761 us (the branch costs more than it saves).
-            acc += tl.dot(a, tl.trans(w))
+        if GROUP > 0:       # each K step lies inside one scale group (the autotuner's pruning guarantees it)
+            s = tl.load(sw_ptr + offs_n.to(tl.int64) * n_groups + k0 // GROUP, mask=offs_n < N, other=0.0)
         else:
-            acc = tl.dot(a, tl.trans(w), acc)
+            s = tl.full((BLOCK_N,), 1.0, tl.float32)                   # unused
+        if SWAP_AB:
+            acc = _accumulate(w, tl.trans(a), acc, s[:, None], GROUP > 0, FP32_STEPS)
+        else:
+            acc = _accumulate(a, tl.trans(w), acc, s[None, :], GROUP > 0, FP32_STEPS)
+    if SWAP_AB:
+        acc = tl.trans(acc)
     if GROUP == 0:
         sw = tl.load(sw_ptr + offs_n, mask=offs_n < N, other=0.0)
         acc = acc * sw[None, :]
@@ -184,6 +268,8 @@ _CONFIGS = [(128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
 def _prune(configs, named_args, **kwargs):
     m, group = named_args["M_BUCKET"], kwargs.get("GROUP", named_args.get("GROUP", 0))
     fits = [c for c in configs if not group or group % c.kwargs["BLOCK_K"] == 0]   # a K step inside one group
+    if kwargs.get("SWAP_AB", named_args.get("SWAP_AB")):       # BLOCK_N is then wgmma's M: 64 at least
+        fits = [c for c in fits if c.kwargs["BLOCK_N"] >= 64]
     out = [c for c in fits if (m <= 16) == (c.kwargs["BLOCK_M"] == 16) and not (16 < m <= 256 and c.kwargs["BLOCK_M"] > 64)]
     return out or fits
 
@@ -207,7 +293,8 @@ def _launch(a, sa, packed, w_scales, codebook, bits, k, group, bias, out_dtype, 
             m, n, k, packed.shape[1], k8 // 4, a.stride(0), out.stride(0), (k // group) if group else 1,
             min(triton.next_power_of_2(m), 4096))
     meta = dict(BITS=bits, GROUP=group, HAS_BIAS=bias is not None, HAS_SA=sa is not None, DOT_DTYPE=dot_dtype,
-                GROUP_M=8, USE_PRMT=USE_PRMT and not _INTERPRET)   # the CPU interpreter runs no PTX
+                GROUP_M=8, USE_PRMT=USE_PRMT and not _INTERPRET, USE_PRMT3=USE_PRMT3 and not _INTERPRET,  # no PTX
+                FP32_STEPS=dot_dtype == tl.float8e4nv, SWAP_AB=SWAP_AB)              # on the CPU interpreter
     if _INTERPRET:      # the interpreter runs one small tile shape; no autotuning
         bk = 32 if dot_dtype == tl.float8e4nv else 16
         grid = (triton.cdiv(m, 16) * triton.cdiv(n, 16),)
