@@ -123,7 +123,7 @@ def _worker(rank, world, store_file):
             # diffusers' own context parallelism (Ulysses: sequence shards, heads exchanged by all-to-all) over a
             # W4A8 model whose QuantLinears stay whole on each rank: per-token quantization needs no other token.
             # Ring attention needs an attention backend that returns the log-sum-exp (flash, on GPUs only).
-            from diffusers.models._modeling_parallel import ContextParallelConfig
+            from diffusers import ContextParallelConfig
             torch.accelerator.device_count = lambda: 1     # diffusers picks device rank % count: 0 on a CPU box
             model = lrq.quantize_model(copy.deepcopy(base), CONFIGS[0], skip=DIT_SKIP, progress=False)
             ref = model(**inputs)[0]
