@@ -198,3 +198,21 @@ def test_prmt_decode3_ptx_looks_up_every_code():
         out = _run_ptx(asm, regs)
         for i in range(4):
             assert list(out[f"${i}"].to_bytes(4, "little")) == [table[int(codes[j, i])] for j in range(4)]
+
+
+def test_autotune_pruning_keeps_only_tiles_that_fit():
+    """The GEMM autotuner's candidates (lrq_kernels/triton/gemm.py): K = 256 steps only for FP8 dots at large M
+    and only where a step stays inside one scale group; M <= 16 gets the 16-row tiles; swapped operands need
+    BLOCK_N >= 64 (wgmma's M)."""
+    import triton.language as tl
+    from lrq_kernels.triton.gemm import _gemm_tuned, _prune
+
+    def tiles(m, **kw):
+        kw = dict(GROUP=0, DOT_DTYPE=tl.float8e4nv, SWAP_AB=False) | kw
+        return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"])
+                for c in _prune(_gemm_tuned.configs, {"M_BUCKET": m}, **kw)}
+    assert (128, 128, 256) in tiles(4096) and (128, 128, 128) in tiles(4096)
+    assert (128, 128, 256) not in tiles(4096, DOT_DTYPE=tl.bfloat16)
+    assert all(bk <= 64 for _, _, bk in tiles(4096, GROUP=64))
+    assert all(bm == 16 for bm, _, _ in tiles(16)) and all(bm <= 64 for bm, _, _ in tiles(200))
+    assert all(bn >= 64 for _, bn, _ in tiles(16, SWAP_AB=True))
