@@ -144,7 +144,8 @@ def main():
         f.write(f"# Triton GEMM variants on {torch.cuda.get_device_name()}\n\n`python {' '.join(sys.argv)}`, "
                 f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
                 f"Triton {triton.__version__}. Best tile of each variant, medians of CUDA-graph replays; errors at "
-                "tiles (128,128,128) and (128,128,256), float32 output, against a float64 oracle.\n\n" + "\n".join(lines) + "\n")
+                "tiles (128,128,128) and (128,128,256), float32 output, against a float64 oracle.\n\n"
+                + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,8 @@ def gemm(bits, dot, tile, a16=False, group=0, k=3072, prmt=True, fp32_steps=True
     ops, n = sass_main_loop(kern)
     ptx = kern.asm["ptx"]
     reg_a = bool(re.search(r"wgmma\.mma_async[^;]*?\}\s*,\s*\{", ptx.replace("\n", " ")))
-    keys = ["QGMMA", "HGMMA", "HMMA", "QMMA", "PRMT", "LOP3", "SHF", "SEL", "STS", "LDS", "LDGSTS", "FADD", "BAR", "WARPGROUP"]
+    keys = ["QGMMA", "HGMMA", "HMMA", "QMMA", "PRMT", "LOP3", "SHF", "SEL", "STS", "LDS", "LDGSTS", "FADD", "BAR",
+            "WARPGROUP"]
     name = (f"W{bits}A{16 if a16 else 8} tile {tile} group {group} prmt {int(prmt)} fp32-steps "
             f"{int(fp32_steps and not a16)} swap {int(swap)}")
     print(f"{name:78s} loop {n:4d}  " + " ".join(f"{key} {ops.get(key, 0)}" for key in keys)

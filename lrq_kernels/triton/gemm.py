@@ -25,7 +25,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 USE_PRMT = os.environ.get("LRQ_TRITON_PRMT", "1") != "0"
 # The 3-bit prmt decode is opt-in (LRQ_TRITON_PRMT3=1) until it has run on a GPU: its PTX is checked on CPU
 # (tests/test_triton_kernels.py) and its K loop compiles to 379 SASS instructions against 577 for the select
-# decode and 353 for the GPU-measured 4-bit prmt decode (tools/sass_loop.py), but it has not been timed or run
+# decode and 353 for the GPU-measured 4-bit prmt decode (tools/compile_check.py), but it has not been timed or run
 # through tests/test_gpu.py yet. benchmarks/gemm_variants.py measures it.
 USE_PRMT3 = os.environ.get("LRQ_TRITON_PRMT3", "0") == "1"
 # LRQ_TRITON_SWAP_AB=1: the transposed product (see _gemm_kernel), likewise opt-in until measured on the GPU
@@ -91,8 +91,9 @@ _DECODE4_CONSTRAINTS = tl.constexpr("=r,=r," + ",".join(["r"] * 17))
 #   for i = 0..3:  c = ((L >> 2i) & 0x03030303) | ((H << (2 - i)) & 0x04040404)    code 4j+i, one a byte
 #                  s = prmt(c | (c >> 4), _, 0x20)                                  the 4 codes as nibbles
 #                  out_i = prmt(t0, t1, s)                                          codebook entries 0..7
-# 36 PTX instructions for 16 codes (ptxas drops the two shifts by 0). Operands: $0..$3 out_0..out_3, $4 L, $5 H, then t0, t1 as 4 registers each
-# ($6, $10 used). Like the 4-bit decode, each output byte depends only on the input bytes in its position.
+# 36 PTX instructions for 16 codes (ptxas drops the two shifts by 0). Operands: $0..$3 out_0..out_3, $4 L, $5 H,
+# then t0, t1 as 4 registers each ($6, $10 used). Like the 4-bit decode, each output byte depends only on the
+# input bytes in its position.
 
 
 def _decode3_asm() -> str:
@@ -195,7 +196,7 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
     rk = tl.arange(0, BLOCK_K)
     a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
     # SWAP_AB computes the transposed product w @ a^T, so that the decoded weight tile is wgmma's A operand, read
-    # from registers rather than staged through shared memory (tools/sass_loop.py shows the register operand).
+    # from registers rather than staged through shared memory (tools/compile_check.py shows the register operand).
     # An experiment, off by default until benchmarks/gemm_variants.py shows it faster on the GPU.
     if SWAP_AB:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -275,9 +276,10 @@ def _launch(a, sa, packed, w_scales, codebook, bits, k, group, bias, out_dtype, 
     args = (a, sa if sa is not None else a, packed, w_scales, codebook, bias if bias is not None else w_scales, out,
             m, n, k, packed.shape[1], k8 // 4, a.stride(0), out.stride(0), (k // group) if group else 1,
             min(triton.next_power_of_2(m), 4096))
+    # the CPU interpreter runs no PTX: the decodes there are the select-and-shift ones
     meta = dict(BITS=bits, GROUP=group, HAS_BIAS=bias is not None, HAS_SA=sa is not None, DOT_DTYPE=dot_dtype,
-                GROUP_M=8, USE_PRMT=USE_PRMT and not _INTERPRET, USE_PRMT3=USE_PRMT3 and not _INTERPRET,  # no PTX
-                FP32_STEPS=dot_dtype == tl.float8e4nv, SWAP_AB=SWAP_AB)              # on the CPU interpreter
+                GROUP_M=8, USE_PRMT=USE_PRMT and not _INTERPRET, USE_PRMT3=USE_PRMT3 and not _INTERPRET,
+                FP32_STEPS=dot_dtype == tl.float8e4nv, SWAP_AB=SWAP_AB)
     if _INTERPRET:      # the interpreter runs one small tile shape; no autotuning
         bk = 32 if dot_dtype == tl.float8e4nv else 16
         grid = (triton.cdiv(m, 16) * triton.cdiv(n, 16),)
