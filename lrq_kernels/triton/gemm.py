@@ -56,34 +56,20 @@ def _lookup(code, t0, t1, t2, t3, BITS: tl.constexpr):
 # Each output byte depends only on the input byte in the same position, so the grouping of elements into
 # registers (which Triton leaves unspecified) does not matter. Operands: $0 low-nibble codes' bytes, $1
 # high-nibble codes' bytes, $2 the 4 packed bytes, then t0..t3 as 4 registers each ($3, $7, $11, $15 used).
-_DECODE4_ASM = tl.constexpr("""
-{
-.reg .b32 x, s, s7, a, b, q;
-and.b32 x, $2, 0x0F0F0F0F;
-shr.b32 q, x, 4;
-or.b32 x, x, q;
-prmt.b32 s, x, x, 0x20;
-and.b32 s7, s, 0x7777;
-prmt.b32 a, $3, $7, s7;
-prmt.b32 b, $11, $15, s7;
-shr.b32 q, s, 1;
-and.b32 q, q, 0x4444;
-or.b32 q, q, 0x3210;
-prmt.b32 $0, a, b, q;
-shr.b32 x, $2, 4;
-and.b32 x, x, 0x0F0F0F0F;
-shr.b32 q, x, 4;
-or.b32 x, x, q;
-prmt.b32 s, x, x, 0x20;
-and.b32 s7, s, 0x7777;
-prmt.b32 a, $3, $7, s7;
-prmt.b32 b, $11, $15, s7;
-shr.b32 q, s, 1;
-and.b32 q, q, 0x4444;
-or.b32 q, q, 0x3210;
-prmt.b32 $1, a, b, q;
-}
-""")
+
+
+def _decode4_asm() -> str:
+    """The 4-bit decode of the comment above as PTX, one block per half (ptxas drops the shift by 0)."""
+    lines = ["{", ".reg .b32 x, s, s7, a, b, q;"]
+    for half in range(2):
+        lines += [f"shr.b32 x, $2, {4 * half};", "and.b32 x, x, 0x0F0F0F0F;", "shr.b32 q, x, 4;", "or.b32 x, x, q;",
+                  "prmt.b32 s, x, x, 0x20;", "and.b32 s7, s, 0x7777;", "prmt.b32 a, $3, $7, s7;",
+                  "prmt.b32 b, $11, $15, s7;", "shr.b32 q, s, 1;", "and.b32 q, q, 0x4444;", "or.b32 q, q, 0x3210;",
+                  f"prmt.b32 ${half}, a, b, q;"]
+    return "\n".join(lines + ["}"])
+
+
+_DECODE4_ASM = tl.constexpr(_decode4_asm())
 _DECODE4_CONSTRAINTS = tl.constexpr("=r,=r," + ",".join(["r"] * 17))
 
 # 3-bit decode on the GPU, 4 lo-plane bytes L and 4 expanded hi-plane bytes H an instance (16 codes):
