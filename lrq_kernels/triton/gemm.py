@@ -240,7 +240,8 @@ def _prune(configs, named_args, **kwargs):
         fits = [c for c in fits if not (c.kwargs["BLOCK_M"] >= 128 and c.kwargs["BLOCK_K"] == 256)]
     if kwargs.get("SWAP_AB", named_args.get("SWAP_AB")):       # BLOCK_N is then wgmma's M: 64 at least
         fits = [c for c in fits if c.kwargs["BLOCK_N"] >= 64]
-    out = [c for c in fits if (m <= 16) == (c.kwargs["BLOCK_M"] == 16) and not (16 < m <= 256 and c.kwargs["BLOCK_M"] > 64)]
+    out = [c for c in fits if (m <= 16) == (c.kwargs["BLOCK_M"] == 16)
+           and not (16 < m <= 256 and c.kwargs["BLOCK_M"] > 64)]
     return out or fits
 
 
