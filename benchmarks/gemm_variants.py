@@ -110,7 +110,10 @@ def main():
         data = make(333, 2432, 2432, v["bits"], v["a16"])
         errs = {}
         for cfg in ERR_CFGS:
-            y = launch(*data, v["bits"], 2432, cfg, v["swap"], v["acc"], v["prmt"], out_dtype=torch.float32)
+            try:
+                y = launch(*data, v["bits"], 2432, cfg, v["swap"], v["acc"], v["prmt"], out_dtype=torch.float32)
+            except triton.runtime.errors.OutOfResources:   # a16 tiles of BLOCK_K=256 need > 227 KB of smem
+                continue
             errs[str(cfg)] = rel_err(y, *data, v["bits"], 2432)
         for name, m, k, n in SHAPES:
             data = make(m, k, n, v["bits"], v["a16"])
