@@ -131,13 +131,15 @@ def bench_forward(k, n, m, bits):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--only", choices=("all", "gemv"), default="all",
+                    help="gemv: the small-M GEMV table alone (e.g. to compare LRQ_GEMV_PIPELINE=0 and 1)")
     args = ap.parse_args()
     assert cuda_kernels.available(), cuda_kernels.why_unavailable()
     with open(os.path.join(HERE, "dit_shapes.json")) as f:
         shapes = json.load(f)["gemm"]
     copy_bw = copy_gbps()
     print(f"copy {copy_bw:.0f} GB/s", flush=True)
-    rot_shapes = sorted({(s["M"], s["K"]) for s in shapes if s["M"] >= 512})
+    rot_shapes = sorted({(s["M"], s["K"]) for s in shapes if s["M"] >= 512}) if args.only == "all" else []
     rot = []
     for m, k in rot_shapes:
         rot.append(bench_rotate(m, k, copy_bw))
@@ -149,17 +151,19 @@ def main():
             for bits, group in ((4, 0), (3, 0), (4, 128)):
                 gemv.append(bench_gemv(layer, k, n, m, bits, group, copy_bw))
                 print({a: (round(b, 2) if isinstance(b, float) else b) for a, b in gemv[-1].items()}, flush=True)
-    fwd = [bench_forward(3072, 12288, m, bits) for m in (1, 16) for bits in (4, 3)]
+    fwd = [bench_forward(3072, 12288, m, bits) for m in (1, 16) for bits in (4, 3)] if args.only == "all" else []
     for r in fwd:
         print(r, flush=True)
 
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(["python benchmarks/bench_cuda.py"] + sys.argv[1:]), "copy_GBps": copy_bw,
+            "command": " ".join([f"{v}={os.environ[v]}" for v in ("LRQ_GEMV_PIPELINE",) if v in os.environ]
+                                + ["python benchmarks/bench_cuda.py"] + sys.argv[1:]), "copy_GBps": copy_bw,
             "fast_hadamard_transform": fht_or_none() is not None}
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_cuda.json"), "w") as f:
+    stem = "bench_cuda" if args.only == "all" else f"bench_cuda_{args.only}"
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump({"meta": meta, "rotate_quant": rot, "gemv_a16": gemv, "forward_a16": fwd}, f, indent=1)
     md = [f"# CUDA kernels (lrq_kernels._C) on {meta['gpu']}", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
@@ -186,7 +190,7 @@ def main():
            "| M | bits | forward µs | bf16 µs | × bf16 |", "| ---: | ---: | ---: | ---: | ---: |"]
     for r in fwd:
         md.append(f"| {r['M']} | {r['bits']} | {r['fwd_us']:.1f} | {r['bf16_us']:.1f} | {r['speedup']:.2f}× |")
-    with open(os.path.join(args.out, "bench_cuda.md"), "w") as f:
+    with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -80,12 +80,14 @@ def test_gemm_a8_against_reference(m, bits, group, a_format):
     assert rel_err(y, want) <= 1e-3
 
 
+@pytest.mark.parametrize("swap", ["0", "1"])
 @pytest.mark.parametrize("bits,group", [(4, None), (3, 64)])
 @pytest.mark.parametrize("a_format", ["fp8", "int", "a16"])
-def test_gemm_swapped_operands_against_reference(bits, group, a_format, monkeypatch):
-    """The opt-in transposed product (LRQ_TRITON_SWAP_AB=1, lrq_kernels/triton/gemm.py) computes the same GEMM."""
+def test_gemm_both_operand_orders_against_reference(bits, group, a_format, swap, monkeypatch):
+    """Both forms of the GEMM kernel, acc = x @ w^T and its transpose w @ x^T (LRQ_TRITON_SWAP_AB=0 / 1 force one;
+    by default lrq_kernels/triton/gemm.py picks per call), compute the same GEMM."""
     import lrq_kernels.triton.gemm as tg
-    monkeypatch.setattr(tg, "SWAP_AB", True)
+    monkeypatch.setattr(tg, "_SWAP_AB_ENV", swap)
     n, k, m = 40, 192, 7
     q = _weight(n, k, bits, group)
     if a_format == "a16":
@@ -198,6 +200,21 @@ def test_prmt_decode3_ptx_looks_up_every_code():
         out = _run_ptx(asm, regs)
         for i in range(4):
             assert list(out[f"${i}"].to_bytes(4, "little")) == [table[int(codes[j, i])] for j in range(4)]
+
+
+def test_operand_order_follows_the_measured_rule(monkeypatch):
+    """The transposed product where benchmarks/results/gemm_variants.md measured it faster: 16-bit dots at every
+    M, FP8 at M <= 16; the environment variable overrides the rule both ways."""
+    import triton.language as tl
+    import lrq_kernels.triton.gemm as tg
+    monkeypatch.setattr(tg, "_SWAP_AB_ENV", "auto")
+    assert tg._use_swap_ab(4608, tl.bfloat16) and tg._use_swap_ab(4608, tl.float16) and tg._use_swap_ab(1, tl.bfloat16)
+    assert tg._use_swap_ab(16, tl.float8e4nv) and not tg._use_swap_ab(17, tl.float8e4nv)
+    assert not tg._use_swap_ab(4608, tl.float8e4nv)
+    monkeypatch.setattr(tg, "_SWAP_AB_ENV", "1")
+    assert tg._use_swap_ab(4608, tl.float8e4nv)
+    monkeypatch.setattr(tg, "_SWAP_AB_ENV", "0")
+    assert not tg._use_swap_ab(1, tl.bfloat16)
 
 
 def test_autotune_pruning_keeps_only_tiles_that_fit():

@@ -23,13 +23,21 @@ import triton.language as tl
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # LRQ_TRITON_PRMT=0 keeps the select-and-shift decode on the GPU too (to compare the two in one benchmark)
 USE_PRMT = os.environ.get("LRQ_TRITON_PRMT", "1") != "0"
-# The 3-bit prmt decode is opt-in (LRQ_TRITON_PRMT3=1) until it has run on a GPU: its PTX is checked on CPU
-# (tests/test_triton_kernels.py) and its K loop compiles to 379 SASS instructions against 577 for the select
-# decode and 353 for the GPU-measured 4-bit prmt decode (tools/compile_check.py), but it has not been timed or run
-# through tests/test_gpu.py yet. benchmarks/gemm_variants.py measures it.
-USE_PRMT3 = os.environ.get("LRQ_TRITON_PRMT3", "0") == "1"
-# LRQ_TRITON_SWAP_AB=1: the transposed product (see _gemm_kernel), likewise opt-in until measured on the GPU
-SWAP_AB = os.environ.get("LRQ_TRITON_SWAP_AB", "0") == "1"
+# The 3-bit prmt decode, likewise (LRQ_TRITON_PRMT3=0 keeps the select decode). H100, FLUX MLP, W3A8 GEMM alone:
+# 728 / 750 us against 968 / 954 us for the select decode, 1.04x / 1.06x the W4A8 GEMM's time
+# (benchmarks/results/gemm_variants.md).
+USE_PRMT3 = os.environ.get("LRQ_TRITON_PRMT3", "1") != "0"
+# The transposed product (see _gemm_kernel) where it measured faster (benchmarks/results/gemm_variants.md, H100):
+# 16-bit dots at every M (W4A16 FLUX fc1 / fc2 at M = 4608: 864 / 952 us against 1211 / 1259) and FP8 dots at
+# M <= 16 (FLUX fc1 at M = 16: 21.4 us against 35.0). FP8 at large M stays untransposed (698 us against 712).
+# LRQ_TRITON_SWAP_AB=0 or 1 forces one form everywhere, to compare them.
+_SWAP_AB_ENV = os.environ.get("LRQ_TRITON_SWAP_AB", "auto")
+
+
+def _use_swap_ab(m: int, dot_dtype) -> bool:
+    if _SWAP_AB_ENV in ("0", "1"):
+        return _SWAP_AB_ENV == "1"
+    return dot_dtype != tl.float8e4nv or m <= 16
 
 
 @triton.jit
@@ -182,8 +190,8 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
     rk = tl.arange(0, BLOCK_K)
     a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
     # SWAP_AB computes the transposed product w @ a^T, so that the decoded weight tile is wgmma's A operand, read
-    # from registers rather than staged through shared memory (tools/compile_check.py shows the register operand).
-    # An experiment, off by default until benchmarks/gemm_variants.py shows it faster on the GPU.
+    # from registers rather than staged through shared memory (tools/compile_check.py shows the register operand);
+    # at M <= 16 it also lets FP8 run on wgmma (BLOCK_N >= 64 rows) instead of an fp16 mma.sync fallback.
     if SWAP_AB:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
@@ -266,7 +274,7 @@ def _launch(a, sa, packed, w_scales, codebook, bits, k, group, bias, out_dtype, 
     # the CPU interpreter runs no PTX: the decodes there are the select-and-shift ones
     meta = dict(BITS=bits, GROUP=group, HAS_BIAS=bias is not None, HAS_SA=sa is not None, DOT_DTYPE=dot_dtype,
                 GROUP_M=8, USE_PRMT=USE_PRMT and not _INTERPRET, USE_PRMT3=USE_PRMT3 and not _INTERPRET,
-                FP32_STEPS=dot_dtype == tl.float8e4nv, SWAP_AB=SWAP_AB)
+                FP32_STEPS=dot_dtype == tl.float8e4nv, SWAP_AB=_use_swap_ab(m, dot_dtype))
     if _INTERPRET:      # the interpreter runs one small tile shape; no autotuning
         bk = 32 if dot_dtype == tl.float8e4nv else 16
         grid = (triton.cdiv(m, 16) * triton.cdiv(n, 16),)
