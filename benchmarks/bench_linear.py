@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import sys
@@ -120,13 +121,38 @@ def main():
             "cuda": torch.version.cuda, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": " ".join(["python benchmarks/bench_linear.py"] + sys.argv[1:]), "ceilings": ceil}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_linear.json"), "w") as f:
+    write_results(meta, rows, args.out)
+
+
+def summary(rows) -> list[str]:
+    """The issue's acceptance ratios, from the rows of one run."""
+    def geomean(xs):
+        return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+    big = [r for r in rows if r["model"].split("-")[0] in ("flux.1", "sd3.5", "wan2.1")]
+    pixart = [r for r in rows if r["model"] == "pixart-sigma"]
+    flux = [r for r in rows if r["model"] == "flux.1-dev"]
+    w3 = [r["fwd_W3A8_us"] / r["fwd_W4A8_us"] for r in rows]
+    large = [r["speedup_W4A16"] for r in rows if r["M"] >= 4096]
+    return [f"- W4A8 forward over bf16, geometric mean over FLUX.1, SD3.5 and Wan: "
+            f"{geomean([r['speedup_W4A8'] for r in big]):.2f}× (PixArt-Σ 1024²: "
+            f"{geomean([r['speedup_W4A8'] for r in pixart]):.2f}×)",
+            f"- W4A8 forward faster than cuBLAS FP8 GEMM alone on {sum(r['fwd_W4A8_us'] < r['fp8_us'] for r in flux)}"
+            f" of {len(flux)} FLUX shapes",
+            f"- W3A8 forward time over W4A8: {min(w3):.2f}× to {max(w3):.2f}×",
+            f"- W4A16 forward over bf16 at M ≥ 4096: {min(large):.2f}× to {max(large):.2f}×"] if big and flux else []
+
+
+def write_results(meta, rows, out):
+    """bench_linear.json and bench_linear.md under out."""
+    ceil = meta["ceilings"]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "bench_linear.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     md = [f"# Linear layers on {meta['gpu']}", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
           f"Medians of CUDA-graph replays, µs. Ceilings in this run: copy {ceil['copy_GBps']:.0f} GB/s, "
-          f"bf16 {ceil['bf16_TFLOPs']:.0f} TFLOP/s, FP8 row-wise {ceil['fp8_rowwise_TFLOPs']:.0f} TFLOP/s.", "",
+          f"bf16 {ceil['bf16_TFLOPs']:.0f} TFLOP/s, FP8 row-wise {ceil['fp8_rowwise_TFLOPs']:.0f} TFLOP/s."
+          + (f" {meta['note']}" if meta.get("note") else ""), "",
           "| model | layer | M | K | N | bf16 | fp8 GEMM | naive-q | rq (% copy) | gemm W4A8 | fwd W4A8 (× bf16) "
           "| fwd W3A8 | fwd W4A16 (× bf16) | fwd W3A16 (× bf16) |",
           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -137,7 +163,8 @@ def main():
                   f"{r['fwd_W4A8_us']:.1f} ({r['speedup_W4A8']:.2f}×) | {r['fwd_W3A8_us']:.1f} | "
                   f"{r['fwd_W4A16_us']:.1f} ({r['speedup_W4A16']:.2f}×) | {r['fwd_W3A16_us']:.1f} "
                   f"({r['speedup_W3A16']:.2f}×) |")
-    with open(os.path.join(args.out, "bench_linear.md"), "w") as f:
+    md += [""] + summary(rows)
+    with open(os.path.join(out, "bench_linear.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -17,9 +17,6 @@
 // interleaved), then adds the 8 partial sums in shared memory. CTAs are persistent (one table build each), and
 // a warp requests the weights of several chunks before it decodes them.
 // Group scales: a chunk is exactly one group (CH = group size), so a group's partial product is scaled once.
-#include <cstdlib>
-#include <cstring>
-
 #include "common.cuh"
 #include "lrq.h"
 
@@ -104,7 +101,7 @@ struct Codes {
   }
 };
 
-template <typename T, int BITS, int NG, int GROUP, bool PIPELINE>
+template <typename T, int BITS, int NG, int GROUP>
 __global__ void __launch_bounds__(kWarps * 32, 2) gemv_a16_kernel(
     const T* __restrict__ x, int m, int k, int n, const uint8_t* __restrict__ packed, int row_bytes,
     const float* __restrict__ w_scales, const float* __restrict__ codebook, const float* __restrict__ bias,
@@ -128,8 +125,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_a16_kernel(
   // A warp's chunks of a tile are warp, warp + kWarps, ...; it requests the weights of up to MAXC of them at once
   // and then decodes them (all of a tile's chunks in one round for K = 3072), so that each warp has several loads
   // in flight: with one chunk ahead only, a 4.7 MB weight took 8.9 µs (bench_cuda.md, second run).
-  // PIPELINE holds two rounds' weights in registers, so half as many chunks a round (the same registers).
-  constexpr int MAXC = (NG == 4 ? 2 : 4) / (PIPELINE ? 2 : 1);
+  constexpr int MAXC = NG == 4 ? 2 : 4;
   auto load_round = [&](Codes<BITS, CPT> (*dst)[NG], int tile, int c0) {
 #pragma unroll
     for (int i = 0; i < MAXC; ++i) {
@@ -142,19 +138,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_a16_kernel(
       }
     }
   };
-  // The CTA's work is a sequence of rounds: tile blockIdx.x + (r / rounds) * gridDim.x, chunks warp + (r % rounds)
-  // * ROUND + i * kWarps. PIPELINE: the weights of round r + 1 are requested before round r is decoded, into the
-  // other of two register buffers, so that the loads stay in flight through the decode, the MMAs and the tile's
-  // reduction (without it a warp waits for each round's loads with nothing to do).
-  constexpr int ROUND = MAXC * kWarps;
-  const int rounds = (chunks + ROUND - 1) / ROUND;        // the same for every warp: the reduction's barriers
-  const int my_tiles = blockIdx.x < tiles ? (tiles - 1 - blockIdx.x) / gridDim.x + 1 : 0;
-  const int total = my_tiles * rounds;
-  auto load_r = [&](Codes<BITS, CPT> (*dst)[NG], int r) {
-    if (r < total) load_round(dst, blockIdx.x + (r / rounds) * gridDim.x, warp + (r % rounds) * ROUND);
-  };
-  Codes<BITS, CPT> w0[MAXC][NG], w1[MAXC][NG];
-  load_r(w0, 0);
+  Codes<BITS, CPT> w[MAXC][NG];
+  int tile = blockIdx.x;
+  bool loaded = false;
+  if (tile < tiles) { load_round(w, tile, warp); loaded = true; }
 
   // The decode table, built while the first loads are in flight: thread t computes entry t once and writes its
   // 32 lane copies with 16-byte stores.
@@ -168,68 +155,64 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_a16_kernel(
   }
   __syncthreads();
 
-  float acc[NG][4];
-  // Decode and multiply round r's codes (in src); the tile's last round also reduces and stores it.
-  auto compute_r = [&](Codes<BITS, CPT> (*src)[NG], int r) {
-    const int tile = blockIdx.x + (r / rounds) * gridDim.x, c0 = warp + (r % rounds) * ROUND;
+  for (; tile < tiles; tile += gridDim.x) {
     const int n0 = tile * ROWS;
-    if (r % rounds == 0) {
+    float acc[NG][4] = {};
+    for (int c0 = warp; c0 < chunks; c0 += MAXC * kWarps) {
+      if (!loaded) load_round(w, tile, c0);
+      loaded = false;
 #pragma unroll
-      for (int j = 0; j < NG; ++j)
+      for (int i = 0; i < MAXC; ++i) {
+        const int c = c0 + i * kWarps;
+        if (c >= chunks) break;
+        uint32_t xa[CPT / 2], xb[CPT / 2];                             // x rows g and g + 8, bf16x2 words
+        const int kx = c * CH + q * CPT;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
-    }
+        for (int u = 0; u < CPT / 8; ++u) {
+          const uint4 za = row_g ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(g) * k + kx) + u)
+                                 : make_uint4(0, 0, 0, 0);
+          const uint4 zb = row_g8 ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(g + 8) * k + kx) + u)
+                                  : make_uint4(0, 0, 0, 0);
+          xa[4 * u] = za.x; xa[4 * u + 1] = za.y; xa[4 * u + 2] = za.z; xa[4 * u + 3] = za.w;
+          xb[4 * u] = zb.x; xb[4 * u + 1] = zb.y; xb[4 * u + 2] = zb.z; xb[4 * u + 3] = zb.w;
+        }
+        float part[NG][4] = {};
 #pragma unroll
-    for (int i = 0; i < MAXC; ++i) {
-      const int c = c0 + i * kWarps;
-      if (c >= chunks) break;
-      uint32_t xa[CPT / 2], xb[CPT / 2];                             // x rows g and g + 8, bf16x2 words
-      const int kx = c * CH + q * CPT;
+        for (int t = 0; t < TILES; ++t) {
+          const uint32_t a[4] = {xa[2 * t], xb[2 * t], xa[2 * t + 1], xb[2 * t + 1]};
 #pragma unroll
-      for (int u = 0; u < CPT / 8; ++u) {
-        const uint4 za = row_g ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(g) * k + kx) + u)
-                               : make_uint4(0, 0, 0, 0);
-        const uint4 zb = row_g8 ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(g + 8) * k + kx) + u)
-                                : make_uint4(0, 0, 0, 0);
-        xa[4 * u] = za.x; xa[4 * u + 1] = za.y; xa[4 * u + 2] = za.z; xa[4 * u + 3] = za.w;
-        xb[4 * u] = zb.x; xb[4 * u + 1] = zb.y; xb[4 * u + 2] = zb.z; xb[4 * u + 3] = zb.w;
-      }
-      float part[NG][4] = {};
+          for (int j = 0; j < NG; ++j) {
+            uint32_t i0, i1;
+            w[i][j].pair_index(t, i0, i1);
+            Pair<T>::mma(GROUP ? part[j] : acc[j], a, lut[i0 * 32 + lane], lut[i1 * 32 + lane]);
+          }
+        }
+        if constexpr (GROUP != 0) {                                    // chunk c is group c
 #pragma unroll
-      for (int t = 0; t < TILES; ++t) {
-        const uint32_t a[4] = {xa[2 * t], xb[2 * t], xa[2 * t + 1], xb[2 * t + 1]};
-#pragma unroll
-        for (int j = 0; j < NG; ++j) {
-          uint32_t i0, i1;
-          src[i][j].pair_index(t, i0, i1);
-          Pair<T>::mma(GROUP ? part[j] : acc[j], a, lut[i0 * 32 + lane], lut[i1 * 32 + lane]);
+          for (int j = 0; j < NG; ++j) {
+            const int col = n0 + j * 8 + 2 * q;                        // accumulator columns 2q, 2q + 1
+            const float s0 = col < n ? __ldg(w_scales + static_cast<int64_t>(col) * groups + c) : 0.f;
+            const float s1 = col + 1 < n ? __ldg(w_scales + static_cast<int64_t>(col + 1) * groups + c) : 0.f;
+            acc[j][0] += part[j][0] * s0; acc[j][1] += part[j][1] * s1;
+            acc[j][2] += part[j][2] * s0; acc[j][3] += part[j][3] * s1;
+          }
         }
       }
-      if constexpr (GROUP != 0) {                                    // chunk c is group c
-#pragma unroll
-        for (int j = 0; j < NG; ++j) {
-          const int col = n0 + j * 8 + 2 * q;                        // accumulator columns 2q, 2q + 1
-          const float s0 = col < n ? __ldg(w_scales + static_cast<int64_t>(col) * groups + c) : 0.f;
-          const float s1 = col + 1 < n ? __ldg(w_scales + static_cast<int64_t>(col + 1) * groups + c) : 0.f;
-          acc[j][0] += part[j][0] * s0; acc[j][1] += part[j][1] * s1;
-          acc[j][2] += part[j][2] * s0; acc[j][3] += part[j][3] * s1;
-        }
-      }
     }
-    if (r % rounds != rounds - 1) return;
+    loaded = false;
 #pragma unroll
     for (int j = 0; j < NG; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) partial[(warp * NG * 4 + j * 4 + e) * 32 + lane] = acc[j][e];
+      for (int r = 0; r < 4; ++r) partial[(warp * NG * 4 + j * 4 + r) * 32 + lane] = acc[j][r];
     __syncthreads();
-    // Warp w finishes accumulator entries j * 4 + e with (j * 4 + e) % kWarps == w.
+    // Warp w finishes accumulator entries j * 4 + r with (j * 4 + r) % kWarps == w.
     for (int idx = warp; idx < NG * 4; idx += kWarps) {
       float s = 0.f;
 #pragma unroll
       for (int w2 = 0; w2 < kWarps; ++w2) s += partial[(w2 * NG * 4 + idx) * 32 + lane];
-      const int j = idx >> 2, e = idx & 3;
-      const int row = g + (e >= 2 ? 8 : 0);                            // c0, c1: row g; c2, c3: row g + 8
-      const int col = n0 + j * 8 + 2 * q + (e & 1);
+      const int j = idx >> 2, r = idx & 3;
+      const int row = g + (r >= 2 ? 8 : 0);                            // c0, c1: row g; c2, c3: row g + 8
+      const int col = n0 + j * 8 + 2 * q + (r & 1);
       if (row < m && col < n) {
         if constexpr (GROUP == 0) s *= __ldg(w_scales + col);
         if (bias != nullptr) s += __ldg(bias + col);
@@ -237,22 +220,6 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_a16_kernel(
       }
     }
     __syncthreads();
-  };
-
-  if (PIPELINE) {
-    // two buffers, named in the code (an indexed pair would go to local memory)
-    for (int r = 0; r < total; r += 2) {
-      load_r(w1, r + 1);
-      compute_r(w0, r);
-      if (r + 1 >= total) break;
-      load_r(w0, r + 2);
-      compute_r(w1, r + 1);
-    }
-  } else {
-    for (int r = 0; r < total; ++r) {
-      if (r > 0) load_r(w0, r);
-      compute_r(w0, r);
-    }
   }
 }
 
@@ -260,15 +227,9 @@ size_t smem_bytes(int bits, int ng) {
   return sizeof(uint32_t) * ((bits == 4 ? 256 : 64) * 32 + kWarps * ng * 4 * 32);
 }
 
-// LRQ_GEMV_PIPELINE=0 runs the unpipelined loop (one buffer), to compare the two in one benchmark run.
-inline bool pipelined() {
-  const char* v = std::getenv("LRQ_GEMV_PIPELINE");
-  return v == nullptr || std::strcmp(v, "0") != 0;
-}
-
 template <typename T, int BITS, int NG, int GROUP>
 std::string launch(const GemvA16Args& a) {
-  auto kernel = pipelined() ? gemv_a16_kernel<T, BITS, NG, GROUP, true> : gemv_a16_kernel<T, BITS, NG, GROUP, false>;
+  auto kernel = gemv_a16_kernel<T, BITS, NG, GROUP>;
   const size_t smem = smem_bytes(BITS, NG);
   int per_sm = 0;
   cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, smem);

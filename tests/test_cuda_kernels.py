@@ -164,13 +164,10 @@ def _oracle(x, packed, sw, cb, bits, k, group, bias):
 
 
 @gpu
-@pytest.mark.parametrize("pipeline", ["1", "0"])
 @pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16])
 @pytest.mark.parametrize("k,n", DIT_KN, ids=str)
-def test_cuda_gemv_dit_shapes(k, n, m, pipeline, monkeypatch):
-    """Both loops of the GEMV (csrc/gemv_a16.cu: two register buffers, or one with LRQ_GEMV_PIPELINE=0)."""
+def test_cuda_gemv_dit_shapes(k, n, m, monkeypatch):
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
-    monkeypatch.setenv("LRQ_GEMV_PIPELINE", pipeline)
     torch.manual_seed(m)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     for bits in (4, 3):
@@ -186,10 +183,8 @@ def test_cuda_gemv_dit_shapes(k, n, m, pipeline, monkeypatch):
 @pytest.mark.parametrize("bits", [3, 4])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("m,k,n", [(1, 1152, 1152), (5, 3072, 1000), (16, 2432, 2432), (3, 128, 24)], ids=str)
-@pytest.mark.parametrize("pipeline", ["1", "0"])
-def test_cuda_gemv_groups_bits_dtypes_bias(m, k, n, dtype, bits, group, pipeline, monkeypatch):
+def test_cuda_gemv_groups_bits_dtypes_bias(m, k, n, dtype, bits, group, monkeypatch):
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
-    monkeypatch.setenv("LRQ_GEMV_PIPELINE", pipeline)
     torch.manual_seed(k + n)
     x = torch.randn(m, k, device="cuda", dtype=dtype)
     packed, sw, cb = _weights(n, k, bits, group, "nf")
