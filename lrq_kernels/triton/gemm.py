@@ -154,8 +154,9 @@ def _accumulate(x, y, acc, scale, SCALED: tl.constexpr, FP32_STEPS: tl.constexpr
     """acc + x @ y for one K step. Hopper's FP8 MMA accumulates with fewer bits than float32 (DeepSeek-V3 reports
     ~14): chained over the whole K it gave 1.16e-3 relative error at M = 333, K = N = 2432 (tests/test_gpu.py,
     bound 1e-3). FP32_STEPS therefore adds each step's product to the float32 accumulator on the CUDA cores.
-    Measured on FLUX fc1 (bench_linear, H100): chained 523 us (wrong at 1e-3), a float32 add every step 734 us,
-    every 4 steps through an in-loop branch 761 us (the branch costs more than it saves)."""
+    Measured on FLUX fc1 (H100): chained 523 us (wrong at 1e-3), a float32 add every step 698 us (tile 128x128x256,
+    benchmarks/results/gemm_variants.md), every 4 steps through an in-loop branch 761 us (session 3: the branch
+    costs more than it saves)."""
     if SCALED:
         return acc + tl.dot(x, y) * scale
     elif FP32_STEPS:
@@ -232,8 +233,9 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
 # (128, 128, 256, 8, 3): FP8 only (its 16-bit A tiles would not fit in shared memory); twice the K a step halves
 # the float32 adds and their waits for the wgmma. Its K loop is 295 SASS instructions per 128^3 against 353 for
 # (128, 128, 128), 212 registers, no spills (tools/compile_check.py); chaining 256 products in the tensor cores
-# stays far inside the 1e-3 bound (chaining 512 passed tests/test_gpu.py, 2432 gave 1.16e-3). Not yet timed: the
-# autotuner keeps it only where it measures faster. BLOCK_M = 256 would cut more but spills at 8 warps and 16.
+# stays far inside the 1e-3 bound (chaining 512 passed tests/test_gpu.py, 2432 gave 1.16e-3). On the H100 it is
+# the fastest FP8 tile with float32 adds on FLUX fc1 and fc2 (benchmarks/results/gemm_variants.md). BLOCK_M = 256
+# would cut more but spills at 8 warps and 16.
 _CONFIGS = [(128, 128, 128, 8, 3), (128, 128, 256, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
             (128, 128, 64, 8, 4),
             (64, 128, 128, 4, 4), (64, 64, 128, 4, 4),
