@@ -133,13 +133,15 @@ def summary(rows) -> list[str]:
     flux = [r for r in rows if r["model"] == "flux.1-dev"]
     w3 = [r["fwd_W3A8_us"] / r["fwd_W4A8_us"] for r in rows]
     large = [r["speedup_W4A16"] for r in rows if r["M"] >= 4096]
+    if not (big and flux):
+        return []
     return [f"- W4A8 forward over bf16, geometric mean over FLUX.1, SD3.5 and Wan: "
             f"{geomean([r['speedup_W4A8'] for r in big]):.2f}× (PixArt-Σ 1024²: "
             f"{geomean([r['speedup_W4A8'] for r in pixart]):.2f}×)",
             f"- W4A8 forward faster than cuBLAS FP8 GEMM alone on {sum(r['fwd_W4A8_us'] < r['fp8_us'] for r in flux)}"
             f" of {len(flux)} FLUX shapes",
             f"- W3A8 forward time over W4A8: {min(w3):.2f}× to {max(w3):.2f}×",
-            f"- W4A16 forward over bf16 at M ≥ 4096: {min(large):.2f}× to {max(large):.2f}×"] if big and flux else []
+            f"- W4A16 forward over bf16 at M ≥ 4096: {min(large):.2f}× to {max(large):.2f}×"]
 
 
 def write_results(meta, rows, out):
