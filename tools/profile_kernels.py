@@ -1,0 +1,62 @@
+"""Launches one hot kernel on a FLUX shape for Nsight Compute (the device machines have ncu):
+
+    ncu --set full --profile-from-start off -o gemv python tools/profile_kernels.py gemv
+    ncu --set full --profile-from-start off -o rq python tools/profile_kernels.py rq
+    ncu --set full --profile-from-start off -o gemm python tools/profile_kernels.py gemm
+
+Warm-up calls first (they compile and autotune), then one call between cudaProfilerStart and Stop, which is what
+--profile-from-start off profiles. What to read: DRAM throughput against its peak (the GEMV and rotate+quantize
+are meant to be memory-bound), issue-slot use and the top warp-stall reasons (long scoreboard: waiting on loads;
+wait: fixed-latency dependencies; barrier; math pipe throttle), and, for the GEMM, tensor-pipe utilisation.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from lrq_kernels import cuda as cuda_kernels, ops  # noqa: E402
+from lrq_kernels.formats.codebooks import TLQGrid, tlq_codebook  # noqa: E402
+from lrq_kernels.formats.packing import pack_codes  # noqa: E402
+
+WARMUP = 3
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("kernel", choices=("gemv", "rq", "gemm"))
+    ap.add_argument("--bits", type=int, default=4, choices=(3, 4))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("profile_kernels: needs a CUDA GPU")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    k, n = 3072, 12288                                      # FLUX.1 MLP fc1
+    cb = tlq_codebook(args.bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
+    packed = pack_codes(torch.randint(0, 2 ** args.bits, (n, k), device="cuda", dtype=torch.uint8, generator=g),
+                        args.bits)
+    sw = torch.rand(n, device="cuda", generator=g) + 0.5
+    if args.kernel == "gemv":
+        if not cuda_kernels.available():
+            sys.exit(f"profile_kernels: {cuda_kernels.why_unavailable()}")
+        x = torch.randn(1, k, device="cuda", generator=g).to(torch.bfloat16)
+        run = lambda: cuda_kernels.gemv_a16_cuda(x, packed, sw, cb, args.bits, 0, None)  # noqa: E731
+    elif args.kernel == "rq":
+        x = torch.randn(4608, 12288, device="cuda", generator=g).to(torch.bfloat16)     # FLUX fc2's input
+        run = lambda: ops.rotate_quant(x, None, None, 1024, "fp8", 8)  # noqa: E731
+    else:
+        codes, sx = ops.rotate_quant(torch.randn(4608, k, device="cuda", generator=g).to(torch.bfloat16),
+                                     None, None, 1024, "fp8", 8)
+        run = lambda: ops.gemm_a8(codes, sx, packed, sw, cb, args.bits, k, 0, None, torch.bfloat16)  # noqa: E731
+    for _ in range(WARMUP):
+        run()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    run()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+    print(f"profile_kernels: {args.kernel}, {WARMUP} warm-up calls, then one profiled")
+
+
+if __name__ == "__main__":
+    main()
