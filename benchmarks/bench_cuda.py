@@ -132,7 +132,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--only", choices=("all", "gemv"), default="all",
-                    help="gemv: the small-M GEMV table alone (2 minutes instead of 4)")
+                    help="gemv: the small-M GEMV table alone, into bench_cuda_gemv.json/.md")
     args = ap.parse_args()
     assert cuda_kernels.available(), cuda_kernels.why_unavailable()
     with open(os.path.join(HERE, "dit_shapes.json")) as f:
