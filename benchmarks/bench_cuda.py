@@ -168,11 +168,12 @@ def main():
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
           f"Medians of CUDA-graph replays over copies of the data larger than L2 together, µs. "
           f"Copy bandwidth in this run: {copy_bw:.0f} GB/s (read + write). fast-hadamard-transform installed: "
-          f"{meta['fast_hadamard_transform']}.", "",
-          "## rotate + per-token FP8 quantize (block Hadamard)", "",
-          "| M | K | block | CUDA µs (% copy) | Triton µs (% copy) | CUDA / Triton speed | CUDA with ARS gather (% copy) "
-          "| naive PyTorch quantize, no rotation |",
-          "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+          f"{meta['fast_hadamard_transform']}."]
+    if rot:     # --only gemv leaves out this section and the forward one
+        md += ["", "## rotate + per-token FP8 quantize (block Hadamard)", "",
+               "| M | K | block | CUDA µs (% copy) | Triton µs (% copy) | CUDA / Triton speed | CUDA with ARS gather "
+               "(% copy) | naive PyTorch quantize, no rotation |",
+               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rot:
         md.append(f"| {r['M']} | {r['K']} | {r['block']} | {r['cuda_us']:.1f} ({r['cuda_pct_copy']:.0f}%) | "
                   f"{r['triton_us']:.1f} ({r['triton_pct_copy']:.0f}%) | {r['cuda_over_triton']:.2f}× | "
@@ -185,8 +186,9 @@ def main():
         md.append(f"| {r['layer']} | {r['K']} | {r['N']} | {r['M']} | {r['bits']} | {r['group'] or '–'} | "
                   f"{r['weight_MB']:.1f} | {r['cuda_us']:.1f} ({r['cuda_pct_copy']:.0f}%) | {r['triton_us']:.1f} | "
                   f"{r['bf16_us']:.1f} | {r['cuda_over_bf16']:.2f}× | {r['triton_over_bf16']:.2f}× |")
-    md += ["", "## weight-only QuantLinear forward (rotate + GEMM), FLUX fc1", "",
-           "| M | bits | forward µs | bf16 µs | × bf16 |", "| ---: | ---: | ---: | ---: | ---: |"]
+    if fwd:
+        md += ["", "## weight-only QuantLinear forward (rotate + GEMM), FLUX fc1", "",
+               "| M | bits | forward µs | bf16 µs | × bf16 |", "| ---: | ---: | ---: | ---: | ---: |"]
     for r in fwd:
         md.append(f"| {r['M']} | {r['bits']} | {r['fwd_us']:.1f} | {r['bf16_us']:.1f} | {r['speedup']:.2f}× |")
     with open(os.path.join(args.out, stem + ".md"), "w") as f:
