@@ -1,29 +1,34 @@
 // Small-M weight-only GEMM: y [M, N] = x [M, K] @ W_deq^T + bias, M <= 16, x bf16/fp16, W as packed 4- or 3-bit
 // codes (formats/packing.py) into a per-layer codebook, times per-channel or per-group float32 scales.
 //
-// It streams the packed weights once, at the memory's speed, and does the arithmetic on tensor cores
-// (mma.sync m16n8k16, fp32 accumulation): x's M <= 16 rows are the A operand (rows past M are zero), 8 weight
-// rows the B operand. The order of the reduction inside one mma does not matter, so each lane takes a run of
-// consecutive codes: lane q (of the 4 that share a weight row in the B fragment) reads CPT = 32 codes with one
-// 16-byte load (4-bit), and mma tile t of a chunk uses its codes 4t..4t+3 as the logical k = 2q, 2q+1, 2q+8,
-// 2q+9. The A fragment takes x at the same physical k, so x is read as 16-byte runs too.
+// It streams the packed weights once and does the arithmetic on tensor cores (mma.sync m16n8k16, fp32
+// accumulation) in the transposed form y^T = W x^T: 16 weight rows are the A operand and up to 8 tokens the B
+// operand (two products for M > 8). Decoded weights land straight in A's registers, and x's words are B's
+// register pairs as loaded, so no register is copied to build a fragment. The order of the reduction inside one
+// mma does not matter, so each lane takes a run of CPT consecutive codes of its two rows (g and g + 8) with one
+// load each, and mma tile t of a chunk uses codes 4t..4t+3 of the run as the logical k = 2q, 2q+1, 2q+8, 2q+9;
+// x is read at the same physical k.
 //
-// Decoding: one shared-memory lookup gives two decoded weights as the bf16x2 (or half2) register the B fragment
-// wants: a table of all 256 byte values (4-bit: two codes a byte) or 64 pairs of 3-bit codes, replicated for
-// each of the 32 lanes (entry e of lane l at word e * 32 + l: lane l only reads bank l, so no lookup conflicts).
+// Decoding: one shared-memory lookup gives two decoded weights as the bf16x2 (or half2) register A wants: a
+// table of all 256 byte values (4-bit: two codes a byte) or 64 pairs of 3-bit codes, replicated for each of the
+// 32 lanes (entry e of lane l at byte e * 128 + l * 4: lane l only reads bank l, so lookups never conflict).
+// The byte offset of a lookup is one shift and one and-or of the packed word: 3 instructions with the load.
 // The table is built once a CTA, while the CTA's first weight loads are in flight.
 //
-// Work split: a CTA of 8 warps owns 8 * NG weight rows and splits K between its warps (chunks of CH codes,
-// interleaved), then adds the 8 partial sums in shared memory. CTAs are persistent (one table build each), and
-// a warp requests the weights of several chunks before it decodes them.
+// Work split: a CTA of 8 warps owns 16 weight rows at a time and splits K between its warps (chunks of CH
+// codes, interleaved), then adds the 8 partial sums in shared memory. CTAs are persistent (one table build
+// each) and get equal numbers of tiles; a warp requests the weights of several chunks before it decodes them,
+// and the next tile's before the reduction of this one.
 // Group scales: a chunk is exactly one group (CH = group size), so a group's partial product is scaled once.
 #include "common.cuh"
 #include "lrq.h"
 
+#include <algorithm>
+
 namespace lrq {
 namespace {
 
-constexpr int kWarps = 8;
+constexpr int kWarps = 8, kThreads = kWarps * 32;
 
 template <typename T> struct Pair;
 template <> struct Pair<__nv_bfloat16> {
@@ -32,7 +37,7 @@ template <> struct Pair<__nv_bfloat16> {
     return *reinterpret_cast<uint32_t*>(&h);
   }
   static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -44,7 +49,7 @@ template <> struct Pair<__half> {
     return *reinterpret_cast<uint32_t*>(&h);
   }
   static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -55,28 +60,41 @@ template <> struct Pair<__half> {
 template <int BYTES>
 __device__ __forceinline__ void load_stream(const uint8_t* p, uint32_t* w) {
   if constexpr (BYTES == 16) {
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "l"(p));
   } else if constexpr (BYTES == 8) {
-    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
   } else if constexpr (BYTES == 4) {
-    asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n" : "=r"(w[0]) : "l"(p));
+    asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n" : "=r"(w[0]) : "l"(p));
   } else {
     static_assert(BYTES == 2, "2, 4, 8 or 16 bytes");
     unsigned short s;
-    asm volatile("ld.global.nc.L1::no_allocate.u16 %0, [%1];\n" : "=h"(s) : "l"(p));
+    asm("ld.global.nc.L1::no_allocate.u16 %0, [%1];\n" : "=h"(s) : "l"(p));
     w[0] = s;
   }
 }
 
+// Bits [from, from + width) of w moved to [to, to + width), other bits arbitrary: one shift (from, to constant).
+__device__ __forceinline__ uint32_t move_bits(uint32_t w, int from, int to) {
+  return from >= to ? w >> (from - to) : w << (to - from);
+}
+
+// (a & mask) | c in one instruction (ptxas splits the C expression into two).
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(mask), "r"(c));
+  return d;
+}
+
+// One lane's run of CPT consecutive codes of one weight row.
 template <int BITS, int CPT>
-struct Codes {
+struct Run {
   static constexpr int kLoBytes = BITS == 4 ? CPT / 2 : CPT / 4;   // 4-bit: the codes; 3-bit: the 2-bit plane
   static constexpr int kHiBytes = BITS == 4 ? 0 : CPT / 8;         // 3-bit: the 1-bit plane
-  uint32_t lo[(kLoBytes + 3) / 4];
+  uint32_t lo[kLoBytes / 4];
   uint32_t hi[kHiBytes ? (kHiBytes + 3) / 4 : 1];
 
-  // chunk: index of the CH = 4 * CPT codes; q: this lane's run inside it
+  // chunk: index of the CH = 4 * CPT codes of the row; q: this lane's run inside it
   __device__ __forceinline__ void load(const uint8_t* row, int k, int chunk, int q) {
     load_stream<kLoBytes>(row + (chunk * 4 + q) * kLoBytes, lo);
     if constexpr (BITS == 3) load_stream<kHiBytes>(row + k / 4 + (chunk * 4 + q) * kHiBytes, hi);
@@ -85,180 +103,215 @@ struct Codes {
     for (auto& w : lo) w = 0;
     for (auto& w : hi) w = 0;
   }
-  // Table indices of codes (4t, 4t+1) and (4t+2, 4t+3) of this run.
-  __device__ __forceinline__ void pair_index(int t, uint32_t& i0, uint32_t& i1) const {
+  // Byte offset in the table of the entry for codes 2p and 2p + 1 of the run, for the lane at lane4 = lane * 4.
+  // 4-bit: the entry is byte p, at bits 7..14 of the offset. 3-bit: the two codes' low bits (a nibble of the
+  // 2-bit plane) at bits 7..10, their high bits (two bits of the 1-bit plane) at bits 11..12.
+  __device__ __forceinline__ uint32_t offset(int p, uint32_t lane4) const {
     if constexpr (BITS == 4) {
-      const uint32_t w = lo[t >> 1] >> ((t & 1) * 16);
-      i0 = w & 0xFF;
-      i1 = (w >> 8) & 0xFF;
+      return and_or(move_bits(lo[p >> 2], 8 * (p & 3), 7), 0x7F80u, lane4);
     } else {
-      // 3-bit table index: low bits of both codes, then their high bits (the table is built in this order)
-      const uint32_t l = (lo[t >> 2] >> ((t & 3) * 8)) & 0xFF;       // low 2 bits of codes 4t..4t+3
-      const uint32_t h = (hi[t >> 3] >> ((t & 7) * 4)) & 0xF;        // bit 2 of codes 4t..4t+3
-      i0 = (l & 0xF) | ((h & 3) << 4);
-      i1 = (l >> 4) | ((h >> 2) << 4);
+      const uint32_t l = and_or(move_bits(lo[p >> 3], 4 * (p & 7), 7), 0x780u, lane4);
+      return and_or(move_bits(hi[p >> 4], 2 * (p & 15), 11), 0x1800u, l);
     }
   }
 };
 
-template <typename T, int BITS, int NG, int GROUP>
-__global__ void __launch_bounds__(kWarps * 32, 2) gemv_a16_kernel(
+__device__ __forceinline__ uint32_t lookup(const uint32_t* table, uint32_t byte_offset) {
+  return *reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(table) + byte_offset);
+}
+
+// NT: tiles of 8 tokens (1 for M <= 8, 2 for M <= 16). MT: 16-row weight tiles a warp decodes against the same
+// x words (2 from M = 5: every CTA reads all of x once a tile, and at M = 16 with 16-row tiles that was 4x the
+// weight bytes; bench_cuda.md, session 6).
+template <typename T, int BITS, int NT, int MT, int GROUP>
+__global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
     const T* __restrict__ x, int m, int k, int n, const uint8_t* __restrict__ packed, int row_bytes,
     const float* __restrict__ w_scales, const float* __restrict__ codebook, const float* __restrict__ bias,
     T* __restrict__ y) {
-  constexpr int CH = GROUP == 64 ? 64 : 128;   // codes a chunk (4 lanes x CPT)
-  constexpr int CPT = CH / 4;                  // codes a lane a chunk
+  constexpr int CH = GROUP == 64 ? 64 : 128;   // codes of a row a chunk (4 lanes x CPT)
+  constexpr int CPT = CH / 4;                  // codes a lane a row a chunk
   constexpr int TILES = CPT / 4;               // mma k-tiles a chunk
   constexpr int ENTRIES = BITS == 4 ? 256 : 64;
-  constexpr int ROWS = 8 * NG;
-  extern __shared__ uint32_t smem[];
-  uint32_t* lut = smem;                                               // [ENTRIES][32]
-  float* partial = reinterpret_cast<float*>(smem + ENTRIES * 32);     // [kWarps][NG * 4][32]
+  constexpr int ROWS = 16 * MT;
+  constexpr int E = MT * NT * 4;               // accumulator registers a lane
+  // Two partial-sum buffers (one barrier a tile) where they fit beside the table in 48 KB of static memory.
+  constexpr int NBUF = ENTRIES * 32 * 4 + 2 * kWarps * E * 32 * 4 <= 48 * 1024 ? 2 : 1;
+  __shared__ __align__(16) uint32_t lut[ENTRIES * 32];
+  __shared__ float partial[NBUF][kWarps][E][32];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
+  const uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
   const int chunks = k / CH;
   const int groups = GROUP ? k / GROUP : 1;
   const int tiles = (n + ROWS - 1) / ROWS;
-  const bool row_g = g < m, row_g8 = g + 8 < m;
 
-  // A warp's chunks of a tile are warp, warp + kWarps, ...; it requests the weights of up to MAXC of them at once
-  // and then decodes them (all of a tile's chunks in one round for K = 3072), so that each warp has several loads
-  // in flight: with one chunk ahead only, a 4.7 MB weight took 8.9 µs (bench_cuda.md, second run).
-  constexpr int MAXC = NG == 4 ? 2 : 4;
-  auto load_round = [&](Codes<BITS, CPT> (*dst)[NG], int tile, int c0) {
+  // A warp's chunks of a tile are warp, warp + kWarps, ...; it requests the weights of up to MAXC of them at
+  // once and then decodes them, so that each warp has several loads in flight.
+  constexpr int MAXC = 4 / MT;
+  auto load_round = [&](Run<BITS, CPT> (*dst)[2 * MT], int tile, int c0) {
 #pragma unroll
     for (int i = 0; i < MAXC; ++i) {
       const int c = c0 + i * kWarps;
 #pragma unroll
-      for (int j = 0; j < NG; ++j) {
-        const int row = tile * ROWS + j * 8 + g;
-        if (c < chunks && row < n) dst[i][j].load(packed + static_cast<int64_t>(row) * row_bytes, k, c, q);
-        else dst[i][j].zero();
+      for (int h = 0; h < 2 * MT; ++h) {
+        const int row = tile * ROWS + h * 8 + g;
+        if (c < chunks && row < n) dst[i][h].load(packed + static_cast<int64_t>(row) * row_bytes, k, c, q);
+        else dst[i][h].zero();
       }
     }
   };
-  Codes<BITS, CPT> w[MAXC][NG];
+  Run<BITS, CPT> w[MAXC][2 * MT];              // [chunk of the round][rows g, g + 8, g + 16, g + 24, ...]
   int tile = blockIdx.x;
-  bool loaded = false;
-  if (tile < tiles) { load_round(w, tile, warp); loaded = true; }
+  if (tile < tiles) load_round(w, tile, warp);
+  // A warp reads the same columns of x for every tile (chunks warp, warp + kWarps, ...): pull them into L1
+  // now, so that the first tile's x loads do not wait on L2 in the middle of the decode.
+  if (g < m && tile < tiles)
+    for (int c = warp; c < chunks; c += kWarps)
+      asm volatile("prefetch.global.L1 [%0];\n" :: "l"(x + static_cast<int64_t>(g) * k + c * CH + q * CPT));
 
-  // The decode table, built while the first loads are in flight: thread t computes entry t once and writes its
-  // 32 lane copies with 16-byte stores.
-  for (int e = threadIdx.x; e < ENTRIES; e += blockDim.x) {
+  // The decode table, built while the first loads are in flight: TPE threads write entry e's 32 lane copies as
+  // 16-byte stores, each thread starting at a different 16-byte slot so that a warp's stores spread over all
+  // the banks.
+  {
+    constexpr int TPE = kThreads / ENTRIES, PER = 8 / TPE;
+    const int e = threadIdx.x / TPE, sub = threadIdx.x % TPE;
     const int lo = BITS == 4 ? (e & 15) : ((e & 3) | (((e >> 4) & 1) << 2));
     const int hi = BITS == 4 ? (e >> 4) : (((e >> 2) & 3) | (((e >> 5) & 1) << 2));
     const uint32_t val = Pair<T>::pack(__ldg(codebook + lo), __ldg(codebook + hi));
-    uint4* dst = reinterpret_cast<uint4*>(lut + e * 32);
+    uint4* dst = reinterpret_cast<uint4*>(lut) + e * 8;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) dst[i] = make_uint4(val, val, val, val);
+    for (int i = 0; i < PER; ++i) dst[(sub * PER + i + e) & 7] = make_uint4(val, val, val, val);
   }
   __syncthreads();
 
-  for (; tile < tiles; tile += gridDim.x) {
+  // The reduction: warp v finishes accumulator entries idx = v, v + kWarps, ... of every lane l. Entry idx is
+  // register r = idx % 4 of token tile nt = idx / 4 % NT of weight tile mt = idx / (4 NT): r = 0, 1 are row g,
+  // r = 2, 3 row g + 8; r = 0, 2 token 2q, r = 1, 3 token 2q + 1.
+  constexpr int RPT = (E + kWarps - 1) / kWarps;
+  int red_row[RPT], red_tok[RPT];
+#pragma unroll
+  for (int j = 0; j < RPT; ++j) {
+    const int idx = warp + j * kWarps, r = idx & 3;
+    red_row[j] = (idx / (4 * NT)) * 16 + (lane >> 2) + (r >= 2 ? 8 : 0);
+    red_tok[j] = idx < E ? ((idx >> 2) % NT) * 8 + 2 * (lane & 3) + (r & 1) : m;   // m: nothing to write
+  }
+  int buf = 0;
+  for (; tile < tiles; tile += gridDim.x, buf = (buf + 1) % NBUF) {
     const int n0 = tile * ROWS;
-    float acc[NG][4] = {};
+    // The epilogue's scale and bias, requested now: loaded after the barrier, they held every warp of the CTA
+    // at the next one (ncu: 21% of stalls at that barrier, session 6).
+    float out_scale[RPT], out_bias[RPT];
+#pragma unroll
+    for (int j = 0; j < RPT; ++j) {
+      const int row = n0 + red_row[j];
+      const bool live = red_tok[j] < m && row < n;
+      out_scale[j] = GROUP == 0 && live ? __ldg(w_scales + row) : 1.f;
+      out_bias[j] = bias != nullptr && live ? __ldg(bias + row) : 0.f;
+    }
+    float acc[MT][NT][4] = {};
     for (int c0 = warp; c0 < chunks; c0 += MAXC * kWarps) {
-      if (!loaded) load_round(w, tile, c0);
-      loaded = false;
+      if (c0 != warp) load_round(w, tile, c0);
 #pragma unroll
       for (int i = 0; i < MAXC; ++i) {
         const int c = c0 + i * kWarps;
         if (c >= chunks) break;
-        uint32_t xa[CPT / 2], xb[CPT / 2];                             // x rows g and g + 8, bf16x2 words
         const int kx = c * CH + q * CPT;
+        uint4 b[NT][TILES / 2];                        // x words: mma tiles 2u and 2u + 1 from one 16-byte load
 #pragma unroll
-        for (int u = 0; u < CPT / 8; ++u) {
-          const uint4 za = row_g ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(g) * k + kx) + u)
-                                 : make_uint4(0, 0, 0, 0);
-          const uint4 zb = row_g8 ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(g + 8) * k + kx) + u)
-                                  : make_uint4(0, 0, 0, 0);
-          xa[4 * u] = za.x; xa[4 * u + 1] = za.y; xa[4 * u + 2] = za.z; xa[4 * u + 3] = za.w;
-          xb[4 * u] = zb.x; xb[4 * u + 1] = zb.y; xb[4 * u + 2] = zb.z; xb[4 * u + 3] = zb.w;
+        for (int nt = 0; nt < NT; ++nt) {
+          const int tok = nt * 8 + g;
+#pragma unroll
+          for (int u = 0; u < TILES / 2; ++u)
+            b[nt][u] = tok < m ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(tok) * k + kx) + u)
+                               : make_uint4(0, 0, 0, 0);
         }
-        float part[NG][4] = {};
+        float part[MT][NT][4] = {};
 #pragma unroll
         for (int t = 0; t < TILES; ++t) {
-          const uint32_t a[4] = {xa[2 * t], xb[2 * t], xa[2 * t + 1], xb[2 * t + 1]};
 #pragma unroll
-          for (int j = 0; j < NG; ++j) {
-            uint32_t i0, i1;
-            w[i][j].pair_index(t, i0, i1);
-            Pair<T>::mma(GROUP ? part[j] : acc[j], a, lut[i0 * 32 + lane], lut[i1 * 32 + lane]);
+          for (int mt = 0; mt < MT; ++mt) {
+            const Run<BITS, CPT>& r0 = w[i][2 * mt];
+            const Run<BITS, CPT>& r8 = w[i][2 * mt + 1];
+            const uint32_t a[4] = {lookup(lut, r0.offset(2 * t, lane4)), lookup(lut, r8.offset(2 * t, lane4)),
+                                   lookup(lut, r0.offset(2 * t + 1, lane4)), lookup(lut, r8.offset(2 * t + 1, lane4))};
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+              const uint4& v = b[nt][t / 2];
+              Pair<T>::mma(GROUP ? part[mt][nt] : acc[mt][nt], a, t & 1 ? v.z : v.x, t & 1 ? v.w : v.y);
+            }
           }
         }
-        if constexpr (GROUP != 0) {                                    // chunk c is group c
+        if constexpr (GROUP != 0) {                                      // chunk c is group c
 #pragma unroll
-          for (int j = 0; j < NG; ++j) {
-            const int col = n0 + j * 8 + 2 * q;                        // accumulator columns 2q, 2q + 1
-            const float s0 = col < n ? __ldg(w_scales + static_cast<int64_t>(col) * groups + c) : 0.f;
-            const float s1 = col + 1 < n ? __ldg(w_scales + static_cast<int64_t>(col + 1) * groups + c) : 0.f;
-            acc[j][0] += part[j][0] * s0; acc[j][1] += part[j][1] * s1;
-            acc[j][2] += part[j][2] * s0; acc[j][3] += part[j][3] * s1;
+          for (int mt = 0; mt < MT; ++mt) {
+            const int r0 = n0 + mt * 16 + g, r1 = r0 + 8;                // accumulator rows: c0, c1 / c2, c3
+            const float s0 = r0 < n ? __ldg(w_scales + static_cast<int64_t>(r0) * groups + c) : 0.f;
+            const float s1 = r1 < n ? __ldg(w_scales + static_cast<int64_t>(r1) * groups + c) : 0.f;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+              acc[mt][nt][0] += part[mt][nt][0] * s0; acc[mt][nt][1] += part[mt][nt][1] * s0;
+              acc[mt][nt][2] += part[mt][nt][2] * s1; acc[mt][nt][3] += part[mt][nt][3] * s1;
+            }
           }
         }
       }
     }
-    loaded = false;
+    // The next tile's first weights go out before the reduction's barrier.
+    if (tile + static_cast<int>(gridDim.x) < tiles) load_round(w, tile + gridDim.x, warp);
 #pragma unroll
-    for (int j = 0; j < NG; ++j)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) partial[(warp * NG * 4 + j * 4 + r) * 32 + lane] = acc[j][r];
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) partial[buf][warp][(mt * NT + nt) * 4 + r][lane] = acc[mt][nt][r];
+    // With two buffers, one barrier a tile: the next tile writes the other buffer, and this one is written
+    // again only after the next tile's barrier, which every reader of this one has passed.
     __syncthreads();
-    // Warp w finishes accumulator entries j * 4 + r with (j * 4 + r) % kWarps == w.
-    for (int idx = warp; idx < NG * 4; idx += kWarps) {
-      float s = 0.f;
 #pragma unroll
-      for (int w2 = 0; w2 < kWarps; ++w2) s += partial[(w2 * NG * 4 + idx) * 32 + lane];
-      const int j = idx >> 2, r = idx & 3;
-      const int row = g + (r >= 2 ? 8 : 0);                            // c0, c1: row g; c2, c3: row g + 8
-      const int col = n0 + j * 8 + 2 * q + (r & 1);
-      if (row < m && col < n) {
-        if constexpr (GROUP == 0) s *= __ldg(w_scales + col);
-        if (bias != nullptr) s += __ldg(bias + col);
-        y[static_cast<int64_t>(row) * n + col] = from_float<T>(s);
+    for (int j = 0; j < RPT; ++j) {
+      const int row = n0 + red_row[j];
+      if (red_tok[j] < m && row < n) {
+        float s = 0.f;
+#pragma unroll
+        for (int w2 = 0; w2 < kWarps; ++w2) s += partial[buf][w2][warp + j * kWarps][lane];
+        y[static_cast<int64_t>(red_tok[j]) * n + row] = from_float<T>(__fadd_rn(__fmul_rn(s, out_scale[j]), out_bias[j]));
       }
     }
-    __syncthreads();
+    if constexpr (NBUF == 1) __syncthreads();
   }
 }
 
-size_t smem_bytes(int bits, int ng) {
-  return sizeof(uint32_t) * ((bits == 4 ? 256 : 64) * 32 + kWarps * ng * 4 * 32);
-}
-
-template <typename T, int BITS, int NG, int GROUP>
+template <typename T, int BITS, int NT, int MT, int GROUP>
 std::string launch(const GemvA16Args& a) {
-  auto kernel = gemv_a16_kernel<T, BITS, NG, GROUP>;
-  const size_t smem = smem_bytes(BITS, NG);
+  auto kernel = gemv_a16_kernel<T, BITS, NT, MT, GROUP>;
   int per_sm = 0;
-  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, smem);
+  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0);
   if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(gemv_a16)", e);
-  const int tiles = (a.n + 8 * NG - 1) / (8 * NG);
-  const int grid = std::max(1, std::min(tiles, std::max(1, per_sm) * sm_count(a.device)));
+  // Persistent CTAs with the same number of weight tiles each (the last one may have fewer).
+  const int tiles = (a.n + 16 * MT - 1) / (16 * MT);
+  const int ctas = std::max(1, per_sm) * sm_count(a.device);
+  const int per_cta = (tiles + ctas - 1) / ctas;
+  const int grid = std::max(1, (tiles + per_cta - 1) / per_cta);
   const int row_bytes = BITS == 4 ? (a.k + 1) / 2 : 3 * ((a.k + 7) / 8);
-  kernel<<<grid, kWarps * 32, smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
+  kernel<<<grid, kThreads, 0, reinterpret_cast<cudaStream_t>(a.stream)>>>(
       static_cast<const T*>(a.x), a.m, a.k, a.n, a.packed, row_bytes, a.w_scales, a.codebook, a.bias,
       static_cast<T*>(a.y));
   return last_launch_error("gemv_a16_kernel");
 }
 
-// NG (weight rows a warp, in groups of 8). Every CTA reads all of x once a tile, so x's traffic grows with M
-// over the rows a tile: at M = 16 on FLUX fc2 (N = 3072, K = 12288), 16-row tiles read 4x more x than weight
-// bytes from L2 (bench_cuda.md, first run); 32-row tiles halve that. Small M: the most CTAs that fill the GPU.
 template <typename T, int BITS, int GROUP>
-std::string dispatch_ng(const GemvA16Args& a) {
-  if (a.m > 4) return launch<T, BITS, 4, GROUP>(a);
-  if (a.n >= 8192) return launch<T, BITS, 2, GROUP>(a);
-  return launch<T, BITS, 1, GROUP>(a);
+std::string dispatch_nt(const GemvA16Args& a) {
+  if (a.m > 8) return launch<T, BITS, 2, 2, GROUP>(a);
+  return a.m > 4 ? launch<T, BITS, 1, 2, GROUP>(a) : launch<T, BITS, 1, 1, GROUP>(a);
 }
 
 template <typename T, int BITS>
 std::string dispatch_group(const GemvA16Args& a) {
   switch (a.group_size) {
-    case 0: return dispatch_ng<T, BITS, 0>(a);
-    case 64: return dispatch_ng<T, BITS, 64>(a);
-    case 128: return dispatch_ng<T, BITS, 128>(a);
+    case 0: return dispatch_nt<T, BITS, 0>(a);
+    case 64: return dispatch_nt<T, BITS, 64>(a);
+    case 128: return dispatch_nt<T, BITS, 128>(a);
   }
   return "gemv_a16: group_size must be 0, 64 or 128, got " + std::to_string(a.group_size);
 }

@@ -27,11 +27,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kernel", choices=("gemv", "rq", "gemm"))
     ap.add_argument("--bits", type=int, default=4, choices=(3, 4))
+    ap.add_argument("--m", type=int, help="tokens (default: 1 for gemv, 4608 for rq and gemm)")
+    ap.add_argument("--k", type=int, default=3072, help="input features (rq: the activation width)")
+    ap.add_argument("--n", type=int, default=12288, help="output features (gemv, gemm)")
+    ap.add_argument("--block", type=int, default=1024, help="rq: Hadamard block")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_kernels: needs a CUDA GPU")
     g = torch.Generator(device="cuda").manual_seed(0)
-    k, n = 3072, 12288                                      # FLUX.1 MLP fc1
+    k, n = args.k, args.n                                   # default: FLUX.1 MLP fc1
+    m = args.m or (1 if args.kernel == "gemv" else 4608)
     cb = tlq_codebook(args.bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
     packed = pack_codes(torch.randint(0, 2 ** args.bits, (n, k), device="cuda", dtype=torch.uint8, generator=g),
                         args.bits)
@@ -39,13 +44,13 @@ def main():
     if args.kernel == "gemv":
         if not cuda_kernels.available():
             sys.exit(f"profile_kernels: {cuda_kernels.why_unavailable()}")
-        x = torch.randn(1, k, device="cuda", generator=g).to(torch.bfloat16)
+        x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
         run = lambda: cuda_kernels.gemv_a16_cuda(x, packed, sw, cb, args.bits, 0, None)  # noqa: E731
     elif args.kernel == "rq":
-        x = torch.randn(4608, 12288, device="cuda", generator=g).to(torch.bfloat16)     # FLUX fc2's input
-        run = lambda: ops.rotate_quant(x, None, None, 1024, "fp8", 8)  # noqa: E731
+        x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
+        run = lambda: ops.rotate_quant(x, None, None, args.block, "fp8", 8)  # noqa: E731
     else:
-        codes, sx = ops.rotate_quant(torch.randn(4608, k, device="cuda", generator=g).to(torch.bfloat16),
+        codes, sx = ops.rotate_quant(torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16),
                                      None, None, 1024, "fp8", 8)
         run = lambda: ops.gemm_a8(codes, sx, packed, sw, cb, args.bits, k, 0, None, torch.bfloat16)  # noqa: E731
     for _ in range(WARMUP):
@@ -55,7 +60,7 @@ def main():
     run()
     torch.cuda.synchronize()
     torch.cuda.profiler.stop()
-    print(f"profile_kernels: {args.kernel}, {WARMUP} warm-up calls, then one profiled")
+    print(f"profile_kernels: {args.kernel} M={m} K={k} N={n}, {WARMUP} warm-up calls, then one profiled")
 
 
 if __name__ == "__main__":
