@@ -12,10 +12,11 @@
 // Decoding: one shared-memory lookup gives two decoded weights as the bf16x2 (or half2) register A wants: a
 // table of all 256 byte values (4-bit: two codes a byte) or 64 pairs of 3-bit codes, replicated for each of the
 // 32 lanes (entry e of lane l at byte e * 128 + l * 4: lane l only reads bank l, so lookups never conflict).
-// The byte offset of a lookup is one shift and one and-or of the packed word: 3 instructions with the load.
+// The byte offset of a lookup is one shift and one and-or of the packed word: 3 instructions with the load
+// (4-bit; 3-bit pairs take two shifts and two and-ors).
 // The table is built once a CTA, while the CTA's first weight loads are in flight.
 //
-// Work split: a CTA of 8 warps owns 16 weight rows at a time and splits K between its warps (chunks of CH
+// Work split: a CTA of 8 warps owns 16 * MT weight rows at a time and splits K between its warps (chunks of CH
 // codes, interleaved), then adds the 8 partial sums in shared memory. CTAs are persistent (one table build
 // each) and get equal numbers of tiles; a warp requests the weights of several chunks before it decodes them,
 // and the next tile's before the reduction of this one.
