@@ -74,11 +74,15 @@ template <int V> struct Bounds { static constexpr int kThreads = 1024, kMinBlock
 template <> struct Bounds<4> { static constexpr int kThreads = 512, kMinBlocks = 2; };
 template <> struct Bounds<8> { static constexpr int kThreads = 256, kMinBlocks = 2; };
 
-template <typename T, int V, int FMT>
+// LOG_B: log2 of the Hadamard block, fixed at compile time for the blocks of the DiT shapes (0: read from
+// log_b_arg). With it fixed, the stage loops have no exits, so the butterflies need no branches and no register
+// copies back to the loop's registers (ncu, session 6: branches and copies were ~5 of 36 instructions a value).
+template <typename T, int V, int FMT, int LOG_B>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(const T* __restrict__ x, int64_t stride_x, const void* __restrict__ perm,
                                     bool perm_is_int64, const float* __restrict__ channel_scale,
                                     void* __restrict__ out, int64_t stride_out, float* __restrict__ scales,
-                                    int64_t m, int k, int log_b, int tokens_per_cta, float norm, float qmax) {
+                                    int64_t m, int k, int log_b_arg, int tokens_per_cta, float norm, float qmax) {
+  const int log_b = LOG_B ? LOG_B : log_b_arg;
   extern __shared__ float smem[];
   unsigned* amax_bits = reinterpret_cast<unsigned*>(smem);   // [kMaxTokensPerCta]: |value| bits, max-reduced
   float* exchange = smem + kMaxTokensPerCta;                 // [R * K] for stages across warps
@@ -261,15 +265,13 @@ Plan plan_for(int64_t k, int block) {
   return p;
 }
 
-template <typename T, int V, int FMT>
-std::string launch(const RotateQuantArgs& a, const Plan& p) {
-  auto kernel = rotate_quant_kernel<T, V, FMT>;
+template <typename T, int V, int FMT, int LOG_B>
+std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
+  auto kernel = rotate_quant_kernel<T, V, FMT, LOG_B>;
   if (p.smem > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)p.smem);
     if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(rotate_quant)", e);
   }
-  int log_b = 0;
-  while ((1 << log_b) < a.block) ++log_b;
   const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
   const int64_t grid = (a.m + p.tokens - 1) / p.tokens;
   kernel<<<static_cast<unsigned>(grid), p.threads, p.smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
@@ -278,12 +280,23 @@ std::string launch(const RotateQuantArgs& a, const Plan& p) {
   return last_launch_error("rotate_quant_kernel");
 }
 
+// Blocks with a kernel of their own: 128 and 512 at V = 2, and 1024 at V = 4 in CTAs of up to 256 threads
+// (K <= 8192). Measured on the H100 (bench_cuda.md, session 6), against the kernel that reads log2(block) at run
+// time: 2-8% faster on the six shapes those cover (96-288 threads a CTA), but 10-17% slower on the three with
+// 384-480 threads a CTA (K = 12288, 15360 at block 1024; K = 13824 at block 512), which therefore keep it.
 template <typename T, int FMT>
 std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
+  int log_b = 0;
+  while ((1 << log_b) < a.block) ++log_b;
   switch (p.v) {
-    case 2: return launch<T, 2, FMT>(a, p);
-    case 4: return launch<T, 4, FMT>(a, p);
-    case 8: return launch<T, 8, FMT>(a, p);
+    case 2:
+      if (log_b == 7) return launch<T, 2, FMT, 7>(a, p, log_b);
+      if (log_b == 9) return launch<T, 2, FMT, 9>(a, p, log_b);
+      return launch<T, 2, FMT, 0>(a, p, log_b);
+    case 4:
+      if (log_b == 10 && p.threads <= 256) return launch<T, 4, FMT, 10>(a, p, log_b);
+      return launch<T, 4, FMT, 0>(a, p, log_b);
+    case 8: return launch<T, 8, FMT, 0>(a, p, log_b);
   }
   return "rotate_quant: no kernel for V=" + std::to_string(p.v);
 }
