@@ -74,8 +74,8 @@ template <int V> struct Bounds { static constexpr int kThreads = 1024, kMinBlock
 template <> struct Bounds<4> { static constexpr int kThreads = 512, kMinBlocks = 2; };
 template <> struct Bounds<8> { static constexpr int kThreads = 256, kMinBlocks = 2; };
 
-// LOG_B: log2 of the Hadamard block, fixed at compile time for the blocks of the DiT shapes (0: read from
-// log_b_arg). With it fixed, the stage loops have no exits, so the butterflies need no branches and no register
+// LOG_B: log2 of the Hadamard block, fixed at compile time for the blocks and V that dispatch_v lists (0: read
+// from log_b_arg). With it fixed, the stage loops have no exits, so the butterflies need no branches and no register
 // copies back to the loop's registers (ncu, session 6: branches and copies were ~5 of 36 instructions a value).
 template <typename T, int V, int FMT, int LOG_B>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(const T* __restrict__ x, int64_t stride_x, const void* __restrict__ perm,
