@@ -131,22 +131,23 @@ def bench_forward(k, n, m, bits):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--only", choices=("all", "gemv"), default="all",
-                    help="gemv: the small-M GEMV table alone, into bench_cuda_gemv.json/.md")
+    ap.add_argument("--only", choices=("all", "gemv", "rq"), default="all",
+                    help="gemv / rq: the small-M GEMV or the rotate+quantize table alone, into "
+                         "bench_cuda_gemv.* or bench_cuda_rq.*")
     args = ap.parse_args()
     assert cuda_kernels.available(), cuda_kernels.why_unavailable()
     with open(os.path.join(HERE, "dit_shapes.json")) as f:
         shapes = json.load(f)["gemm"]
     copy_bw = copy_gbps()
     print(f"copy {copy_bw:.0f} GB/s", flush=True)
-    rot_shapes = sorted({(s["M"], s["K"]) for s in shapes if s["M"] >= 512}) if args.only == "all" else []
+    rot_shapes = sorted({(s["M"], s["K"]) for s in shapes if s["M"] >= 512}) if args.only != "gemv" else []
     rot = []
     for m, k in rot_shapes:
         rot.append(bench_rotate(m, k, copy_bw))
         print({a: (round(b, 2) if isinstance(b, float) else b) for a, b in rot[-1].items()}, flush=True)
         torch.cuda.empty_cache()
     gemv = []
-    for layer, k, n in FLUX_GEMV:
+    for layer, k, n in (FLUX_GEMV if args.only != "rq" else []):
         for m in (1, 4, 16):
             for bits, group in ((4, 0), (3, 0), (4, 128)):
                 gemv.append(bench_gemv(layer, k, n, m, bits, group, copy_bw))
@@ -178,7 +179,7 @@ def main():
         md.append(f"| {r['M']} | {r['K']} | {r['block']} | {r['cuda_us']:.1f} ({r['cuda_pct_copy']:.0f}%) | "
                   f"{r['triton_us']:.1f} ({r['triton_pct_copy']:.0f}%) | {r['cuda_over_triton']:.2f}× | "
                   f"{r['cuda_ars_us']:.1f} ({r['cuda_ars_pct_copy']:.0f}%) | {r['naive_us']:.1f} |")
-    md += ["", "## small-M weight-only GEMM, FLUX.1 shapes", "",
+    md += [] if not gemv else ["", "## small-M weight-only GEMM, FLUX.1 shapes", "",
            "| layer | K | N | M | bits | group | weight MB | CUDA µs (% copy) | Triton µs | bf16 µs | CUDA × bf16 "
            "| Triton × bf16 |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -90,7 +90,11 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * tokens_per_cta;
   const int cta_elems = tokens_per_cta * k;
 
+  // Initialised and synchronised here, before the loads, where the barrier costs nothing. Placed just before the
+  // atomics (session 6), the barrier was scheduled by ptxas into the shuffle stages of the V = 4, LOG_B = 10
+  // kernel (SASS: BAR among the SHFLs), so every warp waited for all the CTA's loads before computing.
   if (threadIdx.x < kMaxTokensPerCta) amax_bits[threadIdx.x] = 0u;
+  __syncthreads();
 
   float v[V][8];
   int tok[V], col[V];
@@ -206,7 +210,6 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   } else {
     // Per-token absmax. The bit patterns of |v| order like the values, and a NaN's (0x7FC00000) sorts above
     // +inf, so an integer max keeps NaN as the reference's amax does (fmaxf would drop it).
-    __syncthreads();                                   // amax_bits initialised
 #pragma unroll
     for (int i = 0; i < V; ++i) {
       unsigned mx = 0u;
