@@ -283,10 +283,12 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
   return last_launch_error("rotate_quant_kernel");
 }
 
-// Blocks with a kernel of their own: 128 and 512 at V = 2, and 1024 at V = 4 in CTAs of up to 256 threads
-// (K <= 8192). Measured on the H100 (bench_cuda.md, session 6), against the kernel that reads log2(block) at run
-// time: 2-8% faster on the six shapes those cover (96-288 threads a CTA), but 10-17% slower on the three with
-// 384-480 threads a CTA (K = 12288, 15360 at block 1024; K = 13824 at block 512), which therefore keep it.
+// Blocks with a kernel of their own: 128 and 512 at V = 2, 512 and 1024 at V = 4 (every block of dit_shapes.json
+// but 64). Measured on the H100 against the kernel that reads log2(block) at run time: 2-8% faster on the six
+// shapes of 96-288 threads a CTA (bench_cuda.md, session 6), and, once the amax barrier moved to the kernel's
+// start, 2-6% faster on the three of 384-480 threads: K = 12288, 15360 at block 1024 and K = 13824 at block 512
+// took 115 / 124 / 771 us against 117 / 132 / 804 (results/bench_cuda_rq.md against
+// bench_cuda_rq_runtime_block.md, session 7). Before the move they were 10-17% slower.
 template <typename T, int FMT>
 std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
   int log_b = 0;
@@ -297,7 +299,8 @@ std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
       if (log_b == 9) return launch<T, 2, FMT, 9>(a, p, log_b);
       return launch<T, 2, FMT, 0>(a, p, log_b);
     case 4:
-      if (log_b == 10 && p.threads <= 256) return launch<T, 4, FMT, 10>(a, p, log_b);
+      if (log_b == 10) return launch<T, 4, FMT, 10>(a, p, log_b);
+      if (log_b == 9) return launch<T, 4, FMT, 9>(a, p, log_b);
       return launch<T, 4, FMT, 0>(a, p, log_b);
     case 8: return launch<T, 8, FMT, 0>(a, p, log_b);
   }
