@@ -84,10 +84,10 @@ def test_gemm_a8_against_reference(m, bits, group, a_format):
 @pytest.mark.parametrize("bits,group", [(4, None), (3, 64)])
 @pytest.mark.parametrize("a_format", ["fp8", "int", "a16"])
 def test_gemm_both_operand_orders_against_reference(bits, group, a_format, swap, monkeypatch):
-    """Both forms of the GEMM kernel, acc = x @ w^T and its transpose w @ x^T (LRQ_TRITON_SWAP_AB=0 / 1 force one;
-    by default lrq_kernels/triton/gemm.py picks per call), compute the same GEMM."""
+    """Both forms of the GEMM kernel, acc = x @ w^T and its transpose w @ x^T (the default; LRQ_TRITON_SWAP_AB=0
+    keeps the first), compute the same GEMM."""
     import lrq_kernels.triton.gemm as tg
-    monkeypatch.setattr(tg, "_SWAP_AB_ENV", swap)
+    monkeypatch.setattr(tg, "_SWAP_AB", swap == "1")
     n, k, m = 40, 192, 7
     q = _weight(n, k, bits, group)
     if a_format == "a16":
@@ -202,21 +202,6 @@ def test_prmt_decode3_ptx_looks_up_every_code():
             assert list(out[f"${i}"].to_bytes(4, "little")) == [table[int(codes[j, i])] for j in range(4)]
 
 
-def test_operand_order_follows_the_measured_rule(monkeypatch):
-    """The transposed product where benchmarks/results/gemm_variants.md measured it faster: 16-bit dots at every
-    M, FP8 at M <= 16; the environment variable overrides the rule both ways."""
-    import triton.language as tl
-    import lrq_kernels.triton.gemm as tg
-    monkeypatch.setattr(tg, "_SWAP_AB_ENV", "auto")
-    assert tg._use_swap_ab(4608, tl.bfloat16) and tg._use_swap_ab(4608, tl.float16) and tg._use_swap_ab(1, tl.bfloat16)
-    assert tg._use_swap_ab(16, tl.float8e4nv) and not tg._use_swap_ab(17, tl.float8e4nv)
-    assert not tg._use_swap_ab(4608, tl.float8e4nv)
-    monkeypatch.setattr(tg, "_SWAP_AB_ENV", "1")
-    assert tg._use_swap_ab(4608, tl.float8e4nv)
-    monkeypatch.setattr(tg, "_SWAP_AB_ENV", "0")
-    assert not tg._use_swap_ab(1, tl.bfloat16)
-
-
 def test_autotune_pruning_keeps_only_tiles_that_fit():
     """The GEMM autotuner's candidates (lrq_kernels/triton/gemm.py): K = 256 steps only for FP8 dots at large M
     and only where a step stays inside one scale group; M <= 16 gets the 16-row tiles; swapped operands need
@@ -229,6 +214,7 @@ def test_autotune_pruning_keeps_only_tiles_that_fit():
         return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"])
                 for c in _prune(_gemm_tuned.configs, {"M_BUCKET": m}, **kw)}
     assert (128, 128, 256) in tiles(4096) and (128, 128, 128) in tiles(4096)
+    assert (128, 64, 128) in tiles(4096, SWAP_AB=True)
     assert (128, 128, 256) not in tiles(4096, DOT_DTYPE=tl.bfloat16)
     assert all(bk <= 64 for _, _, bk in tiles(4096, GROUP=64))
     assert all(bm == 16 for bm, _, _ in tiles(16)) and all(bm <= 64 for bm, _, _ in tiles(200))

@@ -27,17 +27,12 @@ USE_PRMT = os.environ.get("LRQ_TRITON_PRMT", "1") != "0"
 # 728 / 750 us against 968 / 954 us for the select decode, 1.04x / 1.06x the W4A8 GEMM's time
 # (benchmarks/results/gemm_variants.md).
 USE_PRMT3 = os.environ.get("LRQ_TRITON_PRMT3", "1") != "0"
-# The transposed product (see _gemm_kernel) where it measured faster (benchmarks/results/gemm_variants.md, H100):
-# 16-bit dots at every M (W4A16 FLUX fc1 / fc2 at M = 4608: 864 / 952 us against 1211 / 1259) and FP8 dots at
-# M <= 16 (FLUX fc1 at M = 16: 21.4 us against 35.0). FP8 at large M stays untransposed (698 us against 712).
-# LRQ_TRITON_SWAP_AB=0 or 1 forces one form everywhere, to compare them.
-_SWAP_AB_ENV = os.environ.get("LRQ_TRITON_SWAP_AB", "auto")
-
-
-def _use_swap_ab(m: int, dot_dtype) -> bool:
-    if _SWAP_AB_ENV in ("0", "1"):
-        return _SWAP_AB_ENV == "1"
-    return dot_dtype != tl.float8e4nv or m <= 16
+# The transposed product (see _gemm_kernel) everywhere, where it measured faster on the H100: 16-bit dots
+# (W4A16 FLUX fc1 / fc2 at M = 4608: 864 / 952 us against 1211 / 1259, benchmarks/results/gemm_variants.md), FP8
+# at M <= 16 (FLUX fc1: 21.4 us against 35.0, same file) and FP8 at large M with the one-warpgroup tiles below
+# (W4A8 FLUX fc1 / fc2: 641 / 654 us against 652 / 668, W3A8 677 / 698 against 685 / 698,
+# results/gemm_variants_1wg.md). LRQ_TRITON_SWAP_AB=0 keeps the untransposed form, to compare them.
+_SWAP_AB = os.environ.get("LRQ_TRITON_SWAP_AB", "1") != "0"
 
 
 @triton.jit
@@ -236,8 +231,12 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
 # stays far inside the 1e-3 bound (chaining 512 passed tests/test_gpu.py, 2432 gave 1.16e-3). On the H100 it is
 # the fastest FP8 tile with float32 adds on FLUX fc1 and fc2 (benchmarks/results/gemm_variants.md). BLOCK_M = 256
 # would cut more but spills at 8 warps and 16.
+# (128, 64, 128, 4, 3|4): one warpgroup a CTA at 228 registers, two CTAs an SM, so that one CTA decodes while the
+# other waits for its wgmma before the float32 add (with 8 warps one CTA fills the SM). The fastest FP8 tile on
+# FLUX fc1 / fc2, W4 and W3, swapped or not: 641-698 us against 702-751 for (128, 128, 256)
+# (results/gemm_variants_1wg.md, H100).
 _CONFIGS = [(128, 128, 128, 8, 3), (128, 128, 256, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
-            (128, 128, 64, 8, 4),
+            (128, 128, 64, 8, 4), (128, 64, 128, 4, 3), (128, 64, 128, 4, 4),
             (64, 128, 128, 4, 4), (64, 64, 128, 4, 4),
             (16, 32, 128, 4, 4), (16, 64, 128, 4, 4), (16, 128, 128, 4, 3), (16, 64, 256, 4, 3),
             (16, 64, 64, 4, 4)]
@@ -276,7 +275,7 @@ def _launch(a, sa, packed, w_scales, codebook, bits, k, group, bias, out_dtype, 
     # the CPU interpreter runs no PTX: the decodes there are the select-and-shift ones
     meta = dict(BITS=bits, GROUP=group, HAS_BIAS=bias is not None, HAS_SA=sa is not None, DOT_DTYPE=dot_dtype,
                 GROUP_M=8, USE_PRMT=USE_PRMT and not _INTERPRET, USE_PRMT3=USE_PRMT3 and not _INTERPRET,
-                FP32_STEPS=dot_dtype == tl.float8e4nv, SWAP_AB=_use_swap_ab(m, dot_dtype))
+                FP32_STEPS=dot_dtype == tl.float8e4nv, SWAP_AB=_SWAP_AB)
     if _INTERPRET:      # the interpreter runs one small tile shape; no autotuning
         bk = 32 if dot_dtype == tl.float8e4nv else 16
         grid = (triton.cdiv(m, 16) * triton.cdiv(n, 16),)
