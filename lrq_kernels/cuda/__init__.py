@@ -52,6 +52,18 @@ def gemv_a16_unsupported(m: int, k: int, bits: int, group_size: int, dtype: torc
     return _C.gemv_a16_unsupported(m, k, bits, group_size)
 
 
+def gemm_a8_unsupported(m: int, k: int, n: int, bits: int, group_size: int, codes_dtype: torch.dtype,
+                        device: torch.device) -> str:
+    """'' when gemm_a8_cuda runs this shape on `device` (a Hopper GPU, sm_90), else why not."""
+    if _C is None:
+        return why_unavailable()
+    if codes_dtype != torch.float8_e4m3fn:
+        return f"the CUDA W·A8 GEMM takes FP8 e4m3 activation codes, got {codes_dtype}"
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) != (9, 0):
+        return f"the CUDA W·A8 GEMM runs on sm_90 (Hopper) only, got {device}"
+    return _C.gemm_a8_unsupported(m, k, n, bits, group_size)
+
+
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     """Contiguous and 16-byte aligned (the kernels use 16-byte loads); copies only views that are not."""
     t = t.contiguous()
@@ -98,4 +110,27 @@ def gemv_a16_cuda(x, packed, w_scales, codebook, bits: int, group_size: int, bia
         _C.gemv_a16(x.data_ptr(), _DTYPE[x.dtype], m, k, n, packed.data_ptr(), bits, w_scales.data_ptr(),
                     group_size, codebook.data_ptr(), 0 if bias32 is None else bias32.data_ptr(), y.data_ptr(),
                     x.device.index, _stream(x.device))
+    return y
+
+
+def gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits: int, k: int, group_size: int, bias,
+                 out_dtype: torch.dtype):
+    """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias in out_dtype: FP8 codes, 4-bit weights, per-channel
+    scales, on Hopper (gemm_a8_unsupported says when it cannot run)."""
+    m = x_codes.shape[0]
+    n = packed.shape[0]
+    x_codes = _aligned(x_codes)
+    packed = _aligned(packed)
+    x_scales = x_scales.contiguous()
+    w_scales = w_scales.contiguous()
+    codebook = codebook.float().contiguous()
+    bias32 = None if bias is None else bias.float().contiguous()
+    y = torch.empty((m, n), dtype=out_dtype, device=x_codes.device)
+    if m == 0:
+        return y
+    with torch.cuda.device(x_codes.device):
+        _C.gemm_a8(x_codes.data_ptr(), x_codes.stride(0), x_scales.data_ptr(), m, k, n, packed.data_ptr(),
+                   packed.stride(0), bits, w_scales.data_ptr(), group_size, codebook.data_ptr(),
+                   0 if bias32 is None else bias32.data_ptr(), y.data_ptr(), _DTYPE[out_dtype], x_codes.device.index,
+                   _stream(x_codes.device))
     return y

@@ -1,0 +1,282 @@
+// W4A8 GEMM for Hopper (sm_90a): FP8 e4m3 activation codes x 4-bit weight codes decoded to e4m3 in registers,
+// on wgmma, with every 128-wide K step added to a float32 accumulator (the 1e-3 bound needs it: Hopper's FP8 wgmma
+// accumulates with fewer bits than float32, benchmarks/NOTES.md, session 3).
+//
+//   y[t, r] = (sum_k x[t, k] * codebook[code(r, k)]) * w_scales[r] * x_scales[t] + bias[r]
+//
+// Why a CUDA kernel next to the Triton one: Triton 3.6 waits for each wgmma before the float32 add, so the decode
+// of the next step never overlaps the tensor cores (benchmarks/NOTES.md, sessions 5 and 7). Here each consumer
+// warpgroup issues the wgmmas of step s, decodes step s + 1 while they run, then waits and adds.
+//
+// The product is transposed, y^T = W x^T: the decoded weights are wgmma's A operand, built in registers, and the
+// activation tile is B, in shared memory. A CTA has two warpgroups (64 weight rows each) and a tile of 128 tokens.
+//
+// K order inside a 128-wide step. Thread (g = lane / 4, q = lane % 4) of a warp holds, for each k32 chunk j, the
+// A fragment bytes at wgmma positions 4q..4q+3 and 16+4q..16+4q+3 of rows g and g+8 (CUTLASS's ALayout_64x32).
+// The K index those positions stand for is permuted: position 16h + 4q + e of chunk j is K = 32q + 8j + 4h + e. So a
+// thread's 32 codes of a row are one contiguous 16-byte load (K = 32q .. 32q+31), and the activation tile is
+// copied into shared memory in 4-byte pieces to the matching places (the same permutation on both operands leaves
+// the dot product unchanged).
+//
+// Shared memory of the activation tile (wgmma's K-major layout without swizzle): "core matrices" of 8 tokens x
+// 16 bytes; the 8 of one token group along K are kLBO = 144 bytes apart, not 128, so that the 32 lanes copying one
+// token's 128 bytes write 32 different banks.
+#include "common.cuh"
+#include "lrq.h"
+#include <cuda_fp8.h>
+#include <type_traits>
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LRQ_SM90A 1
+#endif
+
+namespace lrq {
+namespace {
+
+constexpr int kThreads = 256;                 // two consumer warpgroups
+constexpr int kTileW = 128;                   // weight rows a CTA, 64 a warpgroup (wgmma M)
+constexpr int kTileT = 128;                   // tokens a CTA (wgmma N)
+constexpr int kStepK = 128;                   // K a pipeline step: 4 wgmmas of k32
+constexpr int kStages = 4;                    // activation tiles in flight
+constexpr int kLBO = 144;                     // bytes between K-adjacent core matrices
+constexpr int kSBO = 8 * kLBO;                // bytes between 8-token groups
+constexpr int kStageBytes = (kTileT / 8) * kSBO;
+
+template <typename OutT> __host__ __device__ constexpr int out_pitch() { return kTileW * static_cast<int>(sizeof(OutT)) + 16; }
+template <typename OutT> __host__ __device__ constexpr int smem_bytes() {
+  return kStages * kStageBytes > kTileT * out_pitch<OutT>() ? kStages * kStageBytes : kTileT * out_pitch<OutT>();
+}
+
+#ifdef LRQ_SM90A
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// cp.async writes through the generic proxy, wgmma reads through the async proxy
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+
+// Shared-memory matrix descriptor: start address, LBO, SBO (all >> 4), no swizzle (layout type 0).
+__device__ __forceinline__ uint64_t desc_b(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(kLBO >> 4) << 16) |
+         (static_cast<uint64_t>(kSBO >> 4) << 32);
+}
+
+// d (+)= A (64 x 32, e4m3 in registers) x B (32 x 128 tokens, e4m3 in shared memory); ACC = 0 overwrites d
+template <int ACC>
+__device__ __forceinline__ void wgmma_k32(float (&d)[64], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b), "n"(ACC));
+}
+
+// Eight 4-bit codes (code i in bits 4i..4i+3) to their codebook bytes: lo = codes 0-3, hi = codes 4-7, byte i of
+// each for code i. The 16 e4m3 codebook bytes sit in t[0..3]; a byte permute picks one of 8 bytes with 3 selector
+// bits, so entries 0-7 and 8-15 are looked up apart and a third permute keeps, per byte, the half bit 3 names.
+__device__ __forceinline__ void decode8(uint32_t w, const uint32_t (&t)[4], uint32_t& lo, uint32_t& hi) {
+  const uint32_t s_lo = w & 0x7777u, s_hi = (w >> 16) & 0x7777u;
+  lo = __byte_perm(__byte_perm(t[0], t[1], s_lo), __byte_perm(t[2], t[3], s_lo), ((w >> 1) & 0x4444u) | 0x3210u);
+  hi = __byte_perm(__byte_perm(t[0], t[1], s_hi), __byte_perm(t[2], t[3], s_hi), ((w >> 17) & 0x4444u) | 0x3210u);
+}
+
+// A fragments of one 128-wide K step from the two rows' 16-byte code loads: [chunk j][reg]
+__device__ __forceinline__ void decode_step(const uint4& r0, const uint4& r1, const uint32_t (&t)[4],
+                                            uint32_t (&a)[16]) {
+  const uint32_t w0[4] = {r0.x, r0.y, r0.z, r0.w}, w1[4] = {r1.x, r1.y, r1.z, r1.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    decode8(w0[j], t, a[4 * j + 0], a[4 * j + 2]);     // row g:   K 32q+8j+0..3 at 4q+e, +4..7 at 16+4q+e
+    decode8(w1[j], t, a[4 * j + 1], a[4 * j + 3]);     // row g+8
+  }
+}
+#endif  // LRQ_SM90A
+
+template <typename OutT>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemm_w4a8_sm90_kernel(const uint8_t* __restrict__ x, int64_t stride_x, const float* __restrict__ x_scales,
+                          const uint8_t* __restrict__ packed, int64_t row_bytes, const float* __restrict__ w_scales,
+                          const float* __restrict__ codebook, const float* __restrict__ bias,
+                          OutT* __restrict__ y, int m, int n, int k) {
+#ifdef LRQ_SM90A
+  extern __shared__ __align__(128) uint8_t smem[];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, q = lane & 3;
+
+  // grouped tile order: kGroupT token tiles walk a column of weight tiles together (weights stay in L2)
+  constexpr int kGroupT = 8;
+  const int tiles_t = (m + kTileT - 1) / kTileT, tiles_w = (n + kTileW - 1) / kTileW;
+  const int per_group = kGroupT * tiles_w, first_t = (blockIdx.x / per_group) * kGroupT;
+  const int size_t_ = min(tiles_t - first_t, kGroupT);
+  const int t0 = (first_t + (blockIdx.x % per_group) % size_t_) * kTileT;
+  const int w0 = ((blockIdx.x % per_group) / size_t_) * kTileW;
+
+  uint32_t table[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    uint32_t word = 0;
+#pragma unroll
+    for (int b = 0; b < 4; ++b)
+      word |= static_cast<uint32_t>(__nv_cvt_float_to_fp8(codebook[4 * i + b], __NV_SATFINITE, __NV_E4M3)) << (8 * b);
+    table[i] = word;
+  }
+
+  // this thread's two weight rows (clamped: rows past N load row N - 1 and are never stored)
+  const int row_local = (warp >> 2) * 64 + (warp & 3) * 16 + g;
+  const uint8_t* wrow0 = packed + static_cast<int64_t>(min(w0 + row_local, n - 1)) * row_bytes + 16 * q;
+  const uint8_t* wrow1 = packed + static_cast<int64_t>(min(w0 + row_local + 8, n - 1)) * row_bytes + 16 * q;
+
+  // activation copies: warp w copies tokens w, w + 8, ...; lane l the 4 bytes at K = 4l of the step. Rows past M
+  // copy nothing (source size 0: the shared bytes are zero-filled and the address is not read).
+  const uint32_t smem0 = smem_u32(smem);
+  const uint32_t copy_dst = (lane & 7) * kLBO + warp * 16 + (lane >> 3) * 4;
+  const uint8_t* copy_src = x + static_cast<int64_t>(t0 + warp) * stride_x + 4 * lane;
+  const int64_t copy_stride = 8 * stride_x;
+  const int copy_rows = min(kTileT / 8, max(0, (m - t0 - warp + 7) / 8));   // of this warp's 16 tokens, those < M
+  const int nk = k / kStepK;
+  auto load_x = [&](int step) {
+    if (step < nk) {
+      const uint32_t dst = smem0 + (step % kStages) * kStageBytes + copy_dst;
+      const uint8_t* src = copy_src + step * kStepK;
+#pragma unroll
+      for (int i = 0; i < kTileT / 8; ++i, src += copy_stride) cp_async4(dst + i * kSBO, src, i < copy_rows);
+    }
+    cp_async_commit();      // one group a step, empty past the end, so that the wait counts stay fixed
+  };
+
+  float acc[64], part[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) { acc[i] = 0.f; part[i] = 0.f; }
+
+#pragma unroll
+  for (int s = 0; s < kStages; ++s) load_x(s);
+  // weight codes of steps s + 1 and s + 2 in registers (slot = step & 1), and the A fragments of steps s, s + 1
+  uint4 wq[2][2];
+  uint32_t a[2][16];
+  auto load_w = [&](int step, uint4 (&slot)[2]) {
+    slot[0] = __ldg(reinterpret_cast<const uint4*>(wrow0 + step * (kStepK / 2)));
+    slot[1] = __ldg(reinterpret_cast<const uint4*>(wrow1 + step * (kStepK / 2)));
+  };
+  load_w(0, wq[0]);
+  if (nk > 1) load_w(1, wq[1]);
+  decode_step(wq[0][0], wq[0][1], table, a[0]);
+  if (nk > 2) load_w(2, wq[0]);
+  cp_async_wait<kStages - 2>();
+  fence_proxy_async();
+  __syncthreads();
+
+  auto step = [&](int s, auto slot_c) {
+    constexpr int kCur = decltype(slot_c)::value, kNext = 1 - kCur;   // slots of steps s and s + 1
+    const uint32_t stage = smem0 + (s % kStages) * kStageBytes;
+    wgmma_fence();
+    wgmma_k32<0>(part, a[kCur][0], a[kCur][1], a[kCur][2], a[kCur][3], desc_b(stage));
+    wgmma_k32<1>(part, a[kCur][4], a[kCur][5], a[kCur][6], a[kCur][7], desc_b(stage + 2 * kLBO));
+    wgmma_k32<1>(part, a[kCur][8], a[kCur][9], a[kCur][10], a[kCur][11], desc_b(stage + 4 * kLBO));
+    wgmma_k32<1>(part, a[kCur][12], a[kCur][13], a[kCur][14], a[kCur][15], desc_b(stage + 6 * kLBO));
+    wgmma_commit();
+    if (s + 1 < nk) {                             // decode step s + 1 while the tensor cores run step s
+      decode_step(wq[kNext][0], wq[kNext][1], table, a[kNext]);
+      if (s + 3 < nk) load_w(s + 3, wq[kNext]);
+    }
+    wgmma_wait_all();
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] += part[i];
+    cp_async_wait<kStages - 2>();                 // step s + 1's tile has landed (this thread's copies)
+    fence_proxy_async();
+    __syncthreads();                              // ... everyone's; and every warpgroup is done with stage s
+    load_x(s + kStages);
+  };
+  for (int s = 0; s < nk; s += 2) {
+    step(s, std::integral_constant<int, 0>{});
+    if (s + 1 < nk) step(s + 1, std::integral_constant<int, 1>{});
+  }
+  cp_async_wait<0>();
+  __syncthreads();                                // the stages are free: the output tile is staged there
+
+  // epilogue: scale, bias, convert; staged as [token][row] so that the stores are 16-byte and coalesced
+  constexpr int kPitch = out_pitch<OutT>();
+  const int r0 = w0 + row_local, r1 = r0 + 8;
+  const float sw0 = r0 < n ? w_scales[r0] : 0.f, sw1 = r1 < n ? w_scales[r1] : 0.f;
+  const float b0 = (bias != nullptr && r0 < n) ? bias[r0] : 0.f, b1 = (bias != nullptr && r1 < n) ? bias[r1] : 0.f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+#pragma unroll
+    for (int v = 0; v < 2; ++v) {
+      const int tl = 8 * i + 2 * q + v;
+      const float sa = t0 + tl < m ? x_scales[t0 + tl] : 0.f;
+      OutT* row = reinterpret_cast<OutT*>(smem + tl * kPitch);
+      row[row_local] = from_float<OutT>(acc[4 * i + v] * sw0 * sa + b0);
+      row[row_local + 8] = from_float<OutT>(acc[4 * i + 2 + v] * sw1 * sa + b1);
+    }
+  }
+  __syncthreads();
+  constexpr int kChunk = 16 / static_cast<int>(sizeof(OutT));        // outputs a 16-byte store
+  constexpr int kChunksPerRow = kTileW / kChunk;
+#pragma unroll
+  for (int c = tid; c < kTileT * kChunksPerRow; c += kThreads) {
+    const int tl = c / kChunksPerRow, col = (c % kChunksPerRow) * kChunk;
+    if (t0 + tl < m && w0 + col < n)
+      *reinterpret_cast<uint4*>(y + static_cast<int64_t>(t0 + tl) * n + w0 + col) =
+          *reinterpret_cast<const uint4*>(smem + tl * kPitch + col * sizeof(OutT));
+  }
+#endif  // LRQ_SM90A
+}
+
+template <typename OutT>
+std::string launch(const GemmA8Args& a) {
+  auto kernel = gemm_w4a8_sm90_kernel<OutT>;
+  constexpr int kSmem = smem_bytes<OutT>();
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemm_w4a8_sm90)", e);
+  const int64_t tiles = static_cast<int64_t>((a.m + kTileT - 1) / kTileT) * ((a.n + kTileW - 1) / kTileW);
+  kernel<<<static_cast<unsigned>(tiles), kThreads, kSmem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
+      static_cast<const uint8_t*>(a.x), a.stride_x, a.x_scales, a.packed, a.row_bytes, a.w_scales, a.codebook,
+      a.bias, static_cast<OutT*>(a.y), a.m, a.n, a.k);
+  return last_launch_error("gemm_w4a8_sm90_kernel");
+}
+
+}  // namespace
+
+std::string gemm_a8_unsupported(int m, int k, int n, int bits, int group_size) {
+  if (bits != 4) return "the CUDA W·A8 GEMM takes 4-bit codes, got bits=" + std::to_string(bits);
+  if (group_size != 0) return "the CUDA W·A8 GEMM takes per-channel scales, got group_size=" + std::to_string(group_size);
+  if (k <= 0 || k % kStepK != 0) return "the CUDA W·A8 GEMM needs K % 128 == 0, got K=" + std::to_string(k);
+  if (n <= 0 || n % 8 != 0) return "the CUDA W·A8 GEMM needs N % 8 == 0, got N=" + std::to_string(n);
+  if (m <= 0) return "the CUDA W·A8 GEMM needs M > 0, got M=" + std::to_string(m);
+  return "";
+}
+
+std::string gemm_a8(const GemmA8Args& a) {
+  std::string why = gemm_a8_unsupported(a.m, a.k, a.n, a.bits, a.group_size);
+  if (!why.empty()) return why;
+  if (a.stride_x % 16 != 0 || a.row_bytes % 16 != 0)
+    return "gemm_a8: x's row stride and the packed row must be multiples of 16 bytes";
+  why = set_device(a.device);
+  if (!why.empty()) return why;
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, a.device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, a.device);
+  if (major != 9 || minor != 0)
+    return "the CUDA W·A8 GEMM runs on sm_90 (Hopper) only, got sm_" + std::to_string(major) + std::to_string(minor);
+  switch (a.out_dtype) {
+    case kBF16: return launch<__nv_bfloat16>(a);
+    case kF16: return launch<__half>(a);
+    case kF32: return launch<float>(a);
+  }
+  return "gemm_a8: unknown out_dtype " + std::to_string(a.out_dtype);
+}
+
+}  // namespace lrq
