@@ -3,6 +3,7 @@
     ncu --set full --profile-from-start off -o gemv python tools/profile_kernels.py gemv
     ncu --set full --profile-from-start off -o rq python tools/profile_kernels.py rq
     ncu --set full --profile-from-start off -o gemm python tools/profile_kernels.py gemm
+    ncu --set full --profile-from-start off -o gemm_cuda python tools/profile_kernels.py gemm_cuda
 
 Warm-up calls first (they compile and autotune), then one call between cudaProfilerStart and Stop, which is what
 --profile-from-start off profiles. What to read: DRAM throughput against its peak (the GEMV and rotate+quantize
@@ -25,7 +26,7 @@ WARMUP = 3
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kernel", choices=("gemv", "rq", "gemm"))
+    ap.add_argument("kernel", choices=("gemv", "rq", "gemm", "gemm_cuda"))
     ap.add_argument("--bits", type=int, default=4, choices=(3, 4))
     ap.add_argument("--m", type=int, help="tokens (default: 1 for gemv, 4608 for rq and gemm)")
     ap.add_argument("--k", type=int, default=3072, help="input features (rq: the activation width)")
@@ -52,7 +53,11 @@ def main():
     else:
         codes, sx = ops.rotate_quant(torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16),
                                      None, None, 1024, "fp8", 8)
-        run = lambda: ops.gemm_a8(codes, sx, packed, sw, cb, args.bits, k, 0, None, torch.bfloat16)  # noqa: E731
+        if args.kernel == "gemm":
+            run = lambda: ops.gemm_a8(codes, sx, packed, sw, cb, args.bits, k, 0, None, torch.bfloat16)  # noqa: E731
+        else:       # the CUDA W4A8 kernel itself, whatever the dispatch would pick
+            run = lambda: cuda_kernels.gemm_a8_cuda(codes, sx, packed, sw, cb, args.bits, k, 0, None,  # noqa: E731
+                                                    torch.bfloat16)
     for _ in range(WARMUP):
         run()
     torch.cuda.synchronize()
