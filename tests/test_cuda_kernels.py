@@ -1,7 +1,8 @@
 """The CUDA backend (lrq_kernels._C, csrc/). On CPU: the extension builds and imports where nvcc exists, refuses
 bad launches with a message (and without a GPU says so), and the dispatcher never picks it. On a GPU: codes equal
 to the reference's on every K of dit_shapes.json and the full Hadamard sizes, the GEMV within 1e-3 of a float64
-oracle, agreement with the Triton kernels, CUDA-graph capture and torch.compile."""
+oracle, the Hopper W4A8 GEMM within 1e-3 of one on awkward shapes, agreement with the Triton kernels, CUDA-graph
+capture and torch.compile."""
 import json
 import os
 import shutil
@@ -20,6 +21,8 @@ from lrq_kernels.rotation.rotation import default_block
 
 HAS_GPU = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not (HAS_GPU and cuda_kernels.available()), reason="needs a CUDA GPU and lrq_kernels._C")
+hopper = pytest.mark.skipif(not (HAS_GPU and cuda_kernels.available() and torch.cuda.get_device_capability() == (9, 0)),
+                            reason="the CUDA W4A8 GEMM needs an sm_90 GPU and lrq_kernels._C")
 
 with open(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "dit_shapes.json")) as f:
     SHAPES = json.load(f)["gemm"]
@@ -49,6 +52,13 @@ def test_extension_refuses_unsupported_shapes_with_a_message():
     assert "group_size must be 0" in _C.gemv_a16_unsupported(1, 3072, 3, 32)
     with pytest.raises(RuntimeError, match="M must be <= 16, got M=17"):
         _C.gemv_a16(16, 0, 17, 3072, 8, 16, 4, 16, 0, 16, 0, 16, 0, 0)     # refused before touching a device
+    assert _C.gemm_a8_unsupported(333, 2432, 2432, 4, 0) == ""
+    assert "4-bit codes, got bits=3" in _C.gemm_a8_unsupported(64, 3072, 3072, 3, 0)
+    assert "per-channel scales, got group_size=64" in _C.gemm_a8_unsupported(64, 3072, 3072, 4, 64)
+    assert "K % 128 == 0, got K=200" in _C.gemm_a8_unsupported(64, 200, 3072, 4, 0)
+    assert "N % 8 == 0, got N=100" in _C.gemm_a8_unsupported(64, 3072, 100, 4, 0)
+    with pytest.raises(RuntimeError, match="K % 128 == 0, got K=200"):
+        _C.gemm_a8(16, 200, 16, 4, 200, 8, 16, 112, 4, 16, 0, 16, 0, 16, 0, 0, 0)   # refused before any device call
 
 
 @pytest.mark.skipif(HAS_GPU or not cuda_kernels.available(), reason="checks the no-GPU error")
@@ -66,8 +76,11 @@ def test_dispatch_on_cpu_is_the_reference_and_forced_cuda_says_why(monkeypatch):
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
     with pytest.raises(RuntimeError, match="LRQ_BACKEND=cuda but rotate_quant cannot run"):
         ops.rotate_quant(torch.randn(2, 64), None, None, 64, "fp8", 8)
-    # gemm_a8 has no CUDA kernel: forcing cuda runs its reference
-    assert _pick("gemm_a8", cpu, fp8=True) == "reference"
+    a8 = dict(fp8=True, m=64, k=3072, n=3072, bits=4, group=0, dtype=torch.float8_e4m3fn)
+    with pytest.raises(RuntimeError, match="LRQ_BACKEND=cuda but gemm_a8 cannot run"):
+        _pick("gemm_a8", cpu, **a8)
+    monkeypatch.delenv("LRQ_BACKEND")
+    assert _pick("gemm_a8", cpu, **a8) == "reference"
 
 
 def test_rotate_op_is_the_reference_rotation_in_x_dtype():
@@ -229,6 +242,69 @@ def test_cuda_and_triton_rotate_quant_agree(monkeypatch):
     monkeypatch.setenv("LRQ_BACKEND", "triton")
     b = ops.rotate_quant(x, None, None, 512, "fp8", 8)
     assert _frac_diff(a[0], b[0]) <= 1e-4 and torch.equal(a[1], b[1])
+
+
+def _fp8_tokens(m, k, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = (torch.randn(m, k, device="cuda", generator=g) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
+    return x, torch.rand(m, device="cuda", generator=g) * 0.01 + 1e-3
+
+
+def _a8_oracle(x, sx, packed, sw, cb, k, bias):
+    return _oracle(x, packed, sw, cb, 4, k, 0, bias) * sx.double()[:, None] if bias is None else \
+        _oracle(x, packed, sw, cb, 4, k, 0, None) * sx.double()[:, None] + bias.double()
+
+
+@hopper
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("m,k,n", [(1, 128, 8), (7, 256, 136), (129, 384, 200), (333, 2432, 2432),
+                                   (1000, 1152, 4608), (77, 12288, 3072), (4608, 3072, 12288)], ids=str)
+def test_cuda_gemm_a8_matches_oracle(m, k, n, dtype, monkeypatch):
+    """The Hopper W4A8 GEMM on awkward shapes (M = 1, odd M, N not a multiple of the 128-row tile, K = 2432):
+    float32 output within the 1e-3 bound of a float64 oracle; 16-bit outputs add their own rounding."""
+    monkeypatch.setenv("LRQ_BACKEND", "cuda")
+    x, sx = _fp8_tokens(m, k, m + k)
+    packed, sw, cb = _weights(n, k, 4, 0, "nf" if m % 2 else "tlq")
+    bias = None if m == 7 else torch.randn(n, device="cuda")
+    y = ops.gemm_a8(x, sx, packed, sw, cb, 4, k, 0, bias, dtype)
+    assert y.dtype == dtype and y.shape == (m, n)
+    assert rel_err(y.double(), _a8_oracle(x, sx, packed, sw, cb, k, bias)) <= (1e-3 if dtype == torch.float32
+                                                                              else 5e-3)
+
+
+@hopper
+def test_cuda_gemm_a8_nan_token_stays_in_its_row(monkeypatch):
+    monkeypatch.setenv("LRQ_BACKEND", "cuda")
+    x, sx = _fp8_tokens(20, 256, 0)
+    x[3, 17] = float("nan")
+    packed, sw, cb = _weights(64, 256, 4, 0)
+    y = ops.gemm_a8(x, sx, packed, sw, cb, 4, 256, 0, None, torch.float32)
+    assert torch.isnan(y[3]).all() and torch.isfinite(y[torch.arange(20, device="cuda") != 3]).all()
+
+
+@hopper
+def test_cuda_and_triton_gemm_a8_agree_and_dispatch_by_m(monkeypatch):
+    from lrq_kernels.ops import MAX_CUDA_GEMM_A8_M, _pick
+    x, sx = _fp8_tokens(256, 3072, 1)
+    packed, sw, cb = _weights(3072, 3072, 4, 0)
+    monkeypatch.setenv("LRQ_BACKEND", "cuda")
+    a = ops.gemm_a8(x, sx, packed, sw, cb, 4, 3072, 0, None, torch.float32)
+    monkeypatch.setenv("LRQ_BACKEND", "triton")
+    b = ops.gemm_a8(x, sx, packed, sw, cb, 4, 3072, 0, None, torch.float32)
+    assert rel_err(a, b) <= 1e-3
+    monkeypatch.delenv("LRQ_BACKEND")
+    shape = dict(fp8=True, k=3072, n=3072, bits=4, group=0, dtype=torch.float8_e4m3fn)
+    dev = torch.device("cuda")
+    assert _pick("gemm_a8", dev, m=MAX_CUDA_GEMM_A8_M, **shape) == "cuda"
+    assert _pick("gemm_a8", dev, m=MAX_CUDA_GEMM_A8_M + 1, **shape) == "triton"
+    assert _pick("gemm_a8", dev, m=64, **(shape | dict(bits=3))) == "triton"
+
+
+@hopper
+def test_w4a8_quantlinear_on_cuda_gemm_graph_and_compile():
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(torch.nn.Linear(1152, 1152).cuda(), QuantConfig(w_bits=4, a_format="fp8"))
+    assert_compile_and_cuda_graph_match_eager(q, torch.randn(2, 40, 1152, device="cuda", dtype=torch.bfloat16))
 
 
 # --- GPU: in serving stacks ---------------------------------------------------------------------------------------

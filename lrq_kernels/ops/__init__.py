@@ -32,6 +32,9 @@ _LIB = "lrq"
 
 MAX_ROW_REGISTERS = 16384   # Triton's rotate_quant holds a whole token (K padded to NBP * block) in registers
 MAX_GEMV_M = 16             # the CUDA GEMV's mma tile has 16 rows
+# The CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu) up to this M; Triton's above it. Set from the H100 sweep of session 7
+# (benchmarks/results/gemm_a8_cuda_sweep.md): see that file for the crossing.
+MAX_CUDA_GEMM_A8_M = 512
 
 
 def _interpreting() -> bool:
@@ -60,6 +63,12 @@ def _cuda_why_not(op: str, device: torch.device, shape: dict) -> str:
     if op == "gemm_a16":
         return cuda_kernels.gemv_a16_unsupported(shape["m"], shape["k"], shape["bits"], shape["group"],
                                                  shape["dtype"])
+    if op == "gemm_a8":
+        why = cuda_kernels.gemm_a8_unsupported(shape["m"], shape["k"], shape["n"], shape["bits"], shape["group"],
+                                               shape["dtype"], device)
+        if not why and shape["m"] > MAX_CUDA_GEMM_A8_M and requested_backend() == "auto":
+            why = f"M={shape['m']} > {MAX_CUDA_GEMM_A8_M}: Triton's GEMM is as fast or faster there"
+        return why
     return f"no CUDA kernel for {op}"
 
 
@@ -86,7 +95,8 @@ def _pick(op: str, device: torch.device, **shape) -> str:
     | rotate_quant | cuda (K % 8 == 0), then triton                        | reference |
     | rotate       | cuda (K % 8 == 0)                                     | reference |
     | gemm_a16     | cuda if M <= 16 and K % 128 == 0, else triton         | reference |
-    | gemm_a8      | triton (fp8 codes need sm_89+)                        | reference |
+    | gemm_a8      | cuda (sm_90, FP8, 4-bit, per channel, K % 128 == 0,   | reference |
+    |              | M <= MAX_CUDA_GEMM_A8_M), then triton (FP8 needs sm_89+) |           |
 
     Why this order: benchmarks/bench_cuda.py measures CUDA against Triton on the H100 (results in
     benchmarks/results/bench_cuda.md). LRQ_BACKEND=reference|triton|cuda forces one, and raises where it cannot
@@ -96,7 +106,7 @@ def _pick(op: str, device: torch.device, **shape) -> str:
     if want == "reference":
         return "reference"
     order = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",),
-             "gemm_a16": ("cuda", "triton"), "gemm_a8": ("triton",)}[op]
+             "gemm_a16": ("cuda", "triton"), "gemm_a8": ("cuda", "triton")}[op]
     if want != "auto":
         order = (want,) if want in order else ()    # an op with no kernel there runs its reference
     reasons = []
@@ -221,7 +231,12 @@ def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor,
             out_dtype: torch.dtype) -> torch.Tensor:
     """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias, in out_dtype (group_size 0: per-channel scales)."""
     check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
-    if _pick("gemm_a8", x_codes.device, fp8=x_codes.dtype == torch.float8_e4m3fn) == "triton":
+    backend = _pick("gemm_a8", x_codes.device, fp8=x_codes.dtype == torch.float8_e4m3fn, m=x_codes.shape[0], k=k,
+                    n=packed.shape[0], bits=bits, group=group_size, dtype=x_codes.dtype)
+    if backend == "cuda":
+        return cuda_kernels.gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias,
+                                         out_dtype)
+    if backend == "triton":
         from ..triton.gemm import gemm_a8_triton
         return gemm_a8_triton(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
     w = dequantize_packed(packed, w_scales, codebook, bits, k, group_size or None)
