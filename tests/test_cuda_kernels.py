@@ -283,8 +283,8 @@ def test_cuda_gemm_a8_nan_token_stays_in_its_row(monkeypatch):
 
 
 @hopper
-def test_cuda_and_triton_gemm_a8_agree_and_dispatch_by_m(monkeypatch):
-    from lrq_kernels.ops import MAX_CUDA_GEMM_A8_M, _pick
+def test_cuda_and_triton_gemm_a8_agree_and_cuda_runs_when_forced(monkeypatch):
+    from lrq_kernels.ops import _pick
     x, sx = _fp8_tokens(256, 3072, 1)
     packed, sw, cb = _weights(3072, 3072, 4, 0)
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
@@ -295,13 +295,16 @@ def test_cuda_and_triton_gemm_a8_agree_and_dispatch_by_m(monkeypatch):
     monkeypatch.delenv("LRQ_BACKEND")
     shape = dict(fp8=True, k=3072, n=3072, bits=4, group=0, dtype=torch.float8_e4m3fn)
     dev = torch.device("cuda")
-    assert _pick("gemm_a8", dev, m=MAX_CUDA_GEMM_A8_M, **shape) == "cuda"
-    assert _pick("gemm_a8", dev, m=MAX_CUDA_GEMM_A8_M + 1, **shape) == "triton"
-    assert _pick("gemm_a8", dev, m=64, **(shape | dict(bits=3))) == "triton"
+    assert _pick("gemm_a8", dev, m=256, **shape) == "triton"          # the default (ops.CUDA_GEMM_A8_BY_DEFAULT)
+    monkeypatch.setenv("LRQ_BACKEND", "cuda")
+    assert _pick("gemm_a8", dev, m=256, **shape) == "cuda"
+    with pytest.raises(RuntimeError, match="4-bit codes, got bits=3"):
+        _pick("gemm_a8", dev, m=64, **(shape | dict(bits=3)))
 
 
 @hopper
-def test_w4a8_quantlinear_on_cuda_gemm_graph_and_compile():
+def test_w4a8_quantlinear_on_cuda_gemm_graph_and_compile(monkeypatch):
+    monkeypatch.setenv("LRQ_BACKEND", "cuda")
     torch.manual_seed(0)
     q = QuantLinear.from_linear(torch.nn.Linear(1152, 1152).cuda(), QuantConfig(w_bits=4, a_format="fp8"))
     assert_compile_and_cuda_graph_match_eager(q, torch.randn(2, 40, 1152, device="cuda", dtype=torch.bfloat16))

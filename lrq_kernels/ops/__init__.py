@@ -32,9 +32,10 @@ _LIB = "lrq"
 
 MAX_ROW_REGISTERS = 16384   # Triton's rotate_quant holds a whole token (K padded to NBP * block) in registers
 MAX_GEMV_M = 16             # the CUDA GEMV's mma tile has 16 rows
-# The CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu) up to this M; Triton's above it. Set from the H100 sweep of session 7
-# (benchmarks/results/gemm_a8_cuda_sweep.md): see that file for the crossing.
-MAX_CUDA_GEMM_A8_M = 512
+# The CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu) runs only when asked for (LRQ_BACKEND=cuda): on the H100 it measured
+# 0.65-1.42x Triton's time by shape and M, 0.99x on FLUX fc1 at M = 4608, with no rule that picks its wins without
+# its losses (benchmarks/results/gemm_a8_cuda_sweep.md, session 7). Triton stays the default.
+CUDA_GEMM_A8_BY_DEFAULT = False
 
 
 def _interpreting() -> bool:
@@ -66,8 +67,8 @@ def _cuda_why_not(op: str, device: torch.device, shape: dict) -> str:
     if op == "gemm_a8":
         why = cuda_kernels.gemm_a8_unsupported(shape["m"], shape["k"], shape["n"], shape["bits"], shape["group"],
                                                shape["dtype"], device)
-        if not why and shape["m"] > MAX_CUDA_GEMM_A8_M and requested_backend() == "auto":
-            why = f"M={shape['m']} > {MAX_CUDA_GEMM_A8_M}: Triton's GEMM is as fast or faster there"
+        if not why and not CUDA_GEMM_A8_BY_DEFAULT and requested_backend() == "auto":
+            why = "the CUDA W4A8 GEMM runs only under LRQ_BACKEND=cuda (not faster than Triton's yet)"
         return why
     return f"no CUDA kernel for {op}"
 
@@ -95,8 +96,7 @@ def _pick(op: str, device: torch.device, **shape) -> str:
     | rotate_quant | cuda (K % 8 == 0), then triton                        | reference |
     | rotate       | cuda (K % 8 == 0)                                     | reference |
     | gemm_a16     | cuda if M <= 16 and K % 128 == 0, else triton         | reference |
-    | gemm_a8      | cuda (sm_90, FP8, 4-bit, per channel, K % 128 == 0,   | reference |
-    |              | M <= MAX_CUDA_GEMM_A8_M), then triton (FP8 needs sm_89+) |           |
+    | gemm_a8      | triton (FP8 needs sm_89+); cuda only when forced        | reference |
 
     Why this order: benchmarks/bench_cuda.py measures CUDA against Triton on the H100 (results in
     benchmarks/results/bench_cuda.md). LRQ_BACKEND=reference|triton|cuda forces one, and raises where it cannot
