@@ -32,9 +32,9 @@ _LIB = "lrq"
 
 MAX_ROW_REGISTERS = 16384   # Triton's rotate_quant holds a whole token (K padded to NBP * block) in registers
 MAX_GEMV_M = 16             # the CUDA GEMV's mma tile has 16 rows
-# The CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu) runs only when asked for (LRQ_BACKEND=cuda): on the H100 it measured
-# 0.65-1.42x Triton's time by shape and M, 0.99x on FLUX fc1 at M = 4608, with no rule that picks its wins without
-# its losses (benchmarks/results/gemm_a8_cuda_sweep.md, session 7). Triton stays the default.
+# The CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu) runs only when asked for (LRQ_BACKEND=cuda): on the H100, Triton's time
+# over its time was 0.65-1.42 by shape and M, 0.96-1.06 at M >= 1024, with no rule that picks its wins without its
+# losses (benchmarks/results/gemm_a8_cuda_sweep.md, session 7). Triton stays the default.
 CUDA_GEMM_A8_BY_DEFAULT = False
 
 
