@@ -1,5 +1,5 @@
 """The CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu) against the Triton one, by M, on three DiT weight shapes: whether
-and where the dispatcher should pick it (lrq_kernels/ops: CUDA_GEMM_A8_BY_DEFAULT). Needs an sm_90 GPU.
+and where the dispatcher should pick it (lrq_kernels/ops: OPT_IN). Needs an sm_90 GPU.
 
     python benchmarks/bench_gemm_a8_cuda.py [--out benchmarks/results]
 

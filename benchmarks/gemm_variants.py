@@ -101,12 +101,12 @@ def main():
                     help="a8-fp32: only the FP8 variants with float32 adds (the shipped ones), on the large shapes, "
                          "over the 8-warp and the one-warpgroup tiles")
     args = ap.parse_args()
-    global LARGE, SHAPES
+    large, shapes = LARGE, SHAPES
     if args.set == "a8-fp32":
         a8 = [(4, 0, 1, 1), (4, 1, 1, 1), (3, 0, 1, 1), (3, 1, 1, 1)]
         variants = [dict(bits=b, swap=s, acc=a, prmt=p, a16=False) for b, s, a, p in a8]
-        LARGE = LARGE + LARGE_1WG
-        SHAPES = [s for s in SHAPES if s[1] > 16]
+        large = LARGE + LARGE_1WG
+        shapes = [s for s in SHAPES if s[1] > 16]
     else:
         a8 = [(4, s, a, 1) for s in (0, 1) for a in (0, 1)] + [(3, 0, 1, 0), (3, 0, 1, 1), (3, 1, 1, 1)]
         variants = [dict(bits=b, swap=s, acc=a, prmt=p, a16=False) for b, s, a, p in a8]
@@ -114,8 +114,8 @@ def main():
     # compile every (variant, tile, K, M class) in parallel processes first: Triton's on-disk cache then
     # serves the timing loop, which runs alone on the GPU
     jobs = [(v, cfg, 333, 2432, torch.float32) for v in variants for cfg in ERR_CFGS]
-    jobs += [(v, cfg, m, k, torch.bfloat16) for v in variants for _, m, k, _ in SHAPES
-             for cfg in (SMALL if m <= 16 else LARGE) if not (v["swap"] and cfg[1] < 64)]
+    jobs += [(v, cfg, m, k, torch.bfloat16) for v in variants for _, m, k, _ in shapes
+             for cfg in (SMALL if m <= 16 else large) if not (v["swap"] and cfg[1] < 64)]
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
         for (v, cfg, m, k, _), err in zip(jobs, ex.map(_compile, jobs)):
             if err:
@@ -131,10 +131,10 @@ def main():
             except triton.runtime.errors.OutOfResources:   # a16 tiles of BLOCK_K=256 need > 227 KB of smem
                 continue
             errs[str(cfg)] = rel_err(y, *data, v["bits"], 2432)
-        for name, m, k, n in SHAPES:
+        for name, m, k, n in shapes:
             data = make(m, k, n, v["bits"], v["a16"])
             best, tiles = None, {}
-            for cfg in (SMALL if m <= 16 else LARGE):
+            for cfg in (SMALL if m <= 16 else large):
                 if v["swap"] and cfg[1] < 64:
                     continue
                 try:

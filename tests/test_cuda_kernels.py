@@ -251,8 +251,8 @@ def _fp8_tokens(m, k, seed):
 
 
 def _a8_oracle(x, sx, packed, sw, cb, k, bias):
-    return _oracle(x, packed, sw, cb, 4, k, 0, bias) * sx.double()[:, None] if bias is None else \
-        _oracle(x, packed, sw, cb, 4, k, 0, None) * sx.double()[:, None] + bias.double()
+    y = _oracle(x, packed, sw, cb, 4, k, 0, None) * sx.double()[:, None]
+    return y + bias.double() if bias is not None else y
 
 
 @hopper
@@ -295,7 +295,7 @@ def test_cuda_and_triton_gemm_a8_agree_and_cuda_runs_when_forced(monkeypatch):
     monkeypatch.delenv("LRQ_BACKEND")
     shape = dict(fp8=True, k=3072, n=3072, bits=4, group=0, dtype=torch.float8_e4m3fn)
     dev = torch.device("cuda")
-    assert _pick("gemm_a8", dev, m=256, **shape) == "triton"          # the default (ops.CUDA_GEMM_A8_BY_DEFAULT)
+    assert _pick("gemm_a8", dev, m=256, **shape) == "triton"          # the CUDA GEMM is opt-in (ops.OPT_IN)
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
     assert _pick("gemm_a8", dev, m=256, **shape) == "cuda"
     with pytest.raises(RuntimeError, match="4-bit codes, got bits=3"):

@@ -32,10 +32,13 @@ _LIB = "lrq"
 
 MAX_ROW_REGISTERS = 16384   # Triton's rotate_quant holds a whole token (K padded to NBP * block) in registers
 MAX_GEMV_M = 16             # the CUDA GEMV's mma tile has 16 rows
-# The CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu) runs only when asked for (LRQ_BACKEND=cuda): on the H100, Triton's time
-# over its time was 0.65-1.42 by shape and M, 0.96-1.06 at M >= 1024, with no rule that picks its wins without its
-# losses (benchmarks/results/gemm_a8_cuda_sweep.md, session 7). Triton stays the default.
-CUDA_GEMM_A8_BY_DEFAULT = False
+# Each op's kernels in order of preference, and those that run only when LRQ_BACKEND names them. The CUDA W4A8
+# GEMM (csrc/gemm_a8_sm90.cu) is opt-in: on the H100, Triton's time over its time was 0.65-1.42 by shape and M,
+# 0.96-1.06 at M >= 1024, with no rule that picks its wins without its losses
+# (benchmarks/results/gemm_a8_cuda_sweep.md, session 7).
+BACKENDS = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",), "gemm_a16": ("cuda", "triton"),
+            "gemm_a8": ("cuda", "triton")}
+OPT_IN = {"gemm_a8": ("cuda",)}
 
 
 def _interpreting() -> bool:
@@ -65,11 +68,8 @@ def _cuda_why_not(op: str, device: torch.device, shape: dict) -> str:
         return cuda_kernels.gemv_a16_unsupported(shape["m"], shape["k"], shape["bits"], shape["group"],
                                                  shape["dtype"])
     if op == "gemm_a8":
-        why = cuda_kernels.gemm_a8_unsupported(shape["m"], shape["k"], shape["n"], shape["bits"], shape["group"],
-                                               shape["dtype"], device)
-        if not why and not CUDA_GEMM_A8_BY_DEFAULT and requested_backend() == "auto":
-            why = "the CUDA W4A8 GEMM runs only under LRQ_BACKEND=cuda (not faster than Triton's yet)"
-        return why
+        return cuda_kernels.gemm_a8_unsupported(shape["m"], shape["k"], shape["n"], shape["bits"], shape["group"],
+                                                shape["dtype"], device)
     return f"no CUDA kernel for {op}"
 
 
@@ -105,9 +105,10 @@ def _pick(op: str, device: torch.device, **shape) -> str:
     want = requested_backend()
     if want == "reference":
         return "reference"
-    order = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",),
-             "gemm_a16": ("cuda", "triton"), "gemm_a8": ("cuda", "triton")}[op]
-    if want != "auto":
+    order = BACKENDS[op]
+    if want == "auto":
+        order = tuple(b for b in order if b not in OPT_IN.get(op, ()))
+    else:
         order = (want,) if want in order else ()    # an op with no kernel there runs its reference
     reasons = []
     for backend in order:
