@@ -1,13 +1,13 @@
 """Quality of quantized samples: the trained digits DiT (benchmarks/digits_dit.py) under every configuration.
 
     python benchmarks/quality.py                 # GPU: the whole table, 2000 samples each  -> results/quality.*
-    python benchmarks/quality.py --cpu-subset    # CPU: 8 rows, 200 samples each (~10 min)  -> results/quality_cpu.*
+    python benchmarks/quality.py --cpu-subset    # CPU: 9 rows, 200 samples each (~12 min)  -> results/quality_cpu.*
 
 Rows: float; W8A8 (a simulated anchor, see W8A8Linear); {W4A8, W4A4, W3A8, W3A4} x weight format {int, nf,
-tlq, auto} x rotation {none, block Hadamard, ARS}. Every row samples the same labels (each class equally often)
-from the same initial noise with the same DDIM steps, so PSNR and SSIM compare each quantized sample with the
-float model's sample of the same noise. A second float run from other noise measures how much the accuracy and
-the Frechet distance move by sampling alone. ARS uses one calibration of the float model (its own noise).
+tlq, auto} x rotation {none, block Hadamard, ARS} x weight rounding {GPTQ on the calibration tokens, nearest}.
+Every row samples the same labels (each class equally often) from the same initial noise with the same DDIM
+steps, so PSNR and SSIM compare each quantized sample with the float model's sample of the same noise. A second float run from other noise measures how much the accuracy and
+the Frechet distance move by sampling alone. ARS and GPTQ use one calibration of the float model (its own noise).
 A8 is FP8 e4m3 per token, A4 INT4 levels per token; weights are per output channel. Linears kept in float:
 the adaLN, timestep and final projections (lrq_kernels.integrations.diffusers.DIT_SKIP).
 
@@ -43,9 +43,10 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 PRECISIONS = {"W4A8": (4, 8, "fp8"), "W4A4": (4, 4, "int"), "W3A8": (3, 8, "fp8"), "W3A4": (3, 4, "int")}
 FORMATS = ("int", "nf", "tlq", "auto")
 ROTATIONS = ("none", "hadamard", "ars")
-DEFAULT = ("auto", "ars")
-BASELINE = ("int", "none")
-CPU_SUBSET = [(p, *c) for p in ("W4A8", "W4A4", "W3A8") for c in (DEFAULT, BASELINE)]
+ROUNDINGS = ("gptq", "nearest")
+DEFAULT = ("auto", "ars", "gptq")          # QuantConfig's defaults
+BASELINE = ("int", "none", "nearest")      # uniform INT, no rotation, nearest rounding
+CPU_SUBSET = [(p, *c) for p in ("W4A8", "W4A4", "W3A8") for c in (DEFAULT, ("auto", "ars", "nearest"), BASELINE)]
 
 
 class W8A8Linear(nn.Module):
@@ -115,6 +116,7 @@ def layer_statistics(model, calib: dict, default_model) -> list[dict]:
                      "act_absmax_max_over_median": float(st.absmax.max() / st.absmax.median().clamp_min(1e-12)),
                      "timestep_cv_mean": fl["timestep_cv_mean"], "timestep_cv_salient": fl["timestep_cv_salient"],
                      "default_format": q.w_format, "default_rotation": rotation_label(q),
+                     "gptq_gain_db": q.quant_info.get("gptq_gain_db"),
                      "rotation_scores": q.rotation_note})
     return rows
 
@@ -148,8 +150,8 @@ def write_markdown(path, res):
              f"distance to the real digits in the judge's 64-d features (held-out real images against all: "
              f"{meta['judge_fd_test_vs_all']:.1f} with 297 images). PSNR/SSIM: against the float model's sample "
              f"of the same noise; FD to float: between a row's samples and the float model's. Weights per output "
-             f"channel; A8 = FP8 e4m3 per token, A4 = INT4 levels per "
-             f"token.", ""]
+             f"channel; A8 = FP8 e4m3 per token, A4 = INT4 levels per token. Rounding: GPTQ against the "
+             f"calibration tokens of each layer (formats/gptq.py), or each weight to its nearest level.", ""]
     fl2 = res["float_other_noise"]
     lines += [f"Float model: accuracy **{fl['accuracy']:.2f}%**, FD **{fl['fd']:.3f}**. The same model from other "
               f"noise: {fl2['accuracy']:.2f}%, FD {fl2['fd']:.3f} (sampling noise of the metrics).", ""]
@@ -157,27 +159,28 @@ def write_markdown(path, res):
     for c in res["checks"]:
         lines.append(f"- {c['what']}: **{'met' if c['met'] else 'not met'}** ({c['detail']})")
     lines += ["", "## Every row", "",
-              "| precision | weights | rotation | accuracy % | FD | FD to float | PSNR dB | SSIM | formats chosen | "
-              "rotations chosen |",
-              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+              "| precision | rounding | weights | rotation | accuracy % | FD | FD to float | PSNR dB | SSIM | "
+              "formats chosen | rotations chosen |",
+              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in rows:
         f = ", ".join(f"{k} {v}" for k, v in r.get("formats", {}).items())
         ro = ", ".join(f"{k} {v}" for k, v in r.get("rotations", {}).items())
-        mark = " **(default)**" if (r["format"], r["rotation"]) == DEFAULT else ""
-        lines.append(f"| {r['precision']} | {r['format']} | {r['rotation']}{mark} | {r['accuracy']:.2f} | "
+        mark = " **(default)**" if (r["format"], r["rotation"], r["rounding"]) == DEFAULT else ""
+        lines.append(f"| {r['precision']} | {r['rounding']} | {r['format']} | {r['rotation']}{mark} | {r['accuracy']:.2f} | "
                      f"{r['fd']:.3f} | {_fmt(r.get('fd_to_float'), '.3f')} | {_fmt(r.get('psnr'), '.2f')} | {_fmt(r.get('ssim'), '.4f')} | {f} | {ro} |")
     if res.get("layers"):
         lines += ["", "## The trained model's statistics (default W4A8 choices)", "",
                   f"Salient channels: input channels whose calibration absmax exceeds {SALIENT_RATIO:g}x the "
                   "median channel's. Kurtosis: excess (0 for a Gaussian).", "",
                   "| layer | K→N | weight kurtosis | median row kurtosis | max abs(w) / std | salient channels | "
-                  "max / median channel absmax | timestep CV | format | rotation |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+                  "max / median channel absmax | timestep CV | format | rotation | GPTQ gain dB |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
         for s in res["layers"]:
             lines.append(f"| {s['layer'].replace('transformer_blocks.', 'b')} | {s['k']}→{s['n']} | "
                          f"{s['w_kurtosis']:.2f} | {s['w_row_kurtosis_median']:.2f} | {s['w_max_sigmas']:.1f} | "
                          f"{s['salient_channels']} | {s['act_absmax_max_over_median']:.1f} | "
-                         f"{s['timestep_cv_mean']:.2f} | {s['default_format']} | {s['default_rotation']} |")
+                         f"{s['timestep_cv_mean']:.2f} | {s['default_format']} | {s['default_rotation']} | "
+                         f"{_fmt(s.get('gptq_gain_db'), '.1f')} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -185,13 +188,13 @@ def write_markdown(path, res):
 def checks(res) -> list[dict]:
     """The issue's targets, computed from the rows of this run."""
     fl = res["float"]
-    by = {(r["precision"], r["format"], r["rotation"]): r for r in res["rows"]}
+    by = {(r["precision"], r["format"], r["rotation"], r["rounding"]): r for r in res["rows"]}
     out = []
     d = by.get(("W4A8", *DEFAULT))
     if d:
         acc_ok = d["accuracy"] >= fl["accuracy"] - 1.0
         fd_ok = d["fd"] <= 1.1 * fl["fd"]
-        out.append({"what": "W4A8 auto+ARS: accuracy within 1 point of float and FD within 10%",
+        out.append({"what": "W4A8 default (auto + ARS + GPTQ): accuracy within 1 point of float and FD within 10%",
                     "met": acc_ok and fd_ok,
                     "detail": f"accuracy {d['accuracy']:.2f}% vs float {fl['accuracy']:.2f}%; "
                               f"FD {d['fd']:.3f} vs float {fl['fd']:.3f} ({100 * (d['fd'] / fl['fd'] - 1):+.1f}%)"})
@@ -199,7 +202,8 @@ def checks(res) -> list[dict]:
         d, b = by.get((p, *DEFAULT)), by.get((p, *BASELINE))
         if d and b:     # "beats": strictly better on both; a tie on accuracy does not count
             met = d["accuracy"] > b["accuracy"] and d["fd"] < b["fd"]
-            out.append({"what": f"{p}: auto+ARS beats int+none on accuracy and FD", "met": met,
+            out.append({"what": f"{p}: the default (auto + ARS + GPTQ) beats int + none + nearest rounding on "
+                                f"accuracy and FD", "met": met,
                         "detail": f"accuracy {d['accuracy']:.2f}% vs {b['accuracy']:.2f}%, "
                                   f"FD {d['fd']:.3f} vs {b['fd']:.3f}"})
     return out
@@ -207,13 +211,15 @@ def checks(res) -> list[dict]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cpu-subset", action="store_true", help="8 rows, 200 samples: what a CPU does in ~10 min")
+    ap.add_argument("--cpu-subset", action="store_true", help="9 rows, 200 samples: what a CPU does in ~12 min")
     ap.add_argument("--samples", type=int, default=None, help="default 2000, or 200 with --cpu-subset")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--device", default=None, help="default cuda when there is one (cpu with --cpu-subset)")
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS),
                     help="only these precisions' rows (the full table has all four)")
+    ap.add_argument("--roundings", nargs="+", default=list(ROUNDINGS), choices=list(ROUNDINGS),
+                    help="only these weight roundings' rows (the full table has both)")
     ap.add_argument("--noise-seed", type=int, default=1234, help="seed of the evaluation noise (the same every row)")
     ap.add_argument("--out", default=None, help="results file stem (default results/quality or quality_cpu)")
     args = ap.parse_args(argv)
@@ -256,19 +262,20 @@ def main(argv=None):
 
     _, m = row("W8A8 int8/int8 (simulated)", make_w8a8(model), ref)
     res["rows"].append({"precision": "W8A8", "format": "int", "rotation": "none", **m})
-    todo = CPU_SUBSET if args.cpu_subset else [(p, f, r) for p in PRECISIONS for f in FORMATS for r in ROTATIONS]
-    todo = [t for t in todo if t[0] in args.precisions]
-    for p, fmt, rot in todo:
+    todo = CPU_SUBSET if args.cpu_subset else [(p, f, r, g) for p in PRECISIONS for g in ROUNDINGS
+                                               for f in FORMATS for r in ROTATIONS]
+    todo = [t for t in todo if t[0] in args.precisions and t[3] in args.roundings]
+    for p, fmt, rot, rounding in todo:
         w_bits, a_bits, a_format = PRECISIONS[p]
-        cfg = lrq.QuantConfig(w_bits=w_bits, a_bits=a_bits, w_format=fmt, a_format=a_format, rotation=rot)
+        cfg = lrq.QuantConfig(w_bits=w_bits, a_bits=a_bits, w_format=fmt, a_format=a_format, rotation=rot,
+                              w_rounding=rounding)
         t0 = time.time()
-        q = lrq.quantize_model(copy.deepcopy(model), cfg, calib=calib if rot == "ars" else None, skip=DIT_SKIP,
-                               progress=False)
+        q = lrq.quantize_model(copy.deepcopy(model), cfg, calib=calib, skip=DIT_SKIP, progress=False)
         tq = time.time() - t0
-        _, m = row(f"{p} {fmt} {rot}", q, ref)
+        _, m = row(f"{p} {fmt} {rot} {rounding}", q, ref)
         m["quantize_s"] = round(tq, 1)
-        res["rows"].append({"precision": p, "format": fmt, "rotation": rot, **m})
-        if (p, fmt, rot) == ("W4A8", *DEFAULT):
+        res["rows"].append({"precision": p, "format": fmt, "rotation": rot, "rounding": rounding, **m})
+        if (p, fmt, rot, rounding) == ("W4A8", *DEFAULT):
             res["layers"] = layer_statistics(model, calib, q)
         save(stem, res, t_start)          # after every row, so that a cut-off run leaves its partial table
 

@@ -41,6 +41,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--a-bits", type=int, default=8, choices=(4, 8, 16))
     ap.add_argument("--w-format", default="auto", choices=("auto", "tlq", "int", "nf", "learned"))
     ap.add_argument("--rotation", default="ars", choices=("ars", "hadamard", "none"))
+    ap.add_argument("--rounding", default="gptq", choices=("gptq", "nearest"), help="weight rounding")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
 
@@ -48,7 +49,8 @@ def main(argv=None) -> dict:
     cfg = pixart_config() if args.full else pixart_config(num_layers=args.layers, sample_size=32)
     text_tokens = 300 if args.full else 32
     qcfg = QuantConfig(w_bits=args.w_bits, a_bits=args.a_bits, w_format=args.w_format,
-                       a_format="int" if args.a_bits == 4 else "fp8", rotation=args.rotation)
+                       a_format="int" if args.a_bits == 4 else "fp8", rotation=args.rotation,
+                       w_rounding=args.rounding)
     torch.set_grad_enabled(False)
     from diffusers.utils import logging as diffusers_logging
     diffusers_logging.set_verbosity_error()   # its advice on .to(dtype) is for from_pretrained models
@@ -68,7 +70,8 @@ def main(argv=None) -> dict:
         for i, t in enumerate(calib_steps):
             m(**pixart_inputs(cfg, text_tokens=text_tokens, timestep=t, seed=100 + i, device=device))
 
-    stats = calibrate(model, run, skip=DIT_SKIP) if args.rotation == "ars" else None
+    needs_calib = args.rotation == "ars" or args.rounding == "gptq"
+    stats = calibrate(model, run, skip=DIT_SKIP) if needs_calib else None
     t_cal = time.time() - t0
     quantize_model(model, qcfg, calib=stats, skip=DIT_SKIP)
     t_quant = time.time() - t0 - t_cal

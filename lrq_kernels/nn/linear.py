@@ -28,6 +28,7 @@ from ..rotation.ars import ActStats, choose_rotation
 from ..rotation.rotation import KINDS, Rotation, check_block, default_block
 
 STATE_VERSION = 1
+ROUNDINGS = ("gptq", "nearest")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class QuantConfig:
     rotation: "ars" (chosen per layer from calibration statistics; the block Hadamard where a layer has none),
               "hadamard" (block Hadamard) or "none".
     hadamard_block: None (the default for K: rotation.default_block) or a power of two dividing K.
+    w_rounding: "gptq" (default: the codes are rounded by GPTQ against the calibration tokens of the layer,
+                formats/gptq.py; a layer built without calibration statistics rounds to nearest) or "nearest".
     """
     w_bits: int = 4
     a_bits: int = 8
@@ -48,6 +51,7 @@ class QuantConfig:
     group_size: int | None = None
     rotation: str = "ars"
     hadamard_block: int | None = None
+    w_rounding: str = "gptq"
 
     def __post_init__(self):
         check_choice("w_bits", self.w_bits, (3, 4))
@@ -56,6 +60,7 @@ class QuantConfig:
         check_choice("a_format", self.a_format, ("fp8", "int"))
         check_choice("group_size", self.group_size, GROUP_SIZES)
         check_choice("rotation", self.rotation, ("ars", "hadamard", "none"))
+        check_choice("w_rounding", self.w_rounding, ROUNDINGS)
         if self.a_bits == 4 and self.a_format != "int":
             raise ValueError(f"a_bits=4 needs a_format='int' (INT4 levels; there is no 4-bit float format here), "
                              f"got a_format={self.a_format!r}")
@@ -106,8 +111,9 @@ class QuantLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: QuantConfig, act_stats: ActStats | None = None
                     ) -> "QuantLinear":
-        """Quantize `linear` under `config`. With rotation="ars", `act_stats` (from lrq_kernels.calibrate) lets
-        the layer choose its rotation by measured output error; without it the layer takes the block Hadamard."""
+        """Quantize `linear` under `config`. `act_stats` (from lrq_kernels.calibrate) lets the layer choose its
+        rotation by measured output error (rotation="ars"; without it the layer takes the block Hadamard) and
+        round its codes by GPTQ on the calibration tokens (w_rounding="gptq"; without it, to nearest)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         if not isinstance(config, QuantConfig):
@@ -133,7 +139,10 @@ class QuantLinear(nn.Module):
             rot = choose_rotation(act_stats, config.a_format, config.a_bits, block, weight=w,
                                   quantize_w=lambda w_rot: quantize_weight(w_rot, config.w_bits, proxy,
                                                                            config.group_size).dequantize())
-        qw = quantize_weight(rot.fold_into_weight(w), config.w_bits, config.w_format, config.group_size)
+        h = None
+        if config.w_rounding == "gptq" and act_stats is not None:
+            h = rot.apply_to_hessian(act_stats.input_hessian().to(w.device))
+        qw = quantize_weight(rot.fold_into_weight(w), config.w_bits, config.w_format, config.group_size, h)
         mod = cls(k, n, config, bias=linear.bias is not None, w_format=qw.fmt, rotation_kind=rot.kind,
                   block=rot.block, permuted=rot.perm is not None, smoothed=rot.channel_scale is not None,
                   device=w.device)

@@ -1,7 +1,8 @@
 """ARS: activation statistics from calibration, the outlier-aware rotation, and the per-layer choice.
 
 Calibration records, for each linear layer's input, per channel: the absmax over everything seen, the absmax of
-each call (a call is one forward, typically one timestep), the mean |x|, and a sample of tokens. From them:
+each call (a call is one forward, typically one timestep), the mean |x|, a sample of tokens, and the input
+Hessian H = X^T X over every token seen (what GPTQ rounding needs, formats/gptq.py). From them:
   - salient channels: absmax > SALIENT_RATIO x the median channel absmax;
   - fluctuation: over calls, the coefficient of variation of each channel's absmax (how much the outliers move
     between timesteps), and over tokens, absmax / mean |x| (how peaky a channel is).
@@ -22,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from ..formats.gptq import hessian
 from ..reference.act_quant import dequantize_tokens_ref, quantize_tokens_ref
 from .rotation import Rotation, check_block, default_block
 
@@ -37,6 +39,12 @@ class ActStats:
     mean_abs: torch.Tensor      # [K]
     tokens: torch.Tensor        # [S, K] float32 sample of the tokens seen
     calls: int
+    hessian: torch.Tensor | None = None   # [K, K] float32 X^T X over every finite token seen (None: not kept)
+
+    def input_hessian(self) -> torch.Tensor:
+        """H = X^T X of the calibration inputs: the one over every token seen where it was kept, else the one
+        of the token sample."""
+        return self.hessian if self.hessian is not None else hessian(self.tokens)
 
     @property
     def in_features(self) -> int:
@@ -59,11 +67,13 @@ class ActStats:
 
 
 class ActStatsCollector:
-    """Accumulates ActStats from activations [.., K]; keeps up to `max_tokens` sampled tokens."""
+    """Accumulates ActStats from activations [.., K]; keeps up to `max_tokens` sampled tokens and, with
+    `keep_hessian`, X^T X over all tokens (K^2 float32 on the activations' device)."""
 
-    def __init__(self, max_tokens: int = 512, tokens_per_call: int = 128, seed: int = 0):
+    def __init__(self, max_tokens: int = 512, tokens_per_call: int = 128, seed: int = 0, keep_hessian: bool = True):
         self.max_tokens, self.tokens_per_call = max_tokens, tokens_per_call
         self.gen = torch.Generator().manual_seed(seed)
+        self.keep_hessian, self.hessian = keep_hessian, None
         self.absmax = self.sum_abs = None
         self.count = 0
         self.call_absmax, self.tokens = [], []
@@ -82,6 +92,10 @@ class ActStatsCollector:
         take = min(self.tokens_per_call, x2.shape[0])
         idx = torch.randperm(x2.shape[0], generator=self.gen)[:take]
         self.tokens.append(x2[idx.to(x2.device)].cpu())
+        if self.keep_hessian:
+            fin = x2[torch.isfinite(x2).all(dim=1)]     # a NaN token would poison every entry of H
+            h = fin.t() @ fin
+            self.hessian = h if self.hessian is None else self.hessian + h
 
     def stats(self) -> ActStats:
         if self.absmax is None:
@@ -91,7 +105,7 @@ class ActStatsCollector:
             idx = torch.randperm(tokens.shape[0], generator=self.gen)[: self.max_tokens]
             tokens = tokens[idx]
         return ActStats(self.absmax, torch.stack(self.call_absmax), self.sum_abs / self.count, tokens,
-                        len(self.call_absmax))
+                        len(self.call_absmax), self.hessian)
 
 
 def stats_from_tokens(x: torch.Tensor, calls: int = 1) -> ActStats:

@@ -60,6 +60,10 @@ class Rotation:
         return rotate_ref(x, None if self.perm is None else self.perm.to(dev),
                           None if self.channel_scale is None else self.channel_scale.to(dev), self.block)
 
+    def apply_to_hessian(self, h: torch.Tensor) -> torch.Tensor:
+        """R^T H R, the Hessian X_rot^T X_rot of the rotated inputs, from H = X^T X (x_rot = x R is linear)."""
+        return self.apply(self.apply(h.float()).t().contiguous()).t().contiguous()
+
     def unapply(self, r: torch.Tensor) -> torch.Tensor:
         """Inverse of apply: rotated activations back to the original channel order and scale."""
         x = block_hadamard_ref(r.float(), self.block)   # the normalised Hadamard is its own inverse
