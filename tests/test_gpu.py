@@ -1,5 +1,6 @@
 """GPU-only checks (skipped without CUDA): every shape of benchmarks/dit_shapes.json plus M in {1, 7, 333},
 torch.compile(fullgraph=True) and CUDA-graph capture of QuantLinear."""
+import copy
 import json
 import os
 
@@ -66,3 +67,22 @@ def test_torch_compile_fullgraph_and_cuda_graph():
     torch.manual_seed(0)
     q = QuantLinear.from_linear(torch.nn.Linear(3072, 3072).cuda(), QuantConfig())
     assert_compile_and_cuda_graph_match_eager(q, torch.randn(77, 3072, device="cuda", dtype=torch.bfloat16))
+
+
+def test_gptq_on_cuda_agrees_with_cpu():
+    # the same calibration tokens, collected on the GPU and on the CPU: the GPU's GPTQ (cuSOLVER Cholesky,
+    # float32 column loop) makes the same codes up to rounding ties, and the same output error
+    from lrq_kernels import stats_from_tokens
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 288, generator=g) @ torch.randn(288, 1152, generator=g) + 0.05 * torch.randn(2048, 1152, generator=g)
+    lin = torch.nn.Linear(1152, 512)
+    cfg = QuantConfig(a_bits=16, rotation="hadamard")
+    q_cpu = QuantLinear.from_linear(lin, cfg, stats_from_tokens(x, 4))
+    q_gpu = QuantLinear.from_linear(copy.deepcopy(lin).cuda(), cfg, stats_from_tokens(x.cuda(), 4))
+    assert q_gpu.qweight.is_cuda and q_gpu.quant_info["rounding"] == "gptq"
+    same = (q_gpu.quantized_weight().codes().cpu() == q_cpu.quantized_weight().codes()).float().mean().item()
+    assert same >= 0.99
+    y = lin(x)
+    err_cpu = (q_cpu(x) - y).pow(2).sum().item()
+    err_gpu = (q_gpu(x.cuda()).float().cpu() - y).pow(2).sum().item()
+    assert abs(err_gpu / err_cpu - 1) < 0.02
