@@ -261,7 +261,7 @@ def main(argv=None):
     print(f"calibration: {len(calib)} layers, {time.time() - t0:.1f} s", flush=True)
 
     _, m = row("W8A8 int8/int8 (simulated)", make_w8a8(model), ref)
-    res["rows"].append({"precision": "W8A8", "format": "int", "rotation": "none", **m})
+    res["rows"].append({"precision": "W8A8", "format": "int", "rotation": "none", "rounding": "nearest", **m})
     todo = CPU_SUBSET if args.cpu_subset else [(p, f, r, g) for p in PRECISIONS for g in ROUNDINGS
                                                for f in FORMATS for r in ROTATIONS]
     todo = [t for t in todo if t[0] in args.precisions and t[3] in args.roundings]
