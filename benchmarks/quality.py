@@ -173,7 +173,7 @@ def write_markdown(path, res):
                   f"Salient channels: input channels whose calibration absmax exceeds {SALIENT_RATIO:g}x the "
                   "median channel's. Kurtosis: excess (0 for a Gaussian).", "",
                   "| layer | K→N | weight kurtosis | median row kurtosis | max abs(w) / std | salient channels | "
-                  "max / median channel absmax | timestep CV | format | rotation | GPTQ gain dB |",
+                  "max / median channel absmax | timestep CV | format | rotation | GPTQ gain dB (calibration inputs) |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
         for s in res["layers"]:
             lines.append(f"| {s['layer'].replace('transformer_blocks.', 'b')} | {s['k']}→{s['n']} | "
