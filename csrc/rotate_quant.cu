@@ -54,6 +54,24 @@ __device__ __forceinline__ void store8(T* p, const float v[8]) {
   }
 }
 
+// perm[col .. col + 7] as ints, in 16-byte loads (col is a multiple of 8 and perm is 16-byte aligned; the
+// launcher checks the pointer). The same indices serve every token, so these loads hit L1 after the first warp.
+__device__ __forceinline__ void load_perm8(const void* perm, bool perm_is_int64, int col, int idx[8]) {
+  if (perm_is_int64) {
+    const longlong2* p = reinterpret_cast<const longlong2*>(static_cast<const int64_t*>(perm) + col);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const longlong2 t = __ldg(p + q);
+      idx[2 * q] = static_cast<int>(t.x);
+      idx[2 * q + 1] = static_cast<int>(t.y);
+    }
+  } else {
+    const int4* p = reinterpret_cast<const int4*>(static_cast<const int32_t*>(perm) + col);
+    const int4 a = __ldg(p), b = __ldg(p + 1);
+    idx[0] = a.x; idx[1] = a.y; idx[2] = a.z; idx[3] = a.w; idx[4] = b.x; idx[5] = b.y; idx[6] = b.z; idx[7] = b.w;
+  }
+}
+
 // Two code bytes (element 0 in the low byte). fp8: the hardware's round-to-nearest-even cast with .satfinite,
 // which is the reference's clamp to +-448 then cast (and keeps NaN); int: rint (half to even; NaN -> 0 in cvt.rni),
 // clamp to +-qmax.
@@ -81,11 +99,13 @@ template <typename T, int V, int FMT, int LOG_B>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(const T* __restrict__ x, int64_t stride_x, const void* __restrict__ perm,
                                     bool perm_is_int64, const float* __restrict__ channel_scale,
                                     void* __restrict__ out, int64_t stride_out, float* __restrict__ scales,
-                                    int64_t m, int k, int log_b_arg, int tokens_per_cta, float norm, float qmax) {
+                                    int64_t m, int k, int log_b_arg, int tokens_per_cta, int stage_offset,
+                                    float norm, float qmax) {
   const int log_b = LOG_B ? LOG_B : log_b_arg;
   extern __shared__ float smem[];
   unsigned* amax_bits = reinterpret_cast<unsigned*>(smem);   // [kMaxTokensPerCta]: |value| bits, max-reduced
   float* exchange = smem + kMaxTokensPerCta;                 // [R * K] for stages across warps
+  T* stage = reinterpret_cast<T*>(smem + stage_offset);      // [R * K] x's rows, for the ARS gather
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * tokens_per_cta;
   const int cta_elems = tokens_per_cta * k;
@@ -113,25 +133,39 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     }
   }
 #pragma unroll
+  for (int i = 0; i < V; ++i) live[i] = ((warp * V + i) * 32 + lane) * 8 < cta_elems && row0 + tok[i] < m;
+  // The ARS gather: the CTA's rows are first copied to shared memory with the plain path's 16-byte loads (slot e
+  // = tok * K + col), then every value is picked from there through the permutation. Gathering straight from
+  // global memory, 8 scalar 2-byte loads a vector with each lane in another sector, ran at 27-33% of copy
+  // bandwidth against 61-77% without the gather (results/bench_cuda_rq.md, session 7).
+  if (perm != nullptr) {
+    constexpr int kChunks = 8 * sizeof(T) / 16;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      if (!live[i]) continue;
+      const uint4* src = reinterpret_cast<const uint4*>(x + (row0 + tok[i]) * stride_x + col[i]);
+      uint4* dst = reinterpret_cast<uint4*>(stage + tok[i] * k + col[i]);
+#pragma unroll
+      for (int q = 0; q < kChunks; ++q) dst[q] = __ldg(src + q);
+    }
+    __syncthreads();
+  }
+#pragma unroll
   for (int i = 0; i < V; ++i) {
-    const int e = ((warp * V + i) * 32 + lane) * 8;
     const int64_t row = row0 + tok[i];
-    live[i] = e < cta_elems && row < m;
     if (!live[i]) {
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
       continue;
     }
-    const T* xr = x + row * stride_x;
     if (perm == nullptr) {
-      load8<T>(xr + col[i], v[i]);
+      load8<T>(x + row * stride_x + col[i], v[i]);
     } else {
+      int idx[8];
+      load_perm8(perm, perm_is_int64, col[i], idx);
+      const T* srow = stage + tok[i] * k;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int64_t src = perm_is_int64 ? __ldg(static_cast<const int64_t*>(perm) + col[i] + j)
-                                          : __ldg(static_cast<const int32_t*>(perm) + col[i] + j);
-        v[i][j] = to_float<T>(xr[src]);
-      }
+      for (int j = 0; j < 8; ++j) v[i][j] = to_float<T>(srow[idx[j]]);
     }
     if (channel_scale != nullptr) {
       float s[8];
@@ -249,7 +283,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   }
 }
 
-struct Plan { int v, tokens, threads; size_t smem; };
+struct Plan { int v, tokens, threads; size_t smem; int stage_offset; };
 
 // V (vectors a thread), from two runs of bench_cuda.py on the H100 (V = 2 everywhere, then V = 4):
 //   blocks <= 512 with K <= 8192: V = 2 (8192 x 4608: 71% of copy at V = 2, 59% at V = 4; 8858 x 2432: 70%, 57%);
@@ -265,6 +299,14 @@ Plan plan_for(int64_t k, int block) {
   p.threads = static_cast<int>((slots + 31) / 32 * 32);
   const bool cross_warp = block > 256 * p.v;
   p.smem = sizeof(float) * (kMaxTokensPerCta + (cross_warp ? p.tokens * k : 0));
+  p.stage_offset = static_cast<int>(p.smem / sizeof(float));   // 16-byte aligned: K is a multiple of 8
+  return p;
+}
+
+// The plan with room for the ARS gather's copy of the rows (x_bytes an element), where there is a permutation.
+Plan plan_for(int64_t k, int block, bool gather, int x_bytes) {
+  Plan p = plan_for(k, block);
+  if (gather) p.smem += static_cast<size_t>(p.tokens) * k * x_bytes;
   return p;
 }
 
@@ -279,7 +321,7 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
   const int64_t grid = (a.m + p.tokens - 1) / p.tokens;
   kernel<<<static_cast<unsigned>(grid), p.threads, p.smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
       static_cast<const T*>(a.x), a.stride_x, a.perm, a.perm_is_int64, a.channel_scale, a.out, a.stride_out,
-      a.scales, a.m, a.k, log_b, p.tokens, norm, a.qmax);
+      a.scales, a.m, a.k, log_b, p.tokens, p.stage_offset, norm, a.qmax);
   return last_launch_error("rotate_quant_kernel");
 }
 
@@ -324,7 +366,7 @@ std::string rotate_quant_unsupported(int64_t k, int block) {
   if (block < 1 || (block & (block - 1)) || k % block)
     return "block must be a power of two dividing K=" + std::to_string(k) + ", got " + std::to_string(block);
   if (block > 16384) return "block must be <= 16384, got " + std::to_string(block);
-  const Plan p = plan_for(k, block);
+  const Plan p = plan_for(k, block, /*gather=*/true, /*x_bytes=*/4);   // the most shared memory any call needs
   const int max_threads = p.v == 2 ? Bounds<2>::kThreads : (p.v == 4 ? Bounds<4>::kThreads : Bounds<8>::kThreads);
   if (p.threads > max_threads)
     return "K=" + std::to_string(k) + " needs more than " + std::to_string(max_threads) + " threads a CTA";
@@ -340,9 +382,11 @@ std::string rotate_quant(const RotateQuantArgs& a) {
   if (a.m == 0) return "";
   if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.out)) % 16)
     return "rotate_quant: x and out must be 16-byte aligned";
+  if (reinterpret_cast<uintptr_t>(a.perm) % 16) return "rotate_quant: perm must be 16-byte aligned";
   why = set_device(a.device);
   if (!why.empty()) return why;
-  const Plan p = plan_for(a.k, a.block);
+  const int x_bytes = a.x_dtype == kF32 ? 4 : 2;
+  const Plan p = plan_for(a.k, a.block, a.perm != nullptr, x_bytes);
   switch (a.x_dtype) {
     case kBF16: return dispatch_fmt<__nv_bfloat16>(a, p);
     case kF16: return dispatch_fmt<__half>(a, p);

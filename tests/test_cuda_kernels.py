@@ -121,14 +121,19 @@ def test_cuda_rotate_quant_codes_equal_reference(k, block, m, monkeypatch):
 
 
 @gpu
+@pytest.mark.parametrize("m", [1, 77])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
-@pytest.mark.parametrize("k,block", [(1152, 128), (4608, 512), (3072, 1024), (4096, 4096)], ids=str)
-def test_cuda_rotate_quant_ars_gather_and_dtypes(k, block, dtype, monkeypatch):
+@pytest.mark.parametrize("k,block", [(1152, 128), (4608, 512), (3072, 1024), (4096, 4096), (12288, 1024),
+                                     (13824, 512), (15360, 1024), (16384, 16384)], ids=str)
+def test_cuda_rotate_quant_ars_gather_and_dtypes(k, block, dtype, m, monkeypatch):
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
     torch.manual_seed(1)
-    x = torch.randn(77, k, device="cuda", dtype=dtype) * 3
+    x = torch.randn(m, k, device="cuda", dtype=dtype) * 3
     cs = torch.rand(k, device="cuda") + 0.5
-    for perm in (torch.randperm(k, device="cuda"), torch.randperm(k, device="cuda").to(torch.int32)):
+    # int64 and int32 permutations, and one that starts 8 bytes into its storage (the kernel loads perm in
+    # 16-byte pieces: the wrapper must hand it an aligned copy)
+    offset = torch.cat([torch.zeros(1, dtype=torch.int64, device="cuda"), torch.randperm(k, device="cuda")])[1:]
+    for perm in (torch.randperm(k, device="cuda"), torch.randperm(k, device="cuda").to(torch.int32), offset):
         codes, scales = ops.rotate_quant(x, perm, cs, block, "fp8", 8)
         rc, rs = rotate_quantize_ref(x, perm, cs, block, "fp8", 8)
         assert _frac_diff(codes, rc) <= 1e-4 and torch.equal(scales, rs)

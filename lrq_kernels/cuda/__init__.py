@@ -74,6 +74,11 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+def _aligned16(t: torch.Tensor) -> torch.Tensor:
+    """t itself where its data starts on a 16-byte boundary, else an aligned copy (a view can start anywhere)."""
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
 def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format: Optional[str], a_bits: int):
     """x [M, K] -> (codes [M, K], scales [M]); a_format None: the rotated values in x's dtype (scales unused)."""
     from ..reference.act_quant import act_qmax, code_dtype
@@ -86,8 +91,8 @@ def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format
         out = torch.empty((m, k), dtype=code_dtype(a_format), device=x.device)
         fmt, qmax = (_C.OUT_FP8 if a_format == "fp8" else _C.OUT_INT), act_qmax(a_format, a_bits)
     scales = torch.empty((m,), dtype=torch.float32, device=x.device)
-    perm = None if perm is None else perm.contiguous()
-    cs = None if channel_scale is None else channel_scale.contiguous()
+    perm = None if perm is None else _aligned16(perm.contiguous())   # the kernel reads it in 16-byte loads
+    cs = None if channel_scale is None else _aligned16(channel_scale.contiguous())
     with torch.cuda.device(x.device):
         _C.rotate_quant(x.data_ptr(), x.stride(0), _DTYPE[x.dtype], 0 if perm is None else perm.data_ptr(),
                         perm is not None and perm.dtype == torch.int64, 0 if cs is None else cs.data_ptr(),

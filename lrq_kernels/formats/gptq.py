@@ -7,12 +7,13 @@ nearest level as before, and moves that column's rounding error onto the columns
 H's inverse, so that the later roundings cancel it where the inputs are correlated. The result is still codes
 into the same codebook with the same scales: the packed format, the kernels and the reference do not change.
 
-Choices, with the measurements behind them (digits DiT, W4A8 auto + ARS, output error on 2048 held-out
-calibration tokens of other noise, summed over its 36 layers):
-  - columns in order of decreasing H diagonal ("act order"): +7.8 dB over nearest rounding, against +7.2 dB
-    in natural order;
-  - dampening 1% of H's mean diagonal: +7.8 dB, against +7.4 dB with 10%;
-  - H from 512 calibration tokens (calibrate's default) gives +7.1 dB, from 2048 tokens +7.8 dB.
+Choices, with the measurements behind them (`python benchmarks/gptq_error.py`: the digits DiT at W4A8,
+auto + ARS, each layer's output error on calibration inputs from other noise, summed over its 36 layers):
+  - columns in order of decreasing H diagonal ("act order") against the natural order;
+  - dampening 1% of H's mean diagonal against 10%;
+  - H over every calibration token (calibrate keeps it) against H of the 512-token sample, which overfits
+    where K = 1024 is larger than the sample.
+The numbers are in benchmarks/results/gptq_error.md.
 The scales are those of the nearest-rounding search (formats/weight.py), fixed before the columns are rounded
 ("static groups"), so that act order works with group scales too. Refitting each row's scale to the GPTQ codes
 afterwards (least squares under H) was measured and left out: FD to the float samples 0.156 against 0.171,
@@ -40,9 +41,10 @@ def output_error(w: torch.Tensor, w_q: torch.Tensor, h: torch.Tensor) -> float:
 
 
 def gptq_codes(w: torch.Tensor, scales: torch.Tensor, codebook: torch.Tensor, h: torch.Tensor,
-               group_size: int | None = None, damp: float = DAMP) -> torch.Tensor:
+               group_size: int | None = None, damp: float = DAMP, act_order: bool = True) -> torch.Tensor:
     """Codes (int64 indices into `codebook`, [N, K]) of W [N, K] under fixed `scales` ([N] or [N, K / g]),
-    rounded by GPTQ against H [K, K]. With H = 0 (no calibration signal) this is nearest rounding."""
+    rounded by GPTQ against H [K, K]. With H = 0 (no calibration signal) this is nearest rounding.
+    act_order=False rounds the columns in their natural order (for comparison; see the module docstring)."""
     n, k = w.shape
     dev = w.device
     vals, order = torch.sort(codebook.float().to(dev))
@@ -60,7 +62,8 @@ def gptq_codes(w: torch.Tensor, scales: torch.Tensor, codebook: torch.Tensor, h:
     if not lam > 0:                   # no calibration energy at all: nothing to compensate with
         return order[nearest(w.float(), s_safe, live)]
 
-    col_order = torch.argsort(h.diagonal(), descending=True, stable=True)
+    col_order = torch.argsort(h.diagonal(), descending=True, stable=True) if act_order else \
+        torch.arange(k, device=dev)
     h = h[col_order][:, col_order] + lam * torch.eye(k, dtype=torch.float64, device=dev)
     # U: upper Cholesky factor of H^-1; row j holds how column j's error moves onto the columns after it
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
