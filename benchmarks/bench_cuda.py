@@ -62,7 +62,7 @@ def bench_rotate(m, k, copy_bw):
                            nbytes)
     r["triton_us"] = cold_us(lambda i: (lambda x=x_(i): rotate_quant_triton(x, None, None, block, "fp8", 8)), nbytes)
     r["naive_us"] = cold_us(lambda i: (lambda x=x_(i): naive_quant(x)), nbytes)
-    perm = torch.randperm(k, device="cuda")
+    perm = torch.randperm(k, device="cuda", dtype=torch.int32)      # QuantLinear's perm buffer is int32
     cs = torch.rand(k, device="cuda") + 0.5
     r["cuda_ars_us"] = cold_us(lambda i: (lambda x=x_(i): cuda_kernels.rotate_quant_cuda(x, perm, cs, block, "fp8", 8)),
                                nbytes)

@@ -53,6 +53,7 @@ def test_no_bias_m1_and_extra_repr():
 def test_state_dict_roundtrip_is_exact():
     lin, st = _layer_and_stats()
     q = QuantLinear.from_linear(lin, QuantConfig(), st)
+    assert q.perm is not None and q.perm.dtype == torch.int32     # what the rotate kernels read fastest
     q2 = QuantLinear.from_layout(q.layout())
     q2.load_state_dict(q.state_dict())
     x = torch.randn(4, 192)

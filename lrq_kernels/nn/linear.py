@@ -8,7 +8,9 @@ State (all buffers, so .to() and state_dict carry them):
     w_scales       float32 [N] or [N, K / group_size]
     codebook       float32 [2^w_bits], e4m3-exact
     bias           float32 [N] (absent when the linear had none)
-    perm           int64 [K]   (absent unless the rotation permutes)
+    perm           int32 [K]   (absent unless the rotation permutes; int32 because the rotate kernels read it for
+                               every token: the CUDA ARS gather took 56.0 us with int64 indices against 34.7 with
+                               int32 on 4608 x 3072, H100, session 8, benchmarks/NOTES.md)
     channel_scale  float32 [K] (absent unless the rotation smooths)
 and the layout metadata in `_extra_state` (checked on load, before any tensor is copied).
 """
@@ -90,7 +92,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("w_scales", torch.zeros((n, k // g) if g else (n,), device=device))
         self.register_buffer("codebook", torch.zeros(2 ** config.w_bits, device=device))
         self.register_buffer("bias", torch.zeros(n, device=device) if bias else None)
-        self.register_buffer("perm", torch.arange(k, device=device) if permuted else None)
+        self.register_buffer("perm", torch.arange(k, dtype=torch.int32, device=device) if permuted else None)
         self.register_buffer("channel_scale", torch.ones(k, device=device) if smoothed else None)
         self.rotation_note = ""
         # tensor parallelism (nn/parallel.py sets these when it shards the layer): "colwise" needs nothing at

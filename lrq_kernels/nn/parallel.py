@@ -117,7 +117,7 @@ def shard_quant_linear(layer: QuantLinear, style, rank: int, world_size: int, gr
                 raise ValueError(f"row split over {world_size} ranks: the ARS permutation takes channel "
                                  f"{int(layer.perm[idx[j]])} to rank {rank}'s position {int(idx[j])}, across "
                                  f"ranks; quantize this layer with rotation='hadamard' for a row split")
-            layer.perm = local.to(dev)
+            layer.perm = local.to(dev, torch.int32)
         if layer.channel_scale is not None:
             layer.channel_scale = layer.channel_scale[idx.to(dev)].contiguous()
         codes = unpack_codes(layer.qweight, bits, k)[:, idx.to(dev)]
