@@ -1,7 +1,7 @@
 """Quality of quantized samples: the trained digits DiT (benchmarks/digits_dit.py) under every configuration.
 
     python benchmarks/quality.py                 # GPU: the whole table, 2000 samples each  -> results/quality.*
-    python benchmarks/quality.py --cpu-subset    # CPU: 9 rows, 200 samples each (~12 min)  -> results/quality_cpu.*
+    python benchmarks/quality.py --cpu-subset    # CPU: 9 rows, 200 samples each (~17 min)  -> results/quality_cpu.*
 
 Rows: float; W8A8 (a simulated anchor, see W8A8Linear); {W4A8, W4A4, W3A8, W3A4} x weight format {int, nf,
 tlq, auto} x rotation {none, block Hadamard, ARS} x weight rounding {GPTQ on the calibration tokens, nearest}.
@@ -211,7 +211,7 @@ def checks(res) -> list[dict]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cpu-subset", action="store_true", help="9 rows, 200 samples: what a CPU does in ~12 min")
+    ap.add_argument("--cpu-subset", action="store_true", help="9 rows, 200 samples: what a CPU does in ~17 min")
     ap.add_argument("--samples", type=int, default=None, help="default 2000, or 200 with --cpu-subset")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=1.0)

@@ -1,7 +1,7 @@
 """lrq_kernels: low-bit inference kernels for Diffusion Transformers (LRQ-DiT's TLQ weights, ARS rotation,
 per-token FP8/INT8/INT4 activations). Importing never needs a GPU or the compiled extension.
 
-    quantize_weight(w, bits, fmt, group_size) -> QuantizedWeight       weights (formats/)
+    quantize_weight(w, bits, fmt, group_size, hessian) -> QuantizedWeight   weights (formats/; GPTQ with H)
     hadamard_transform(x, scale), hadamard_quant(x, rotation, ...)    rotations and activations (ops/)
     QuantConfig, QuantLinear, quantize_model, calibrate               modules (nn/)
     save_quantized, load_quantized                                    checkpoints (nn/model.py)

@@ -3,6 +3,7 @@ import pytest
 import torch
 from conftest import student_t
 
+import lrq_kernels as lrq
 from lrq_kernels import QuantConfig, QuantLinear, quantize_weight, stats_from_tokens
 from lrq_kernels.formats.gptq import gptq_codes, hessian, output_error
 
@@ -100,3 +101,18 @@ def test_calibration_hessian_covers_every_finite_token_and_rotates():
                    channel_scale=torch.rand(64) + 0.5)
     xr = rot.apply(fin.float()).double()
     torch.testing.assert_close(rot.apply_to_hessian(st.input_hessian()).double(), xr.t() @ xr, rtol=1e-4, atol=1e-2)
+
+
+def test_calibrate_keeps_hessians_within_budget(monkeypatch):
+    import lrq_kernels.nn.model as model_mod
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+
+    def run(m):
+        return m(torch.randn(100, 64))
+    st = lrq.calibrate(net, run)
+    assert st["0"].hessian.shape == (64, 64) and st["2"].hessian.shape == (32, 32)
+    monkeypatch.setattr(model_mod, "HESSIAN_BUDGET_BYTES", 4 * 64 * 64)     # 64^2 + 32^2 floats do not fit
+    with pytest.warns(UserWarning, match=r"input Hessians of these 2 layers would take .*512-token samples"):
+        st = lrq.calibrate(net, run)
+    assert st["0"].hessian is None and st["0"].input_hessian().shape == (64, 64)
+    assert lrq.calibrate(net, run, keep_hessian=True)["0"].hessian is not None

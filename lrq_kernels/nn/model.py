@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import warnings
 from typing import Callable, Iterable
 
 import torch
@@ -27,18 +28,33 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+# The most memory `calibrate` spends on input Hessians unless told otherwise: a few GiB beside a DiT's weights.
+# PixArt-Sigma's 280 quantized linears need 3.5 GiB; FLUX.1's ~67 GiB would not fit beside it on an 80 GB GPU.
+HESSIAN_BUDGET_BYTES = 4 << 30
+
+
 @torch.no_grad()
 def calibrate(model: nn.Module, run_fn: Callable[[nn.Module], object], skip: Iterable[str] = (),
-              max_tokens: int = 512, keep_hessian: bool = True) -> dict[str, ActStats]:
+              max_tokens: int = 512, keep_hessian: bool | None = None) -> dict[str, ActStats]:
     """Run `run_fn(model)` (a few forwards, e.g. several timesteps) and record the activation statistics of
     every nn.Linear input, keyed by module name, for ARS (rotation/ars.py) and GPTQ rounding (formats/gptq.py).
 
     keep_hessian: accumulate each input's X^T X over every token (K^2 float32 a layer, on the activations'
     device: 38 MB for K = 3072). Without it GPTQ uses the `max_tokens` sample, which overfits where K is
-    larger than the sample (digits DiT, K = 1024 layers: +4 dB out of sample from 512 tokens, +6 dB from 2048).
+    larger than the sample (digits DiT: +7.1 dB over nearest rounding out of sample from the 512-token sample,
+    +7.8 dB from every token; benchmarks/results/gptq_error.md). None (default): keep them when all of them
+    together take at most HESSIAN_BUDGET_BYTES, else warn and use the samples.
     """
+    todo = list(_linears(model, skip))
+    if keep_hessian is None:
+        need = sum(4 * mod.in_features ** 2 for _, mod in todo)
+        keep_hessian = need <= HESSIAN_BUDGET_BYTES
+        if not keep_hessian:
+            warnings.warn(f"calibrate: the input Hessians of these {len(todo)} layers would take "
+                          f"{need / 2 ** 30:.1f} GiB (budget {HESSIAN_BUDGET_BYTES / 2 ** 30:.0f} GiB); GPTQ rounding "
+                          f"will use the {max_tokens}-token samples instead (keep_hessian=True keeps them)")
     collectors, handles = {}, []
-    for name, mod in _linears(model, skip):
+    for name, mod in todo:
         col = collectors[name] = ActStatsCollector(max_tokens=max_tokens, keep_hessian=keep_hessian)
         handles.append(mod.register_forward_pre_hook(lambda m, args, col=col: col.update(args[0])))
     try:
