@@ -6,10 +6,11 @@
 Rows: float; W8A8 (a simulated anchor, see W8A8Linear); {W4A8, W4A4, W3A8, W3A4} x weight format {int, nf,
 tlq, auto} x rotation {none, block Hadamard, ARS} x weight rounding {GPTQ on the calibration tokens, nearest}.
 Every row samples the same labels (each class equally often) from the same initial noise with the same DDIM
-steps, so PSNR and SSIM compare each quantized sample with the float model's sample of the same noise. A second float run from other noise measures how much the accuracy and
-the Frechet distance move by sampling alone. ARS and GPTQ use one calibration of the float model (its own noise).
-A8 is FP8 e4m3 per token, A4 INT4 levels per token; weights are per output channel. Linears kept in float:
-the adaLN, timestep and final projections (lrq_kernels.integrations.diffusers.DIT_SKIP).
+steps, so PSNR and SSIM compare each quantized sample with the float model's sample of the same noise. A second
+float run from other noise measures how much the accuracy and the Frechet distance move by sampling alone. ARS
+and GPTQ use one calibration of the float model (its own noise). A8 is FP8 e4m3 per token, A4 INT4 levels per
+token; weights are per output channel. Linears kept in float: the adaLN, timestep and final projections
+(lrq_kernels.integrations.diffusers.DIT_SKIP).
 
 Beside the table: per quantized layer, the weights' kurtosis and the activations' salient channels, and what
 the default configuration (W4A8, auto + ARS) chose there.
@@ -166,7 +167,8 @@ def write_markdown(path, res):
         f = ", ".join(f"{k} {v}" for k, v in r.get("formats", {}).items())
         ro = ", ".join(f"{k} {v}" for k, v in r.get("rotations", {}).items())
         mark = " **(default)**" if (r["format"], r["rotation"], r["rounding"]) == DEFAULT else ""
-        lines.append(f"| {r['precision']} | {r['rounding']} | {r['format']} | {r['rotation']}{mark} | {r['accuracy']:.2f} | "
+        lines.append(f"| {r['precision']} | {r['rounding']} | {r['format']} | {r['rotation']}{mark} | "
+                     f"{r['accuracy']:.2f} | "
                      f"{r['fd']:.3f} | {_fmt(r.get('fd_to_float'), '.3f')} | {_fmt(r.get('psnr'), '.2f')} | {_fmt(r.get('ssim'), '.4f')} | {f} | {ro} |")
     if res.get("layers"):
         lines += ["", "## The trained model's statistics (default W4A8 choices)", "",

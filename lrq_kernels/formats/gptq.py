@@ -27,9 +27,10 @@ DAMP = 0.01        # dampening, as a fraction of H's mean diagonal
 COLUMN_BLOCK = 128  # columns rounded between two rank-128 updates of the rest (GPTQ's lazy batch update)
 
 
-def hessian(tokens: torch.Tensor) -> torch.Tensor:
-    """H = X^T X (float64 [K, K]) of calibration tokens X [T, K]; tokens with a NaN or inf are left out."""
-    x = tokens.detach().double()
+def hessian(tokens: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """H = X^T X ([K, K] in `dtype`) of calibration tokens X [T, K]; tokens with a NaN or inf are left out (one
+    would poison every entry of H)."""
+    x = tokens.detach().to(dtype)
     x = x[torch.isfinite(x).all(dim=1)]
     return x.t() @ x
 

@@ -93,8 +93,7 @@ class ActStatsCollector:
         idx = torch.randperm(x2.shape[0], generator=self.gen)[:take]
         self.tokens.append(x2[idx.to(x2.device)].cpu())
         if self.keep_hessian:
-            fin = x2[torch.isfinite(x2).all(dim=1)]     # a NaN token would poison every entry of H
-            h = fin.t() @ fin
+            h = hessian(x2, torch.float32)
             self.hessian = h if self.hessian is None else self.hessian + h
 
     def stats(self) -> ActStats:
