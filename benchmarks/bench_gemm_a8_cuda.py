@@ -1,10 +1,16 @@
-"""The CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu) against the Triton one, by M, on three DiT weight shapes: whether
-and where the dispatcher should pick it (lrq_kernels/ops: OPT_IN). Needs an sm_90 GPU.
+"""The CUDA W4A8 GEMM kernels (csrc/gemm_a8_sm90.cu) against the Triton one and cuBLAS, by M, on three DiT weight
+shapes: whether and where the dispatcher should pick CUDA (lrq_kernels/ops: BACKENDS, OPT_IN). Needs an sm_90 GPU.
 
-    python benchmarks/bench_gemm_a8_cuda.py [--out benchmarks/results]
+    python benchmarks/bench_gemm_a8_cuda.py [--out benchmarks/results] [--ms 1,16,...]
 
-Medians of CUDA-graph replays on a warm L2 (the kernels alone, as in gemm_variants.py), bf16 output, no bias,
-random FP8 codes and 4-bit TLQ weights. Writes gemm_a8_cuda_sweep.json / .md.
+Columns, all kernels alone on the same inputs (random FP8 codes, 4-bit TLQ weights, bf16 out, no bias):
+  bf16      F.linear on bf16 (cuBLAS)
+  fp8       torch._scaled_mm, FP8 e4m3 with row-wise scales (cuBLAS; M % 16 == 0 only)
+  triton    lrq_kernels/triton/gemm.py
+  cuda v1   session 7's kernel: two consumer warpgroups, CTA-wide barrier every K step
+  cuda v2   warp-specialised: a producer warpgroup, per-stage mbarriers, float32 add every K step
+  cuda v3   v2 with the float32 add every second K step (v2 where K / 128 is odd)
+Medians of CUDA-graph replays on a warm L2. Writes gemm_a8_cuda_sweep.json / .md.
 """
 import argparse
 import datetime
@@ -13,6 +19,7 @@ import os
 import sys
 
 import torch
+import torch.nn.functional as F
 import triton
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -24,31 +31,41 @@ from lrq_kernels.formats.codebooks import TLQGrid, tlq_codebook  # noqa: E402
 from lrq_kernels.formats.packing import pack_codes  # noqa: E402
 from lrq_kernels.triton.gemm import gemm_a8_triton  # noqa: E402
 
-SHAPES = [(3072, 12288), (3072, 3072), (1152, 4608)]          # FLUX fc1, FLUX qkv/o, PixArt fc1 (K, N)
+SHAPES = [(3072, 12288), (12288, 3072), (3072, 3072), (1152, 4608)]   # FLUX fc1, fc2, qkv/o, PixArt fc1 (K, N)
 MS = (1, 16, 64, 128, 256, 512, 1024, 2048, 4608)
+VARIANTS = (1, 2, 3)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--ms", default=",".join(map(str, MS)), help="comma-separated M values")
     args = ap.parse_args()
     why = cuda_kernels.gemm_a8_unsupported(128, 3072, 3072, 4, 0, torch.float8_e4m3fn, torch.device("cuda"))
     if why:
         sys.exit(f"bench_gemm_a8_cuda: {why}")
+    ms = [int(v) for v in args.ms.split(",")]
     rows = []
     for k, n in SHAPES:
         g = torch.Generator(device="cuda").manual_seed(0)
         packed = pack_codes(torch.randint(0, 16, (n, k), device="cuda", dtype=torch.uint8, generator=g), 4)
         cb = tlq_codebook(4, TLQGrid("geometric", 2 ** 0.5)).cuda()
         sw = torch.rand(n, device="cuda", generator=g) + 0.5
-        for m in MS:
+        w16 = torch.randn(n, k, device="cuda", generator=g).to(torch.bfloat16)
+        wf = torch.randn(n, k, device="cuda", generator=g).to(torch.float8_e4m3fn)
+        for m in ms:
             x = torch.randn(m, k, device="cuda", generator=g).to(torch.float8_e4m3fn)
             sx = torch.rand(m, device="cuda", generator=g)
+            x16 = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
             r = dict(M=m, K=k, N=n)
-            r["cuda_us"] = bench_us(lambda: cuda_kernels.gemm_a8_cuda(x, sx, packed, sw, cb, 4, k, 0, None,
-                                                                      torch.bfloat16))
+            r["bf16_us"] = bench_us(lambda: F.linear(x16, w16))
+            if m % 16 == 0:
+                sa, sb = sx[:, None].contiguous(), sw[None, :].contiguous()
+                r["fp8_us"] = bench_us(lambda: torch._scaled_mm(x, wf.t(), sa, sb, out_dtype=torch.bfloat16))
             r["triton_us"] = bench_us(lambda: gemm_a8_triton(x, sx, packed, sw, cb, 4, k, 0, None, torch.bfloat16))
-            r["triton_over_cuda"] = r["triton_us"] / r["cuda_us"]
+            for v in VARIANTS:
+                r[f"cuda_v{v}_us"] = bench_us(lambda: cuda_kernels.gemm_a8_cuda(
+                    x, sx, packed, sw, cb, 4, k, 0, None, torch.bfloat16, variant=v))
             rows.append(r)
             print(json.dumps({a: round(v, 2) if isinstance(v, float) else v for a, v in r.items()}), flush=True)
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
@@ -57,12 +74,19 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gemm_a8_cuda_sweep.json"), "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
-    md = [f"# CUDA W4A8 GEMM against Triton's, by M ({meta['gpu']})", "",
+
+    def us(r, key):
+        return f"{r[key]:.1f}" if key in r else "–"
+    cols = ["bf16", "fp8", "triton"] + [f"cuda_v{v}" for v in VARIANTS]
+    md = [f"# CUDA W4A8 GEMM kernels against Triton's and cuBLAS, by M ({meta['gpu']})", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}. Medians of "
-          "CUDA-graph replays, warm L2, bf16 out, no bias.", "",
-          "| M | K | N | CUDA µs | Triton µs | Triton / CUDA |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
-    md += [f"| {r['M']} | {r['K']} | {r['N']} | {r['cuda_us']:.1f} | {r['triton_us']:.1f} | "
-           f"{r['triton_over_cuda']:.2f} |" for r in rows]
+          "CUDA-graph replays, warm L2, bf16 out, no bias; µs. Column meanings: the script's docstring.", "",
+          "| M | K | N | " + " | ".join(c.replace("_", " ") for c in cols) + " | best CUDA vs Triton | vs bf16 |",
+          "| ---: " * (5 + len(cols)) + "|"]
+    for r in rows:
+        best = min(r[f"cuda_v{v}_us"] for v in VARIANTS)
+        md.append(f"| {r['M']} | {r['K']} | {r['N']} | " + " | ".join(us(r, c + "_us") for c in cols)
+                  + f" | {r['triton_us'] / best:.2f}× | {r['bf16_us'] / best:.2f}× |")
     with open(os.path.join(args.out, "gemm_a8_cuda_sweep.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

@@ -59,17 +59,17 @@ PYBIND11_MODULE(_C, m) {
   m.def("gemm_a8",
         [](uintptr_t x, int64_t stride_x, uintptr_t x_scales, int m, int k, int n, uintptr_t packed,
            int64_t row_bytes, int bits, uintptr_t w_scales, int group_size, uintptr_t codebook, uintptr_t bias,
-           uintptr_t y, int out_dtype, int device, uintptr_t stream) {
+           uintptr_t y, int out_dtype, int device, uintptr_t stream, int variant) {
           lrq::GemmA8Args a{cptr<void>(x), stride_x, cptr<float>(x_scales), m, k, n, cptr<uint8_t>(packed),
                             row_bytes, bits, cptr<float>(w_scales), group_size, cptr<float>(codebook),
-                            cptr<float>(bias), reinterpret_cast<void*>(y), out_dtype, device, stream};
+                            cptr<float>(bias), reinterpret_cast<void*>(y), out_dtype, device, stream, variant};
           py::gil_scoped_release nogil;
           raise_if(lrq::gemm_a8(a));
         },
         py::arg("x"), py::arg("stride_x"), py::arg("x_scales"), py::arg("m"), py::arg("k"), py::arg("n"),
         py::arg("packed"), py::arg("row_bytes"), py::arg("bits"), py::arg("w_scales"), py::arg("group_size"),
         py::arg("codebook"), py::arg("bias"), py::arg("y"), py::arg("out_dtype"), py::arg("device"),
-        py::arg("stream"));
+        py::arg("stream"), py::arg("variant") = 0);
 
   m.def("rotate_quant_unsupported", &lrq::rotate_quant_unsupported, py::arg("k"), py::arg("block"),
         "Why rotate_quant cannot run this shape ('' if it can).");

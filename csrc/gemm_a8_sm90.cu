@@ -234,17 +234,226 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif  // LRQ_SM90A
 }
 
+// --- warp-specialised version -------------------------------------------------------------------------------------
+// Session 7's kernel above synchronises the whole CTA at every K step (__syncthreads before the next copies), so
+// both consumer warpgroups issue their wgmmas, wait and add in lockstep, and the tensor cores idle while they add;
+// the consumers also spend a fifth of their instructions on the 4-byte copies' addresses (ncu, benchmarks/NOTES.md,
+// session 7). Here a third warpgroup only copies: each stage has a "full" mbarrier (the producer's copies landed,
+// cp.async.mbarrier.arrive) and an "empty" one (both consumers' wgmmas are done with it), so the two consumer
+// warpgroups drift apart and one's float32 adds overlap the other's wgmmas. kPromote = 2 adds the partial sum
+// to float32 every second step (a 256-long chain in the tensor cores; the Triton 256-wide tile measured 1.8e-4
+// against the 1e-3 bound, session 4), with a third A-fragment buffer so that no register of a wgmma in flight is
+// rewritten.
+constexpr int kWsStages = 6;
+constexpr int kWsThreads = 384;               // producer warpgroup + two consumer warpgroups
+[[maybe_unused]] constexpr int kWsConsumers = 256;
+
+template <typename OutT> __host__ __device__ constexpr int ws_smem_bytes() {
+  return (kWsStages * kStageBytes > kTileT * out_pitch<OutT>() ? kWsStages * kStageBytes : kTileT * out_pitch<OutT>())
+         + 2 * kWsStages * 8;
+}
+
+#ifdef LRQ_SM90A
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+// the arrival happens when all of this thread's earlier cp.async have landed (.noinc: counted in the init count)
+__device__ __forceinline__ void cp_async_arrive(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void consumer_barrier() {   // the two consumer warpgroups only (named barrier 1)
+  asm volatile("bar.sync 1, %0;\n" ::"n"(kWsConsumers) : "memory");
+}
+#endif
+
+template <int kPromote, typename OutT>
+__global__ void __launch_bounds__(kWsThreads, 1)
+    gemm_w4a8_sm90_ws_kernel(const uint8_t* __restrict__ x, int64_t stride_x, const float* __restrict__ x_scales,
+                             const uint8_t* __restrict__ packed, int64_t row_bytes, const float* __restrict__ w_scales,
+                             const float* __restrict__ codebook, const float* __restrict__ bias,
+                             OutT* __restrict__ y, int m, int n, int k) {
+#ifdef LRQ_SM90A
+  extern __shared__ __align__(128) uint8_t smem[];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const uint32_t smem0 = smem_u32(smem);
+  const uint32_t full0 = smem0 + kWsStages * kStageBytes > smem0 + kTileT * out_pitch<OutT>()
+                             ? smem0 + kWsStages * kStageBytes : smem0 + kTileT * out_pitch<OutT>();
+  const uint32_t empty0 = full0 + kWsStages * 8;
+
+  constexpr int kGroupT = 8;                  // grouped tile order, as above
+  const int tiles_t = (m + kTileT - 1) / kTileT, tiles_w = (n + kTileW - 1) / kTileW;
+  const int per_group = kGroupT * tiles_w, first_t = (blockIdx.x / per_group) * kGroupT;
+  const int size_t_ = min(tiles_t - first_t, kGroupT);
+  const int t0 = (first_t + (blockIdx.x % per_group) % size_t_) * kTileT;
+  const int w0 = ((blockIdx.x % per_group) / size_t_) * kTileW;
+  const int nk = k / kStepK;
+
+  if (tid == 0) {
+    for (int st = 0; st < kWsStages; ++st) {
+      mbar_init(full0 + 8 * st, 128);                 // one cp.async arrival per producer thread
+      mbar_init(empty0 + 8 * st, kWsConsumers);       // every consumer thread, after its wgmmas
+    }
+  }
+  __syncthreads();
+
+  if (warp < 4) {
+    // producer: warp w copies tokens w, w + 4, ...; lane l the 4 bytes at K = 4l of the step, to their permuted
+    // place (see the K order at the top of the file). Rows past M copy nothing (zero-filled).
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    // token warp + 4i sits in row (warp + 4 (i & 1)) of core-matrix group i / 2: with i unrolled, every copy's
+    // shared address is this thread's base plus a constant, and its source the last one's plus 4 rows
+    const uint32_t dst0 = smem0 + (lane & 7) * kLBO + (lane >> 3) * 4 + warp * 16;
+    const uint8_t* src0 = x + static_cast<int64_t>(t0 + warp) * stride_x + 4 * lane;
+    const int64_t src_step = 4 * stride_x;
+    const int rows = m - t0 - warp;                   // token warp + 4i exists when 4i < rows
+    for (int s = 0; s < nk; ++s) {
+      const int st = s % kWsStages;
+      if (s >= kWsStages) mbar_wait(empty0 + 8 * st, ((s / kWsStages) + 1) & 1);
+      const uint32_t dst = dst0 + st * kStageBytes;
+      const uint8_t* src = src0 + s * kStepK;
+#pragma unroll
+      for (int i = 0; i < kTileT / 4; ++i, src += src_step)
+        cp_async4(dst + (i & 1) * 64 + (i >> 1) * kSBO, src, 4 * i < rows);
+      cp_async_arrive(full0 + 8 * st);
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  const int cw = warp - 4, ctid = tid - 128;          // consumer warp 0..7, thread 0..255
+  const int g = lane >> 2, q = lane & 3;
+  uint32_t table[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    uint32_t word = 0;
+#pragma unroll
+    for (int b = 0; b < 4; ++b)
+      word |= static_cast<uint32_t>(__nv_cvt_float_to_fp8(codebook[4 * i + b], __NV_SATFINITE, __NV_E4M3)) << (8 * b);
+    table[i] = word;
+  }
+  const int row_local = (cw >> 2) * 64 + (cw & 3) * 16 + g;
+  const uint8_t* wrow0 = packed + static_cast<int64_t>(min(w0 + row_local, n - 1)) * row_bytes + 16 * q;
+  const uint8_t* wrow1 = packed + static_cast<int64_t>(min(w0 + row_local + 8, n - 1)) * row_bytes + 16 * q;
+
+  constexpr int kBufs = kPromote + 1;                 // A fragments: the steps in flight plus the one decoding
+  constexpr int kUnroll = kPromote == 1 ? 2 : 6;      // lcm(kBufs, 2 code slots, kPromote): indices compile-time
+  float acc[64], part[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) { acc[i] = 0.f; part[i] = 0.f; }
+  uint4 wq[2][2];
+  uint32_t a[kBufs][16];
+  auto load_w = [&](int step, uint4 (&slot)[2]) {
+    slot[0] = __ldg(reinterpret_cast<const uint4*>(wrow0 + step * (kStepK / 2)));
+    slot[1] = __ldg(reinterpret_cast<const uint4*>(wrow1 + step * (kStepK / 2)));
+  };
+  load_w(0, wq[0]);
+  if (nk > 1) load_w(1, wq[1]);
+  decode_step(wq[0][0], wq[0][1], table, a[0]);
+  if (nk > 2) load_w(2, wq[0]);
+
+  // kPromote steps: their wgmmas chained into part, each next step decoded while they run, then one wait and
+  // one float32 add. U: the first step's place in the unrolled loop (its A buffer U % kBufs, code slot U & 1).
+  auto group = [&](int s, auto u_c) {
+    constexpr int U = decltype(u_c)::value;
+#pragma unroll
+    for (int v = 0; v < kPromote; ++v) {
+      const int t = s + v;
+      const uint32_t stage = smem0 + (t % kWsStages) * kStageBytes;
+      mbar_wait(full0 + 8 * (t % kWsStages), (t / kWsStages) & 1);
+      uint32_t (&ac)[16] = a[(U + v) % kBufs];
+      wgmma_fence();
+      if (v == 0) wgmma_k32<0>(part, ac[0], ac[1], ac[2], ac[3], desc_b(stage));
+      else wgmma_k32<1>(part, ac[0], ac[1], ac[2], ac[3], desc_b(stage));
+      wgmma_k32<1>(part, ac[4], ac[5], ac[6], ac[7], desc_b(stage + 2 * kLBO));
+      wgmma_k32<1>(part, ac[8], ac[9], ac[10], ac[11], desc_b(stage + 4 * kLBO));
+      wgmma_k32<1>(part, ac[12], ac[13], ac[14], ac[15], desc_b(stage + 6 * kLBO));
+      wgmma_commit();
+      if (t + 1 < nk) {
+        uint4 (&slot)[2] = wq[(U + v + 1) & 1];
+        decode_step(slot[0], slot[1], table, a[(U + v + 1) % kBufs]);
+        if (t + 3 < nk) load_w(t + 3, slot);
+      }
+    }
+    wgmma_wait_all();
+#pragma unroll
+    for (int v = 0; v < kPromote; ++v) mbar_arrive(empty0 + 8 * ((s + v) % kWsStages));
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] += part[i];
+  };
+  for (int s = 0; s < nk; s += kUnroll) {             // nk % kPromote == 0 (the launcher picks kPromote)
+    group(s, std::integral_constant<int, 0>{});
+    if constexpr (kPromote == 1) {
+      if (s + 1 < nk) group(s + 1, std::integral_constant<int, 1>{});
+    } else {
+      if (s + 2 < nk) group(s + 2, std::integral_constant<int, 2>{});
+      if (s + 4 < nk) group(s + 4, std::integral_constant<int, 4>{});
+    }
+  }
+  consumer_barrier();                                 // both consumers are done with the stages: stage the output
+
+  constexpr int kPitch = out_pitch<OutT>();
+  const int r0 = w0 + row_local, r1 = r0 + 8;
+  const float sw0 = r0 < n ? w_scales[r0] : 0.f, sw1 = r1 < n ? w_scales[r1] : 0.f;
+  const float b0 = (bias != nullptr && r0 < n) ? bias[r0] : 0.f, b1 = (bias != nullptr && r1 < n) ? bias[r1] : 0.f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+#pragma unroll
+    for (int v = 0; v < 2; ++v) {
+      const int tl = 8 * i + 2 * q + v;
+      const float sa = t0 + tl < m ? x_scales[t0 + tl] : 0.f;
+      OutT* row = reinterpret_cast<OutT*>(smem + tl * kPitch);
+      row[row_local] = from_float<OutT>(acc[4 * i + v] * sw0 * sa + b0);
+      row[row_local + 8] = from_float<OutT>(acc[4 * i + 2 + v] * sw1 * sa + b1);
+    }
+  }
+  consumer_barrier();
+  constexpr int kChunk = 16 / static_cast<int>(sizeof(OutT));
+  constexpr int kChunksPerRow = kTileW / kChunk;
+#pragma unroll
+  for (int c = ctid; c < kTileT * kChunksPerRow; c += kWsConsumers) {
+    const int tl = c / kChunksPerRow, col = (c % kChunksPerRow) * kChunk;
+    if (t0 + tl < m && w0 + col < n)
+      *reinterpret_cast<uint4*>(y + static_cast<int64_t>(t0 + tl) * n + w0 + col) =
+          *reinterpret_cast<const uint4*>(smem + tl * kPitch + col * sizeof(OutT));
+  }
+#endif  // LRQ_SM90A
+}
+
 template <typename OutT>
 std::string launch(const GemmA8Args& a) {
-  auto kernel = gemm_w4a8_sm90_kernel<OutT>;
-  constexpr int kSmem = smem_bytes<OutT>();
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemm_w4a8_sm90)", e);
   const int64_t tiles = static_cast<int64_t>((a.m + kTileT - 1) / kTileT) * ((a.n + kTileW - 1) / kTileW);
-  kernel<<<static_cast<unsigned>(tiles), kThreads, kSmem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
-      static_cast<const uint8_t*>(a.x), a.stride_x, a.x_scales, a.packed, a.row_bytes, a.w_scales, a.codebook,
-      a.bias, static_cast<OutT*>(a.y), a.m, a.n, a.k);
-  return last_launch_error("gemm_w4a8_sm90_kernel");
+  const cudaStream_t stream = reinterpret_cast<cudaStream_t>(a.stream);
+  const uint8_t* x = static_cast<const uint8_t*>(a.x);
+  OutT* y = static_cast<OutT*>(a.y);
+  const int nk = a.k / kStepK;
+  int variant = a.variant == 0 ? 3 : a.variant;
+  if (variant == 3 && nk % 2 != 0) variant = 2;     // the every-second-step add needs an even number of steps
+  if (variant == 1) {
+    auto kernel = gemm_w4a8_sm90_kernel<OutT>;
+    constexpr int kSmem = smem_bytes<OutT>();
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemm_w4a8_sm90)", e);
+    kernel<<<static_cast<unsigned>(tiles), kThreads, kSmem, stream>>>(
+        x, a.stride_x, a.x_scales, a.packed, a.row_bytes, a.w_scales, a.codebook, a.bias, y, a.m, a.n, a.k);
+    return last_launch_error("gemm_w4a8_sm90_kernel");
+  }
+  auto kernel = variant == 3 ? gemm_w4a8_sm90_ws_kernel<2, OutT> : gemm_w4a8_sm90_ws_kernel<1, OutT>;
+  constexpr int kSmem = ws_smem_bytes<OutT>();
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemm_w4a8_sm90_ws)", e);
+  kernel<<<static_cast<unsigned>(tiles), kWsThreads, kSmem, stream>>>(
+      x, a.stride_x, a.x_scales, a.packed, a.row_bytes, a.w_scales, a.codebook, a.bias, y, a.m, a.n, a.k);
+  return last_launch_error("gemm_w4a8_sm90_ws_kernel");
 }
 
 }  // namespace
@@ -261,6 +470,7 @@ std::string gemm_a8_unsupported(int m, int k, int n, int bits, int group_size) {
 std::string gemm_a8(const GemmA8Args& a) {
   std::string why = gemm_a8_unsupported(a.m, a.k, a.n, a.bits, a.group_size);
   if (!why.empty()) return why;
+  if (a.variant < 0 || a.variant > 3) return "gemm_a8: variant must be 0-3, got " + std::to_string(a.variant);
   if (a.stride_x % 16 != 0 || a.row_bytes % 16 != 0)
     return "gemm_a8: x's row stride and the packed row must be multiples of 16 bytes";
   why = set_device(a.device);

@@ -49,6 +49,7 @@ struct GemmA8Args {
   const float* bias;                      // [N] float32 or nullptr
   void* y; int out_dtype;                 // [M, N] contiguous, DType
   int device; uintptr_t stream;
+  int variant;                            // 0: default; 1-3: a kernel variant (gemm_a8_sm90.cu), for benchmarks
 };
 
 std::string rotate_quant(const RotateQuantArgs& a);

@@ -278,6 +278,26 @@ def test_cuda_gemm_a8_matches_oracle(m, k, n, dtype, monkeypatch):
 
 
 @hopper
+@pytest.mark.parametrize("variant", [1, 2, 3])
+@pytest.mark.parametrize("m,k,n", [(1, 256, 8), (129, 3072, 200), (333, 2432, 2432), (300, 1152, 4608)], ids=str)
+def test_cuda_gemm_a8_each_kernel_variant_matches_oracle(m, k, n, variant):
+    """Every kernel of csrc/gemm_a8_sm90.cu (the benchmarks time each), with even and odd K / 128."""
+    x, sx = _fp8_tokens(m, k, m + k + variant)
+    packed, sw, cb = _weights(n, k, 4, 0)
+    bias = torch.randn(n, device="cuda")
+    y = cuda_kernels.gemm_a8_cuda(x, sx, packed, sw, cb, 4, k, 0, bias, torch.float32, variant=variant)
+    assert rel_err(y.double(), _a8_oracle(x, sx, packed, sw, cb, k, bias)) <= 1e-3
+
+
+@hopper
+def test_cuda_gemm_a8_refuses_unknown_variant():
+    x, sx = _fp8_tokens(16, 256, 0)
+    packed, sw, cb = _weights(64, 256, 4, 0)
+    with pytest.raises(RuntimeError, match="variant must be 0-3, got 7"):
+        cuda_kernels.gemm_a8_cuda(x, sx, packed, sw, cb, 4, 256, 0, None, torch.float32, variant=7)
+
+
+@hopper
 def test_cuda_gemm_a8_nan_token_stays_in_its_row(monkeypatch):
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
     x, sx = _fp8_tokens(20, 256, 0)

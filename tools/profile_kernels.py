@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--k", type=int, default=3072, help="input features (rq: the activation width)")
     ap.add_argument("--n", type=int, default=12288, help="output features (gemv, gemm)")
     ap.add_argument("--block", type=int, default=1024, help="rq: Hadamard block")
+    ap.add_argument("--variant", type=int, default=0, help="gemm_cuda: the kernel variant (0: the default)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_kernels: needs a CUDA GPU")
@@ -57,7 +58,7 @@ def main():
             run = lambda: ops.gemm_a8(codes, sx, packed, sw, cb, args.bits, k, 0, None, torch.bfloat16)  # noqa: E731
         else:       # the CUDA W4A8 kernel itself, whatever the dispatch would pick
             run = lambda: cuda_kernels.gemm_a8_cuda(codes, sx, packed, sw, cb, args.bits, k, 0, None,  # noqa: E731
-                                                    torch.bfloat16)
+                                                    torch.bfloat16, variant=args.variant)
     for _ in range(WARMUP):
         run()
     torch.cuda.synchronize()

@@ -119,9 +119,10 @@ def gemv_a16_cuda(x, packed, w_scales, codebook, bits: int, group_size: int, bia
 
 
 def gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits: int, k: int, group_size: int, bias,
-                 out_dtype: torch.dtype):
+                 out_dtype: torch.dtype, variant: int = 0):
     """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias in out_dtype: FP8 codes, 4-bit weights, per-channel
-    scales, on Hopper (gemm_a8_unsupported says when it cannot run)."""
+    scales, on Hopper (gemm_a8_unsupported says when it cannot run). variant: 0 the default kernel; 1-3 one of
+    csrc/gemm_a8_sm90.cu's variants, for benchmarks and tests."""
     m = x_codes.shape[0]
     n = packed.shape[0]
     x_codes = _aligned(x_codes)
@@ -137,5 +138,5 @@ def gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits: int, k: in
         _C.gemm_a8(x_codes.data_ptr(), x_codes.stride(0), x_scales.data_ptr(), m, k, n, packed.data_ptr(),
                    packed.stride(0), bits, w_scales.data_ptr(), group_size, codebook.data_ptr(),
                    0 if bias32 is None else bias32.data_ptr(), y.data_ptr(), _DTYPE[out_dtype], x_codes.device.index,
-                   _stream(x_codes.device))
+                   _stream(x_codes.device), variant)
     return y
