@@ -10,6 +10,8 @@ Columns, all kernels alone on the same inputs (random FP8 codes, 4-bit TLQ weigh
   cuda v1   session 7's kernel: two consumer warpgroups, CTA-wide barrier every K step
   cuda v2   warp-specialised: a producer warpgroup, per-stage mbarriers, float32 add every K step
   cuda v3   v2 with the float32 add every second K step (v2 where K / 128 is odd)
+  cuda tma  v3 reading codes already in the kernel's K order (cuda.gemm_order; rotate_quant can write them so),
+            one TMA box a stage instead of the producer's 4-byte copies
 Medians of CUDA-graph replays on a warm L2. Writes gemm_a8_cuda_sweep.json / .md.
 """
 import argparse
@@ -66,6 +68,9 @@ def main():
             for v in VARIANTS:
                 r[f"cuda_v{v}_us"] = bench_us(lambda: cuda_kernels.gemm_a8_cuda(
                     x, sx, packed, sw, cb, 4, k, 0, None, torch.bfloat16, variant=v))
+            xg = cuda_kernels.gemm_order(x)
+            r["cuda_tma_us"] = bench_us(lambda: cuda_kernels.gemm_a8_cuda(
+                xg, sx, packed, sw, cb, 4, k, 0, None, torch.bfloat16, x_gemm_order=True))
             rows.append(r)
             print(json.dumps({a: round(v, 2) if isinstance(v, float) else v for a, v in r.items()}), flush=True)
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
@@ -77,14 +82,15 @@ def main():
 
     def us(r, key):
         return f"{r[key]:.1f}" if key in r else "–"
-    cols = ["bf16", "fp8", "triton"] + [f"cuda_v{v}" for v in VARIANTS]
+    cuda_cols = [f"cuda_v{v}" for v in VARIANTS] + ["cuda_tma"]
+    cols = ["bf16", "fp8", "triton"] + cuda_cols
     md = [f"# CUDA W4A8 GEMM kernels against Triton's and cuBLAS, by M ({meta['gpu']})", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}. Medians of "
           "CUDA-graph replays, warm L2, bf16 out, no bias; µs. Column meanings: the script's docstring.", "",
           "| M | K | N | " + " | ".join(c.replace("_", " ") for c in cols) + " | best CUDA vs Triton | vs bf16 |",
           "| ---: " * (5 + len(cols)) + "|"]
     for r in rows:
-        best = min(r[f"cuda_v{v}_us"] for v in VARIANTS)
+        best = min(r[c + "_us"] for c in cuda_cols)
         md.append(f"| {r['M']} | {r['K']} | {r['N']} | " + " | ".join(us(r, c + "_us") for c in cols)
                   + f" | {r['triton_us'] / best:.2f}× | {r['bf16_us'] / best:.2f}× |")
     with open(os.path.join(args.out, "gemm_a8_cuda_sweep.md"), "w") as f:

@@ -23,6 +23,8 @@
 // token's 128 bytes write 32 different banks.
 #include "common.cuh"
 #include "lrq.h"
+#include <cuda.h>              // CUtensorMap (the driver function itself comes via cudaGetDriverEntryPointByVersion)
+#include <cudaTypedefs.h>
 #include <cuda_fp8.h>
 #include <type_traits>
 
@@ -65,9 +67,10 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 
 // Shared-memory matrix descriptor: start address, LBO, SBO (all >> 4), no swizzle (layout type 0).
+template <int LBO = kLBO, int SBO = kSBO>
 __device__ __forceinline__ uint64_t desc_b(uint32_t addr) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(kLBO >> 4) << 16) |
-         (static_cast<uint64_t>(kSBO >> 4) << 32);
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(LBO >> 4) << 16) |
+         (static_cast<uint64_t>(SBO >> 4) << 32);
 }
 
 // d (+)= A (64 x 32, e4m3 in registers) x B (32 x 128 tokens, e4m3 in shared memory); ACC = 0 overwrites d
@@ -248,8 +251,19 @@ constexpr int kWsStages = 6;
 constexpr int kWsThreads = 384;               // producer warpgroup + two consumer warpgroups
 [[maybe_unused]] constexpr int kWsConsumers = 256;
 
-template <typename OutT> __host__ __device__ constexpr int ws_smem_bytes() {
-  return (kWsStages * kStageBytes > kTileT * out_pitch<OutT>() ? kWsStages * kStageBytes : kTileT * out_pitch<OutT>())
+// Where the activation tile of a stage lies. Copied (kTma false): the 4-byte pieces of the K order above, core
+// matrices kLBO apart. By TMA (kTma true): the codes arrive already in that K order (rotate_quant writes them so,
+// or gemm_order() permutes them), and one 3-D box {16 bytes, 128 tokens, 8 16-byte chunks} lands as
+// [chunk][token][16 bytes]: core matrices of 8 tokens are 128 bytes apart, K-adjacent ones 2048.
+template <bool kTma> struct XTile {
+  [[maybe_unused]] static constexpr int kLbo = kTma ? 16 * kTileT : kLBO;
+  [[maybe_unused]] static constexpr int kSbo = kTma ? 128 : kSBO;
+  static constexpr int kBytes = kTma ? kStepK * kTileT : kStageBytes;
+};
+
+template <bool kTma, typename OutT> __host__ __device__ constexpr int ws_smem_bytes() {
+  return (kWsStages * XTile<kTma>::kBytes > kTileT * out_pitch<OutT>() ? kWsStages * XTile<kTma>::kBytes
+                                                                       : kTileT * out_pitch<OutT>())
          + 2 * kWsStages * 8;
 }
 
@@ -270,23 +284,34 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 __device__ __forceinline__ void cp_async_arrive(uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2,
+                                            uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n"
+      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
+}
 __device__ __forceinline__ void consumer_barrier() {   // the two consumer warpgroups only (named barrier 1)
   asm volatile("bar.sync 1, %0;\n" ::"n"(kWsConsumers) : "memory");
 }
 #endif
 
-template <int kPromote, typename OutT>
+template <int kPromote, bool kTma, typename OutT>
 __global__ void __launch_bounds__(kWsThreads, 1)
-    gemm_w4a8_sm90_ws_kernel(const uint8_t* __restrict__ x, int64_t stride_x, const float* __restrict__ x_scales,
+    gemm_w4a8_sm90_ws_kernel(const uint8_t* __restrict__ x, int64_t stride_x, const __grid_constant__ CUtensorMap x_map,
+                             const float* __restrict__ x_scales,
                              const uint8_t* __restrict__ packed, int64_t row_bytes, const float* __restrict__ w_scales,
                              const float* __restrict__ codebook, const float* __restrict__ bias,
                              OutT* __restrict__ y, int m, int n, int k) {
 #ifdef LRQ_SM90A
+  using L = XTile<kTma>;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const uint32_t smem0 = smem_u32(smem);
-  const uint32_t full0 = smem0 + kWsStages * kStageBytes > smem0 + kTileT * out_pitch<OutT>()
-                             ? smem0 + kWsStages * kStageBytes : smem0 + kTileT * out_pitch<OutT>();
+  const uint32_t full0 = smem0 + ws_smem_bytes<kTma, OutT>() - 2 * kWsStages * 8;
   const uint32_t empty0 = full0 + kWsStages * 8;
 
   constexpr int kGroupT = 8;                  // grouped tile order, as above
@@ -299,12 +324,24 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 
   if (tid == 0) {
     for (int st = 0; st < kWsStages; ++st) {
-      mbar_init(full0 + 8 * st, 128);                 // one cp.async arrival per producer thread
+      mbar_init(full0 + 8 * st, kTma ? 1 : 128);      // the TMA issuer's arrival, or one cp.async arrival a thread
       mbar_init(empty0 + 8 * st, kWsConsumers);       // every consumer thread, after its wgmmas
     }
   }
   __syncthreads();
 
+  if (warp < 4 && kTma) {
+    // producer: one thread issues a stage's box, its mbarrier counting the bytes; rows past M arrive as zeros
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (tid != 0) return;
+    for (int s = 0; s < nk; ++s) {
+      const int st = s % kWsStages;
+      if (s >= kWsStages) mbar_wait(empty0 + 8 * st, ((s / kWsStages) + 1) & 1);
+      mbar_expect_tx(full0 + 8 * st, L::kBytes);
+      tma_load_3d(smem0 + st * L::kBytes, &x_map, 0, t0, s * (kStepK / 16), full0 + 8 * st);
+    }
+    return;
+  }
   if (warp < 4) {
     // producer: warp w copies tokens w, w + 4, ...; lane l the 4 bytes at K = 4l of the step, to their permuted
     // place (see the K order at the top of the file). Rows past M copy nothing (zero-filled).
@@ -318,7 +355,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     for (int s = 0; s < nk; ++s) {
       const int st = s % kWsStages;
       if (s >= kWsStages) mbar_wait(empty0 + 8 * st, ((s / kWsStages) + 1) & 1);
-      const uint32_t dst = dst0 + st * kStageBytes;
+      const uint32_t dst = dst0 + st * L::kBytes;
       const uint8_t* src = src0 + s * kStepK;
 #pragma unroll
       for (int i = 0; i < kTileT / 4; ++i, src += src_step)
@@ -368,15 +405,16 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #pragma unroll
     for (int v = 0; v < kPromote; ++v) {
       const int t = s + v;
-      const uint32_t stage = smem0 + (t % kWsStages) * kStageBytes;
+      const uint32_t stage = smem0 + (t % kWsStages) * L::kBytes;
       mbar_wait(full0 + 8 * (t % kWsStages), (t / kWsStages) & 1);
       uint32_t (&ac)[16] = a[(U + v) % kBufs];
+      constexpr int LB = L::kLbo, SB = L::kSbo;
       wgmma_fence();
-      if (v == 0) wgmma_k32<0>(part, ac[0], ac[1], ac[2], ac[3], desc_b(stage));
-      else wgmma_k32<1>(part, ac[0], ac[1], ac[2], ac[3], desc_b(stage));
-      wgmma_k32<1>(part, ac[4], ac[5], ac[6], ac[7], desc_b(stage + 2 * kLBO));
-      wgmma_k32<1>(part, ac[8], ac[9], ac[10], ac[11], desc_b(stage + 4 * kLBO));
-      wgmma_k32<1>(part, ac[12], ac[13], ac[14], ac[15], desc_b(stage + 6 * kLBO));
+      if (v == 0) wgmma_k32<0>(part, ac[0], ac[1], ac[2], ac[3], desc_b<LB, SB>(stage));
+      else wgmma_k32<1>(part, ac[0], ac[1], ac[2], ac[3], desc_b<LB, SB>(stage));
+      wgmma_k32<1>(part, ac[4], ac[5], ac[6], ac[7], desc_b<LB, SB>(stage + 2 * LB));
+      wgmma_k32<1>(part, ac[8], ac[9], ac[10], ac[11], desc_b<LB, SB>(stage + 4 * LB));
+      wgmma_k32<1>(part, ac[12], ac[13], ac[14], ac[15], desc_b<LB, SB>(stage + 6 * LB));
       wgmma_commit();
       if (t + 1 < nk) {
         uint4 (&slot)[2] = wq[(U + v + 1) & 1];
@@ -429,6 +467,29 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #endif  // LRQ_SM90A
 }
 
+// The TMA descriptor of x [M, K] in GEMM order as a 3-D tensor {16 bytes, M tokens, K / 16 chunks}; the box is
+// one stage (XTile<true>). cuTensorMapEncodeTiled is a driver function: fetched once through the runtime, so that
+// the module links no libcuda and imports on a machine without a driver.
+std::string encode_x_map(const GemmA8Args& a, CUtensorMap* map) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
+  if (encode == nullptr) {
+    cudaDriverEntryPointQueryResult found;
+    void* fn = nullptr;
+    cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found);
+    if (e != cudaSuccess || found != cudaDriverEntryPointSuccess || fn == nullptr)
+      return "gemm_a8: cuTensorMapEncodeTiled not found in the CUDA driver";
+    encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }
+  const cuuint64_t dims[3] = {16, static_cast<cuuint64_t>(a.m), static_cast<cuuint64_t>(a.k / 16)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(a.stride_x), 16};   // bytes, of dims 1 and 2
+  const cuuint32_t box[3] = {16, kTileT, kStepK / 16};
+  const cuuint32_t unit[3] = {1, 1, 1};
+  CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, const_cast<void*>(a.x), dims, strides, box, unit,
+                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? std::string() : "gemm_a8: cuTensorMapEncodeTiled failed, error " + std::to_string(r);
+}
+
 template <typename OutT>
 std::string launch(const GemmA8Args& a) {
   const int64_t tiles = static_cast<int64_t>((a.m + kTileT - 1) / kTileT) * ((a.n + kTileW - 1) / kTileW);
@@ -436,9 +497,7 @@ std::string launch(const GemmA8Args& a) {
   const uint8_t* x = static_cast<const uint8_t*>(a.x);
   OutT* y = static_cast<OutT*>(a.y);
   const int nk = a.k / kStepK;
-  int variant = a.variant == 0 ? 3 : a.variant;
-  if (variant == 3 && nk % 2 != 0) variant = 2;     // the every-second-step add needs an even number of steps
-  if (variant == 1) {
+  if (!a.x_gemm_order && a.variant == 1) {
     auto kernel = gemm_w4a8_sm90_kernel<OutT>;
     constexpr int kSmem = smem_bytes<OutT>();
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
@@ -447,12 +506,22 @@ std::string launch(const GemmA8Args& a) {
         x, a.stride_x, a.x_scales, a.packed, a.row_bytes, a.w_scales, a.codebook, a.bias, y, a.m, a.n, a.k);
     return last_launch_error("gemm_w4a8_sm90_kernel");
   }
-  auto kernel = variant == 3 ? gemm_w4a8_sm90_ws_kernel<2, OutT> : gemm_w4a8_sm90_ws_kernel<1, OutT>;
-  constexpr int kSmem = ws_smem_bytes<OutT>();
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  // the float32 add every second step needs an even number of steps; variant 2 asks for it every step
+  const bool every_second = nk % 2 == 0 && a.variant != 2;
+  CUtensorMap map{};
+  if (a.x_gemm_order) {
+    std::string why = encode_x_map(a, &map);
+    if (!why.empty()) return why;
+  }
+  auto kernel = a.x_gemm_order ? (every_second ? gemm_w4a8_sm90_ws_kernel<2, true, OutT>
+                                               : gemm_w4a8_sm90_ws_kernel<1, true, OutT>)
+                               : (every_second ? gemm_w4a8_sm90_ws_kernel<2, false, OutT>
+                                               : gemm_w4a8_sm90_ws_kernel<1, false, OutT>);
+  const int smem = a.x_gemm_order ? ws_smem_bytes<true, OutT>() : ws_smem_bytes<false, OutT>();
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemm_w4a8_sm90_ws)", e);
-  kernel<<<static_cast<unsigned>(tiles), kWsThreads, kSmem, stream>>>(
-      x, a.stride_x, a.x_scales, a.packed, a.row_bytes, a.w_scales, a.codebook, a.bias, y, a.m, a.n, a.k);
+  kernel<<<static_cast<unsigned>(tiles), kWsThreads, smem, stream>>>(
+      x, a.stride_x, map, a.x_scales, a.packed, a.row_bytes, a.w_scales, a.codebook, a.bias, y, a.m, a.n, a.k);
   return last_launch_error("gemm_w4a8_sm90_ws_kernel");
 }
 
@@ -471,6 +540,8 @@ std::string gemm_a8(const GemmA8Args& a) {
   std::string why = gemm_a8_unsupported(a.m, a.k, a.n, a.bits, a.group_size);
   if (!why.empty()) return why;
   if (a.variant < 0 || a.variant > 3) return "gemm_a8: variant must be 0-3, got " + std::to_string(a.variant);
+  if (a.x_gemm_order && a.variant != 0)
+    return "gemm_a8: x in GEMM order runs one kernel (variant 0), got variant " + std::to_string(a.variant);
   if (a.stride_x % 16 != 0 || a.row_bytes % 16 != 0)
     return "gemm_a8: x's row stride and the packed row must be multiples of 16 bytes";
   why = set_device(a.device);

@@ -50,6 +50,7 @@ struct GemmA8Args {
   void* y; int out_dtype;                 // [M, N] contiguous, DType
   int device; uintptr_t stream;
   int variant;                            // 0: default; 1-3: a kernel variant (gemm_a8_sm90.cu), for benchmarks
+  bool x_gemm_order;                      // x's K permuted within each 128 (gemm_a8_sm90.cu, "K order"): TMA loads
 };
 
 std::string rotate_quant(const RotateQuantArgs& a);

@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--n", type=int, default=12288, help="output features (gemv, gemm)")
     ap.add_argument("--block", type=int, default=1024, help="rq: Hadamard block")
     ap.add_argument("--variant", type=int, default=0, help="gemm_cuda: the kernel variant (0: the default)")
+    ap.add_argument("--tma", action="store_true", help="gemm_cuda: codes in gemm_order, the TMA kernel")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_kernels: needs a CUDA GPU")
@@ -57,8 +58,10 @@ def main():
         if args.kernel == "gemm":
             run = lambda: ops.gemm_a8(codes, sx, packed, sw, cb, args.bits, k, 0, None, torch.bfloat16)  # noqa: E731
         else:       # the CUDA W4A8 kernel itself, whatever the dispatch would pick
+            if args.tma:
+                codes = cuda_kernels.gemm_order(codes)
             run = lambda: cuda_kernels.gemm_a8_cuda(codes, sx, packed, sw, cb, args.bits, k, 0, None,  # noqa: E731
-                                                    torch.bfloat16, variant=args.variant)
+                                                    torch.bfloat16, variant=args.variant, x_gemm_order=args.tma)
     for _ in range(WARMUP):
         run()
     torch.cuda.synchronize()

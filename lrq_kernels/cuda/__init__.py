@@ -118,11 +118,19 @@ def gemv_a16_cuda(x, packed, w_scales, codebook, bits: int, group_size: int, bia
     return y
 
 
+def gemm_order(codes: torch.Tensor) -> torch.Tensor:
+    """Activation codes [M, K] (K % 128 == 0) with K permuted inside each 128 as the Hopper W4A8 GEMM reads it
+    (csrc/gemm_a8_sm90.cu, "K order"): the code of K = 32q + 8j + 4h + e goes to place 32j + 16h + 4q + e."""
+    m, k = codes.shape
+    return codes.reshape(m, k // 128, 4, 4, 2, 4).permute(0, 1, 3, 4, 2, 5).reshape(m, k)
+
+
 def gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits: int, k: int, group_size: int, bias,
-                 out_dtype: torch.dtype, variant: int = 0):
+                 out_dtype: torch.dtype, variant: int = 0, x_gemm_order: bool = False):
     """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias in out_dtype: FP8 codes, 4-bit weights, per-channel
-    scales, on Hopper (gemm_a8_unsupported says when it cannot run). variant: 0 the default kernel; 1-3 one of
-    csrc/gemm_a8_sm90.cu's variants, for benchmarks and tests."""
+    scales, on Hopper (gemm_a8_unsupported says when it cannot run). x_gemm_order: x_codes are in gemm_order()
+    (the kernel then loads them by TMA). variant: 0 the default kernel; 1-3 one of csrc/gemm_a8_sm90.cu's
+    variants for natural-order codes, for benchmarks and tests."""
     m = x_codes.shape[0]
     n = packed.shape[0]
     x_codes = _aligned(x_codes)
@@ -138,5 +146,5 @@ def gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits: int, k: in
         _C.gemm_a8(x_codes.data_ptr(), x_codes.stride(0), x_scales.data_ptr(), m, k, n, packed.data_ptr(),
                    packed.stride(0), bits, w_scales.data_ptr(), group_size, codebook.data_ptr(),
                    0 if bias32 is None else bias32.data_ptr(), y.data_ptr(), _DTYPE[out_dtype], x_codes.device.index,
-                   _stream(x_codes.device), variant)
+                   _stream(x_codes.device), variant, x_gemm_order)
     return y
