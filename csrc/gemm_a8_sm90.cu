@@ -67,10 +67,16 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 
 // Shared-memory matrix descriptor: start address, LBO, SBO (all >> 4), no swizzle (layout type 0).
-template <int LBO = kLBO, int SBO = kSBO>
 __device__ __forceinline__ uint64_t desc_b(uint32_t addr) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(LBO >> 4) << 16) |
-         (static_cast<uint64_t>(SBO >> 4) << 32);
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(kLBO >> 4) << 16) |
+         (static_cast<uint64_t>(kSBO >> 4) << 32);
+}
+
+// The same for a K-major tile of 128-byte rows in the 128-byte swizzle (what TMA writes with
+// CU_TENSOR_MAP_SWIZZLE_128B): 8-row atoms 1024 bytes apart (SBO), no LBO, layout type 1. The tile must start on
+// a 1024-byte boundary; a k32 slice starts 32 bytes further along the row.
+__device__ __forceinline__ uint64_t desc_b_sw128(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
 }
 
 // d (+)= A (64 x 32, e4m3 in registers) x B (32 x 128 tokens, e4m3 in shared memory); ACC = 0 overwrites d
@@ -253,17 +259,17 @@ constexpr int kWsThreads = 384;               // producer warpgroup + two consum
 
 // Where the activation tile of a stage lies. Copied (kTma false): the 4-byte pieces of the K order above, core
 // matrices kLBO apart. By TMA (kTma true): the codes arrive already in that K order (rotate_quant writes them so,
-// or gemm_order() permutes them), and one 3-D box {16 bytes, 128 tokens, 8 16-byte chunks} lands as
-// [chunk][token][16 bytes]: core matrices of 8 tokens are 128 bytes apart, K-adjacent ones 2048.
+// or gemm_order() permutes them), as one 2-D box of 128 tokens x 128 bytes in the 128-byte swizzle. (A 3-D box
+// of 16-byte rows into the unswizzled layout measured 656 us on FLUX fc1 against 544 for the copies: TMA moves
+// 16-byte rows slowly.)
 template <bool kTma> struct XTile {
-  [[maybe_unused]] static constexpr int kLbo = kTma ? 16 * kTileT : kLBO;
-  [[maybe_unused]] static constexpr int kSbo = kTma ? 128 : kSBO;
   static constexpr int kBytes = kTma ? kStepK * kTileT : kStageBytes;
 };
 
+// stages (1024-byte aligned for the swizzle: 1 KB of slack), the output tile reuses them, then the mbarriers
 template <bool kTma, typename OutT> __host__ __device__ constexpr int ws_smem_bytes() {
-  return (kWsStages * XTile<kTma>::kBytes > kTileT * out_pitch<OutT>() ? kWsStages * XTile<kTma>::kBytes
-                                                                       : kTileT * out_pitch<OutT>())
+  return 1024 + (kWsStages * XTile<kTma>::kBytes > kTileT * out_pitch<OutT>() ? kWsStages * XTile<kTma>::kBytes
+                                                                              : kTileT * out_pitch<OutT>())
          + 2 * kWsStages * 8;
 }
 
@@ -288,11 +294,10 @@ __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(bar), "r"(bytes)
                : "memory");
 }
-__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2,
-                                            uint32_t bar) {
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
   asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n"
-      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
 __device__ __forceinline__ void consumer_barrier() {   // the two consumer warpgroups only (named barrier 1)
   asm volatile("bar.sync 1, %0;\n" ::"n"(kWsConsumers) : "memory");
@@ -310,8 +315,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   using L = XTile<kTma>;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const uint32_t smem0 = smem_u32(smem);
-  const uint32_t full0 = smem0 + ws_smem_bytes<kTma, OutT>() - 2 * kWsStages * 8;
+  const uint32_t smem_base = smem_u32(smem), smem0 = (smem_base + 1023) & ~1023u;
+  uint8_t* const smem_tile = smem + (smem0 - smem_base);
+  const uint32_t full0 = smem_base + ws_smem_bytes<kTma, OutT>() - 2 * kWsStages * 8;
   const uint32_t empty0 = full0 + kWsStages * 8;
 
   constexpr int kGroupT = 8;                  // grouped tile order, as above
@@ -338,7 +344,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       const int st = s % kWsStages;
       if (s >= kWsStages) mbar_wait(empty0 + 8 * st, ((s / kWsStages) + 1) & 1);
       mbar_expect_tx(full0 + 8 * st, L::kBytes);
-      tma_load_3d(smem0 + st * L::kBytes, &x_map, 0, t0, s * (kStepK / 16), full0 + 8 * st);
+      tma_load_2d(smem0 + st * L::kBytes, &x_map, s * kStepK, t0, full0 + 8 * st);
     }
     return;
   }
@@ -408,13 +414,14 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       const uint32_t stage = smem0 + (t % kWsStages) * L::kBytes;
       mbar_wait(full0 + 8 * (t % kWsStages), (t / kWsStages) & 1);
       uint32_t (&ac)[16] = a[(U + v) % kBufs];
-      constexpr int LB = L::kLbo, SB = L::kSbo;
+      // k32 slice j: 32 bytes along the swizzled row (TMA), or two core matrices of kLBO (copied)
+      auto desc = [&](int j) { return kTma ? desc_b_sw128(stage + 32 * j) : desc_b(stage + 2 * j * kLBO); };
       wgmma_fence();
-      if (v == 0) wgmma_k32<0>(part, ac[0], ac[1], ac[2], ac[3], desc_b<LB, SB>(stage));
-      else wgmma_k32<1>(part, ac[0], ac[1], ac[2], ac[3], desc_b<LB, SB>(stage));
-      wgmma_k32<1>(part, ac[4], ac[5], ac[6], ac[7], desc_b<LB, SB>(stage + 2 * LB));
-      wgmma_k32<1>(part, ac[8], ac[9], ac[10], ac[11], desc_b<LB, SB>(stage + 4 * LB));
-      wgmma_k32<1>(part, ac[12], ac[13], ac[14], ac[15], desc_b<LB, SB>(stage + 6 * LB));
+      if (v == 0) wgmma_k32<0>(part, ac[0], ac[1], ac[2], ac[3], desc(0));
+      else wgmma_k32<1>(part, ac[0], ac[1], ac[2], ac[3], desc(0));
+      wgmma_k32<1>(part, ac[4], ac[5], ac[6], ac[7], desc(1));
+      wgmma_k32<1>(part, ac[8], ac[9], ac[10], ac[11], desc(2));
+      wgmma_k32<1>(part, ac[12], ac[13], ac[14], ac[15], desc(3));
       wgmma_commit();
       if (t + 1 < nk) {
         uint4 (&slot)[2] = wq[(U + v + 1) & 1];
@@ -449,7 +456,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     for (int v = 0; v < 2; ++v) {
       const int tl = 8 * i + 2 * q + v;
       const float sa = t0 + tl < m ? x_scales[t0 + tl] : 0.f;
-      OutT* row = reinterpret_cast<OutT*>(smem + tl * kPitch);
+      OutT* row = reinterpret_cast<OutT*>(smem_tile + tl * kPitch);
       row[row_local] = from_float<OutT>(acc[4 * i + v] * sw0 * sa + b0);
       row[row_local + 8] = from_float<OutT>(acc[4 * i + 2 + v] * sw1 * sa + b1);
     }
@@ -462,13 +469,12 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     const int tl = c / kChunksPerRow, col = (c % kChunksPerRow) * kChunk;
     if (t0 + tl < m && w0 + col < n)
       *reinterpret_cast<uint4*>(y + static_cast<int64_t>(t0 + tl) * n + w0 + col) =
-          *reinterpret_cast<const uint4*>(smem + tl * kPitch + col * sizeof(OutT));
+          *reinterpret_cast<const uint4*>(smem_tile + tl * kPitch + col * sizeof(OutT));
   }
 #endif  // LRQ_SM90A
 }
 
-// The TMA descriptor of x [M, K] in GEMM order as a 3-D tensor {16 bytes, M tokens, K / 16 chunks}; the box is
-// one stage (XTile<true>). cuTensorMapEncodeTiled is a driver function: fetched once through the runtime, so that
+// The TMA descriptor of x [M, K] in GEMM order: 2-D, a box of 128 bytes x 128 tokens (one stage), 128-byte swizzle. cuTensorMapEncodeTiled is a driver function: fetched once through the runtime, so that
 // the module links no libcuda and imports on a machine without a driver.
 std::string encode_x_map(const GemmA8Args& a, CUtensorMap* map) {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
@@ -480,12 +486,12 @@ std::string encode_x_map(const GemmA8Args& a, CUtensorMap* map) {
       return "gemm_a8: cuTensorMapEncodeTiled not found in the CUDA driver";
     encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
   }
-  const cuuint64_t dims[3] = {16, static_cast<cuuint64_t>(a.m), static_cast<cuuint64_t>(a.k / 16)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(a.stride_x), 16};   // bytes, of dims 1 and 2
-  const cuuint32_t box[3] = {16, kTileT, kStepK / 16};
-  const cuuint32_t unit[3] = {1, 1, 1};
-  CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, const_cast<void*>(a.x), dims, strides, box, unit,
-                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(a.k), static_cast<cuuint64_t>(a.m)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.stride_x)};         // bytes, of dim 1
+  const cuuint32_t box[2] = {kStepK, kTileT};
+  const cuuint32_t unit[2] = {1, 1};
+  CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(a.x), dims, strides, box, unit,
+                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
                       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? std::string() : "gemm_a8: cuTensorMapEncodeTiled failed, error " + std::to_string(r);
 }
