@@ -1,5 +1,5 @@
-"""The CUDA W4A8 GEMM kernels (csrc/gemm_a8_sm90.cu) against the Triton one and cuBLAS, by M, on three DiT weight
-shapes: whether and where the dispatcher should pick CUDA (lrq_kernels/ops: BACKENDS, OPT_IN). Needs an sm_90 GPU.
+"""The CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu) against the Triton one and cuBLAS, by M, on four DiT weight shapes:
+where the dispatcher should pick CUDA (lrq_kernels/ops: CUDA_GEMM_A8_MIN_M). Needs an sm_90 GPU.
 
     python benchmarks/bench_gemm_a8_cuda.py [--out benchmarks/results] [--ms 1,16,...]
 
@@ -7,11 +7,9 @@ Columns, all kernels alone on the same inputs (random FP8 codes, 4-bit TLQ weigh
   bf16      F.linear on bf16 (cuBLAS)
   fp8       torch._scaled_mm, FP8 e4m3 with row-wise scales (cuBLAS; M % 16 == 0 only)
   triton    lrq_kernels/triton/gemm.py
-  cuda v1   session 7's kernel: two consumer warpgroups, CTA-wide barrier every K step
-  cuda v2   warp-specialised: a producer warpgroup, per-stage mbarriers, float32 add every K step
-  cuda v3   v2 with the float32 add every second K step (v2 where K / 128 is odd)
-  cuda tma  v3 reading codes already in the kernel's K order (cuda.gemm_order; rotate_quant can write them so),
-            one TMA box a stage instead of the producer's 4-byte copies
+  cuda      natural-order codes: the producer warpgroup copies them in 4-byte pieces (what ops.gemm_a8 runs)
+  cuda tma  codes already in the kernel's K order (cuda.gemm_order; the QuantLinear forward has rotate_quant
+            write them so): one TMA box a stage
 Medians of CUDA-graph replays on a warm L2. Writes gemm_a8_cuda_sweep.json / .md.
 """
 import argparse
@@ -35,7 +33,6 @@ from lrq_kernels.triton.gemm import gemm_a8_triton  # noqa: E402
 
 SHAPES = [(3072, 12288), (12288, 3072), (3072, 3072), (1152, 4608)]   # FLUX fc1, fc2, qkv/o, PixArt fc1 (K, N)
 MS = (1, 16, 64, 128, 256, 512, 1024, 2048, 4608)
-VARIANTS = (1, 2, 3)
 
 
 def main():
@@ -65,9 +62,8 @@ def main():
                 sa, sb = sx[:, None].contiguous(), sw[None, :].contiguous()
                 r["fp8_us"] = bench_us(lambda: torch._scaled_mm(x, wf.t(), sa, sb, out_dtype=torch.bfloat16))
             r["triton_us"] = bench_us(lambda: gemm_a8_triton(x, sx, packed, sw, cb, 4, k, 0, None, torch.bfloat16))
-            for v in VARIANTS:
-                r[f"cuda_v{v}_us"] = bench_us(lambda: cuda_kernels.gemm_a8_cuda(
-                    x, sx, packed, sw, cb, 4, k, 0, None, torch.bfloat16, variant=v))
+            r["cuda_us"] = bench_us(lambda: cuda_kernels.gemm_a8_cuda(x, sx, packed, sw, cb, 4, k, 0, None,
+                                                                      torch.bfloat16))
             xg = cuda_kernels.gemm_order(x)
             r["cuda_tma_us"] = bench_us(lambda: cuda_kernels.gemm_a8_cuda(
                 xg, sx, packed, sw, cb, 4, k, 0, None, torch.bfloat16, x_gemm_order=True))
@@ -82,7 +78,7 @@ def main():
 
     def us(r, key):
         return f"{r[key]:.1f}" if key in r else "–"
-    cuda_cols = [f"cuda_v{v}" for v in VARIANTS] + ["cuda_tma"]
+    cuda_cols = ["cuda", "cuda_tma"]
     cols = ["bf16", "fp8", "triton"] + cuda_cols
     md = [f"# CUDA W4A8 GEMM kernels against Triton's and cuBLAS, by M ({meta['gpu']})", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}. Medians of "

@@ -32,16 +32,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("rotate_quant",
         [](uintptr_t x, int64_t stride_x, int x_dtype, uintptr_t perm, bool perm_is_int64, uintptr_t channel_scale,
            uintptr_t out, int64_t stride_out, uintptr_t scales, int64_t m, int k, int block, int out_format,
-           float qmax, int device, uintptr_t stream) {
+           float qmax, int device, uintptr_t stream, bool gemm_order) {
           lrq::RotateQuantArgs a{cptr<void>(x), stride_x, x_dtype, cptr<void>(perm), perm_is_int64,
                                  cptr<float>(channel_scale), reinterpret_cast<void*>(out), stride_out,
-                                 reinterpret_cast<float*>(scales), m, k, block, out_format, qmax, device, stream};
+                                 reinterpret_cast<float*>(scales), m, k, block, out_format, qmax, device, stream,
+                                 gemm_order};
           py::gil_scoped_release nogil;
           raise_if(lrq::rotate_quant(a));
         },
         py::arg("x"), py::arg("stride_x"), py::arg("x_dtype"), py::arg("perm"), py::arg("perm_is_int64"),
         py::arg("channel_scale"), py::arg("out"), py::arg("stride_out"), py::arg("scales"), py::arg("m"),
-        py::arg("k"), py::arg("block"), py::arg("out_format"), py::arg("qmax"), py::arg("device"), py::arg("stream"));
+        py::arg("k"), py::arg("block"), py::arg("out_format"), py::arg("qmax"), py::arg("device"), py::arg("stream"),
+        py::arg("gemm_order") = false);
 
   m.def("gemv_a16",
         [](uintptr_t x, int x_dtype, int m, int k, int n, uintptr_t packed, int bits, uintptr_t w_scales,
@@ -59,10 +61,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("gemm_a8",
         [](uintptr_t x, int64_t stride_x, uintptr_t x_scales, int m, int k, int n, uintptr_t packed,
            int64_t row_bytes, int bits, uintptr_t w_scales, int group_size, uintptr_t codebook, uintptr_t bias,
-           uintptr_t y, int out_dtype, int device, uintptr_t stream, int variant, bool x_gemm_order) {
+           uintptr_t y, int out_dtype, int device, uintptr_t stream, bool x_gemm_order) {
           lrq::GemmA8Args a{cptr<void>(x), stride_x, cptr<float>(x_scales), m, k, n, cptr<uint8_t>(packed),
                             row_bytes, bits, cptr<float>(w_scales), group_size, cptr<float>(codebook),
-                            cptr<float>(bias), reinterpret_cast<void*>(y), out_dtype, device, stream, variant,
+                            cptr<float>(bias), reinterpret_cast<void*>(y), out_dtype, device, stream,
                             x_gemm_order};
           py::gil_scoped_release nogil;
           raise_if(lrq::gemm_a8(a));
@@ -70,7 +72,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x"), py::arg("stride_x"), py::arg("x_scales"), py::arg("m"), py::arg("k"), py::arg("n"),
         py::arg("packed"), py::arg("row_bytes"), py::arg("bits"), py::arg("w_scales"), py::arg("group_size"),
         py::arg("codebook"), py::arg("bias"), py::arg("y"), py::arg("out_dtype"), py::arg("device"),
-        py::arg("stream"), py::arg("variant") = 0, py::arg("x_gemm_order") = false);
+        py::arg("stream"), py::arg("x_gemm_order") = false);
 
   m.def("rotate_quant_unsupported", &lrq::rotate_quant_unsupported, py::arg("k"), py::arg("block"),
         "Why rotate_quant cannot run this shape ('' if it can).");

@@ -1,26 +1,29 @@
 // W4A8 GEMM for Hopper (sm_90a): FP8 e4m3 activation codes x 4-bit weight codes decoded to e4m3 in registers,
-// on wgmma, with every 128-wide K step added to a float32 accumulator (the 1e-3 bound needs it: Hopper's FP8 wgmma
-// accumulates with fewer bits than float32, benchmarks/NOTES.md, session 3).
+// on wgmma, with the tensor cores' partial sums added to a float32 accumulator every 128 or 256 of K (the 1e-3
+// bound needs it: Hopper's FP8 wgmma accumulates with fewer bits than float32, benchmarks/NOTES.md, session 3).
 //
 //   y[t, r] = (sum_k x[t, k] * codebook[code(r, k)]) * w_scales[r] * x_scales[t] + bias[r]
 //
-// Why a CUDA kernel next to the Triton one: Triton 3.6 waits for each wgmma before the float32 add, so the decode
-// of the next step never overlaps the tensor cores (benchmarks/NOTES.md, sessions 5 and 7). Here each consumer
-// warpgroup issues the wgmmas of step s, decodes step s + 1 while they run, then waits and adds.
-//
 // The product is transposed, y^T = W x^T: the decoded weights are wgmma's A operand, built in registers, and the
-// activation tile is B, in shared memory. A CTA has two warpgroups (64 weight rows each) and a tile of 128 tokens.
+// activation tile is B, in shared memory. A CTA has three warpgroups: a producer that fills a ring of activation
+// tiles, and two consumers (64 weight rows each) that decode the weights of K step s + 1 while the wgmmas of step
+// s run, then wait and add. Each stage has a "full" mbarrier (its tile has landed) and an "empty" one (both
+// consumers' wgmmas are done with it), so the consumers drift apart and one's float32 adds overlap the other's
+// wgmmas (session 7's kernel, with a CTA-wide barrier every step, took 665 us on FLUX fc1 against 551 here;
+// benchmarks/NOTES.md, session 9).
 //
 // K order inside a 128-wide step. Thread (g = lane / 4, q = lane % 4) of a warp holds, for each k32 chunk j, the
 // A fragment bytes at wgmma positions 4q..4q+3 and 16+4q..16+4q+3 of rows g and g+8 (CUTLASS's ALayout_64x32).
 // The K index those positions stand for is permuted: position 16h + 4q + e of chunk j is K = 32q + 8j + 4h + e. So a
-// thread's 32 codes of a row are one contiguous 16-byte load (K = 32q .. 32q+31), and the activation tile is
-// copied into shared memory in 4-byte pieces to the matching places (the same permutation on both operands leaves
-// the dot product unchanged).
-//
-// Shared memory of the activation tile (wgmma's K-major layout without swizzle): "core matrices" of 8 tokens x
-// 16 bytes; the 8 of one token group along K are kLBO = 144 bytes apart, not 128, so that the 32 lanes copying one
-// token's 128 bytes write 32 different banks.
+// thread's 32 codes of a row are one contiguous 16-byte load (K = 32q .. 32q+31); the same permutation on the
+// activations leaves the dot product unchanged. Two producers bring the activations in that order:
+//   - codes in natural order: the producer warpgroup copies them in 4-byte pieces (cp.async) to their places, in
+//     "core matrices" of 8 tokens x 16 bytes (wgmma's K-major layout without swizzle); the 8 of one token group
+//     along K are kLBO = 144 bytes apart, not 128, so that the 32 lanes copying one token's 128 bytes write 32
+//     different banks;
+//   - codes already permuted (x_gemm_order: rotate_quant writes them so, or cuda.gemm_order() permutes them): one
+//     thread loads each stage as a TMA box of 128 tokens x 128 bytes in the 128-byte swizzle. FLUX fc1: 491 us
+//     against 551 for the copies (results/gemm_a8_cuda_sweep.md).
 #include "common.cuh"
 #include "lrq.h"
 #include <cuda.h>              // CUtensorMap (the driver function itself comes via cudaGetDriverEntryPointByVersion)
@@ -35,19 +38,14 @@
 namespace lrq {
 namespace {
 
-constexpr int kThreads = 256;                 // two consumer warpgroups
 constexpr int kTileW = 128;                   // weight rows a CTA, 64 a warpgroup (wgmma M)
 constexpr int kTileT = 128;                   // tokens a CTA (wgmma N)
 constexpr int kStepK = 128;                   // K a pipeline step: 4 wgmmas of k32
-constexpr int kStages = 4;                    // activation tiles in flight
 constexpr int kLBO = 144;                     // bytes between K-adjacent core matrices
 constexpr int kSBO = 8 * kLBO;                // bytes between 8-token groups
 constexpr int kStageBytes = (kTileT / 8) * kSBO;
 
 template <typename OutT> __host__ __device__ constexpr int out_pitch() { return kTileW * static_cast<int>(sizeof(OutT)) + 16; }
-template <typename OutT> __host__ __device__ constexpr int smem_bytes() {
-  return kStages * kStageBytes > kTileT * out_pitch<OutT>() ? kStages * kStageBytes : kTileT * out_pitch<OutT>();
-}
 
 #ifdef LRQ_SM90A
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -56,10 +54,6 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 
 __device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, bool valid) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -112,147 +106,7 @@ __device__ __forceinline__ void decode_step(const uint4& r0, const uint4& r1, co
 }
 #endif  // LRQ_SM90A
 
-template <typename OutT>
-__global__ void __launch_bounds__(kThreads, 1)
-    gemm_w4a8_sm90_kernel(const uint8_t* __restrict__ x, int64_t stride_x, const float* __restrict__ x_scales,
-                          const uint8_t* __restrict__ packed, int64_t row_bytes, const float* __restrict__ w_scales,
-                          const float* __restrict__ codebook, const float* __restrict__ bias,
-                          OutT* __restrict__ y, int m, int n, int k) {
-#ifdef LRQ_SM90A
-  extern __shared__ __align__(128) uint8_t smem[];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int g = lane >> 2, q = lane & 3;
-
-  // grouped tile order: kGroupT token tiles walk a column of weight tiles together (weights stay in L2)
-  constexpr int kGroupT = 8;
-  const int tiles_t = (m + kTileT - 1) / kTileT, tiles_w = (n + kTileW - 1) / kTileW;
-  const int per_group = kGroupT * tiles_w, first_t = (blockIdx.x / per_group) * kGroupT;
-  const int size_t_ = min(tiles_t - first_t, kGroupT);
-  const int t0 = (first_t + (blockIdx.x % per_group) % size_t_) * kTileT;
-  const int w0 = ((blockIdx.x % per_group) / size_t_) * kTileW;
-
-  uint32_t table[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    uint32_t word = 0;
-#pragma unroll
-    for (int b = 0; b < 4; ++b)
-      word |= static_cast<uint32_t>(__nv_cvt_float_to_fp8(codebook[4 * i + b], __NV_SATFINITE, __NV_E4M3)) << (8 * b);
-    table[i] = word;
-  }
-
-  // this thread's two weight rows (clamped: rows past N load row N - 1 and are never stored)
-  const int row_local = (warp >> 2) * 64 + (warp & 3) * 16 + g;
-  const uint8_t* wrow0 = packed + static_cast<int64_t>(min(w0 + row_local, n - 1)) * row_bytes + 16 * q;
-  const uint8_t* wrow1 = packed + static_cast<int64_t>(min(w0 + row_local + 8, n - 1)) * row_bytes + 16 * q;
-
-  // activation copies: warp w copies tokens w, w + 8, ...; lane l the 4 bytes at K = 4l of the step. Rows past M
-  // copy nothing (source size 0: the shared bytes are zero-filled and the address is not read).
-  const uint32_t smem0 = smem_u32(smem);
-  const uint32_t copy_dst = (lane & 7) * kLBO + warp * 16 + (lane >> 3) * 4;
-  const uint8_t* copy_src = x + static_cast<int64_t>(t0 + warp) * stride_x + 4 * lane;
-  const int64_t copy_stride = 8 * stride_x;
-  const int copy_rows = min(kTileT / 8, max(0, (m - t0 - warp + 7) / 8));   // of this warp's 16 tokens, those < M
-  const int nk = k / kStepK;
-  auto load_x = [&](int step) {
-    if (step < nk) {
-      const uint32_t dst = smem0 + (step % kStages) * kStageBytes + copy_dst;
-      const uint8_t* src = copy_src + step * kStepK;
-#pragma unroll
-      for (int i = 0; i < kTileT / 8; ++i, src += copy_stride) cp_async4(dst + i * kSBO, src, i < copy_rows);
-    }
-    cp_async_commit();      // one group a step, empty past the end, so that the wait counts stay fixed
-  };
-
-  float acc[64], part[64];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) { acc[i] = 0.f; part[i] = 0.f; }
-
-#pragma unroll
-  for (int s = 0; s < kStages; ++s) load_x(s);
-  // weight codes of steps s + 1 and s + 2 in registers (slot = step & 1), and the A fragments of steps s, s + 1
-  uint4 wq[2][2];
-  uint32_t a[2][16];
-  auto load_w = [&](int step, uint4 (&slot)[2]) {
-    slot[0] = __ldg(reinterpret_cast<const uint4*>(wrow0 + step * (kStepK / 2)));
-    slot[1] = __ldg(reinterpret_cast<const uint4*>(wrow1 + step * (kStepK / 2)));
-  };
-  load_w(0, wq[0]);
-  if (nk > 1) load_w(1, wq[1]);
-  decode_step(wq[0][0], wq[0][1], table, a[0]);
-  if (nk > 2) load_w(2, wq[0]);
-  cp_async_wait<kStages - 2>();
-  __syncthreads();
-
-  auto step = [&](int s, auto slot_c) {
-    constexpr int kCur = decltype(slot_c)::value, kNext = 1 - kCur;   // slots of steps s and s + 1
-    const uint32_t stage = smem0 + (s % kStages) * kStageBytes;
-    wgmma_fence();
-    wgmma_k32<0>(part, a[kCur][0], a[kCur][1], a[kCur][2], a[kCur][3], desc_b(stage));
-    wgmma_k32<1>(part, a[kCur][4], a[kCur][5], a[kCur][6], a[kCur][7], desc_b(stage + 2 * kLBO));
-    wgmma_k32<1>(part, a[kCur][8], a[kCur][9], a[kCur][10], a[kCur][11], desc_b(stage + 4 * kLBO));
-    wgmma_k32<1>(part, a[kCur][12], a[kCur][13], a[kCur][14], a[kCur][15], desc_b(stage + 6 * kLBO));
-    wgmma_commit();
-    if (s + 1 < nk) {                             // decode step s + 1 while the tensor cores run step s
-      decode_step(wq[kNext][0], wq[kNext][1], table, a[kNext]);
-      if (s + 3 < nk) load_w(s + 3, wq[kNext]);
-    }
-    wgmma_wait_all();
-#pragma unroll
-    for (int i = 0; i < 64; ++i) acc[i] += part[i];
-    // Step s + 1's tile has landed (this thread's copies, then everyone's). No fence.proxy.async: it compiled to
-    // MEMBAR.ALL.CTA, which waited for the loads in flight every step (first H100 run: 676 us on FLUX fc1), and
-    // Triton's Hopper pipeline feeds cp.async tiles to wgmma without one too.
-    cp_async_wait<kStages - 2>();
-    __syncthreads();                              // ... everyone's; and every warpgroup is done with stage s
-    load_x(s + kStages);
-  };
-  for (int s = 0; s < nk; s += 2) {
-    step(s, std::integral_constant<int, 0>{});
-    if (s + 1 < nk) step(s + 1, std::integral_constant<int, 1>{});
-  }
-  cp_async_wait<0>();
-  __syncthreads();                                // the stages are free: the output tile is staged there
-
-  // epilogue: scale, bias, convert; staged as [token][row] so that the stores are 16-byte and coalesced
-  constexpr int kPitch = out_pitch<OutT>();
-  const int r0 = w0 + row_local, r1 = r0 + 8;
-  const float sw0 = r0 < n ? w_scales[r0] : 0.f, sw1 = r1 < n ? w_scales[r1] : 0.f;
-  const float b0 = (bias != nullptr && r0 < n) ? bias[r0] : 0.f, b1 = (bias != nullptr && r1 < n) ? bias[r1] : 0.f;
-#pragma unroll
-  for (int i = 0; i < 16; ++i) {
-#pragma unroll
-    for (int v = 0; v < 2; ++v) {
-      const int tl = 8 * i + 2 * q + v;
-      const float sa = t0 + tl < m ? x_scales[t0 + tl] : 0.f;
-      OutT* row = reinterpret_cast<OutT*>(smem + tl * kPitch);
-      row[row_local] = from_float<OutT>(acc[4 * i + v] * sw0 * sa + b0);
-      row[row_local + 8] = from_float<OutT>(acc[4 * i + 2 + v] * sw1 * sa + b1);
-    }
-  }
-  __syncthreads();
-  constexpr int kChunk = 16 / static_cast<int>(sizeof(OutT));        // outputs a 16-byte store
-  constexpr int kChunksPerRow = kTileW / kChunk;
-#pragma unroll
-  for (int c = tid; c < kTileT * kChunksPerRow; c += kThreads) {
-    const int tl = c / kChunksPerRow, col = (c % kChunksPerRow) * kChunk;
-    if (t0 + tl < m && w0 + col < n)
-      *reinterpret_cast<uint4*>(y + static_cast<int64_t>(t0 + tl) * n + w0 + col) =
-          *reinterpret_cast<const uint4*>(smem + tl * kPitch + col * sizeof(OutT));
-  }
-#endif  // LRQ_SM90A
-}
-
-// --- warp-specialised version -------------------------------------------------------------------------------------
-// Session 7's kernel above synchronises the whole CTA at every K step (__syncthreads before the next copies), so
-// both consumer warpgroups issue their wgmmas, wait and add in lockstep, and the tensor cores idle while they add;
-// the consumers also spend a fifth of their instructions on the 4-byte copies' addresses (ncu, benchmarks/NOTES.md,
-// session 7). Here a third warpgroup only copies: each stage has a "full" mbarrier (the producer's copies landed,
-// cp.async.mbarrier.arrive) and an "empty" one (both consumers' wgmmas are done with it), so the two consumer
-// warpgroups drift apart and one's float32 adds overlap the other's wgmmas. kPromote = 2 adds the partial sum
-// to float32 every second step (a 256-long chain in the tensor cores; the Triton 256-wide tile measured 1.8e-4
-// against the 1e-3 bound, session 4), with a third A-fragment buffer so that no register of a wgmma in flight is
-// rewritten.
+// Six stages: the producer runs up to six K steps ahead of the slower consumer.
 constexpr int kWsStages = 6;
 constexpr int kWsThreads = 384;               // producer warpgroup + two consumer warpgroups
 [[maybe_unused]] constexpr int kWsConsumers = 256;
@@ -304,9 +158,13 @@ __device__ __forceinline__ void consumer_barrier() {   // the two consumer warpg
 }
 #endif
 
+// kPromote: K steps whose wgmmas chain in the tensor cores before the float32 add. 2 (every 256 of K) where the
+// step count is even; a 256-long chain stays at 1.8e-4 against the 1e-3 bound (the Triton 256-wide tile, session
+// 4), and the add costs half as often (FLUX fc1: 551 us against 557 at every step). It needs a third A-fragment
+// buffer, so that no register of a wgmma in flight is rewritten.
 template <int kPromote, bool kTma, typename OutT>
 __global__ void __launch_bounds__(kWsThreads, 1)
-    gemm_w4a8_sm90_ws_kernel(const uint8_t* __restrict__ x, int64_t stride_x, const __grid_constant__ CUtensorMap x_map,
+    gemm_w4a8_sm90_kernel(const uint8_t* __restrict__ x, int64_t stride_x, const __grid_constant__ CUtensorMap x_map,
                              const float* __restrict__ x_scales,
                              const uint8_t* __restrict__ packed, int64_t row_bytes, const float* __restrict__ w_scales,
                              const float* __restrict__ codebook, const float* __restrict__ bias,
@@ -503,32 +361,22 @@ std::string launch(const GemmA8Args& a) {
   const uint8_t* x = static_cast<const uint8_t*>(a.x);
   OutT* y = static_cast<OutT*>(a.y);
   const int nk = a.k / kStepK;
-  if (!a.x_gemm_order && a.variant == 1) {
-    auto kernel = gemm_w4a8_sm90_kernel<OutT>;
-    constexpr int kSmem = smem_bytes<OutT>();
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemm_w4a8_sm90)", e);
-    kernel<<<static_cast<unsigned>(tiles), kThreads, kSmem, stream>>>(
-        x, a.stride_x, a.x_scales, a.packed, a.row_bytes, a.w_scales, a.codebook, a.bias, y, a.m, a.n, a.k);
-    return last_launch_error("gemm_w4a8_sm90_kernel");
-  }
-  // the float32 add every second step needs an even number of steps; variant 2 asks for it every step
-  const bool every_second = nk % 2 == 0 && a.variant != 2;
+  const bool every_second = nk % 2 == 0;        // the float32 add every second step needs an even step count
   CUtensorMap map{};
   if (a.x_gemm_order) {
     std::string why = encode_x_map(a, &map);
     if (!why.empty()) return why;
   }
-  auto kernel = a.x_gemm_order ? (every_second ? gemm_w4a8_sm90_ws_kernel<2, true, OutT>
-                                               : gemm_w4a8_sm90_ws_kernel<1, true, OutT>)
-                               : (every_second ? gemm_w4a8_sm90_ws_kernel<2, false, OutT>
-                                               : gemm_w4a8_sm90_ws_kernel<1, false, OutT>);
+  auto kernel = a.x_gemm_order ? (every_second ? gemm_w4a8_sm90_kernel<2, true, OutT>
+                                               : gemm_w4a8_sm90_kernel<1, true, OutT>)
+                               : (every_second ? gemm_w4a8_sm90_kernel<2, false, OutT>
+                                               : gemm_w4a8_sm90_kernel<1, false, OutT>);
   const int smem = a.x_gemm_order ? ws_smem_bytes<true, OutT>() : ws_smem_bytes<false, OutT>();
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemm_w4a8_sm90_ws)", e);
+  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemm_w4a8_sm90)", e);
   kernel<<<static_cast<unsigned>(tiles), kWsThreads, smem, stream>>>(
       x, a.stride_x, map, a.x_scales, a.packed, a.row_bytes, a.w_scales, a.codebook, a.bias, y, a.m, a.n, a.k);
-  return last_launch_error("gemm_w4a8_sm90_ws_kernel");
+  return last_launch_error("gemm_w4a8_sm90_kernel");
 }
 
 }  // namespace
@@ -545,9 +393,6 @@ std::string gemm_a8_unsupported(int m, int k, int n, int bits, int group_size) {
 std::string gemm_a8(const GemmA8Args& a) {
   std::string why = gemm_a8_unsupported(a.m, a.k, a.n, a.bits, a.group_size);
   if (!why.empty()) return why;
-  if (a.variant < 0 || a.variant > 3) return "gemm_a8: variant must be 0-3, got " + std::to_string(a.variant);
-  if (a.x_gemm_order && a.variant != 0)
-    return "gemm_a8: x in GEMM order runs one kernel (variant 0), got variant " + std::to_string(a.variant);
   if (a.stride_x % 16 != 0 || a.row_bytes % 16 != 0)
     return "gemm_a8: x's row stride and the packed row must be multiples of 16 bytes";
   why = set_device(a.device);

@@ -24,6 +24,7 @@ struct RotateQuantArgs {
   int out_format;                         // OutFormat
   float qmax;                             // 448, 127 or 7
   int device; uintptr_t stream;
+  bool gemm_order;                        // codes in the W4A8 GEMM's K order (gemm_a8_sm90.cu), K % 128 == 0
 };
 
 struct GemvA16Args {
@@ -49,7 +50,6 @@ struct GemmA8Args {
   const float* bias;                      // [N] float32 or nullptr
   void* y; int out_dtype;                 // [M, N] contiguous, DType
   int device; uintptr_t stream;
-  int variant;                            // 0: default; 1-3: a kernel variant (gemm_a8_sm90.cu), for benchmarks
   bool x_gemm_order;                      // x's K permuted within each 128 (gemm_a8_sm90.cu, "K order"): TMA loads
 };
 

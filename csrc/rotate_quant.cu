@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
                                     bool perm_is_int64, const float* __restrict__ channel_scale,
                                     void* __restrict__ out, int64_t stride_out, float* __restrict__ scales,
                                     int64_t m, int k, int log_b_arg, int tokens_per_cta, int stage_offset,
-                                    float norm, float qmax) {
+                                    float norm, float qmax, bool gemm_order) {
   const int log_b = LOG_B ? LOG_B : log_b_arg;
   extern __shared__ float smem[];
   unsigned* amax_bits = reinterpret_cast<unsigned*>(smem);   // [kMaxTokensPerCta]: |value| bits, max-reduced
@@ -278,7 +278,15 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         w[j] = quantize_pair<FMT>(__fmul_rn(v[i][2 * j], inv), __fmul_rn(v[i][2 * j + 1], inv), qmax);
       const uint32_t lo = w[0] | (w[1] << 16), hi = w[2] | (w[3] << 16);
       const int64_t row = row0 + tok[i];
-      *reinterpret_cast<uint2*>(static_cast<uint8_t*>(out) + row * stride_out + col[i]) = make_uint2(lo, hi);
+      uint8_t* dst = static_cast<uint8_t*>(out) + row * stride_out;
+      if (gemm_order) {
+        // the W4A8 GEMM's K order (gemm_a8_sm90.cu): K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in its 128
+        const int c = col[i] & 127, base = col[i] - c + 32 * ((c >> 3) & 3) + 4 * (c >> 5);
+        *reinterpret_cast<uint32_t*>(dst + base) = lo;
+        *reinterpret_cast<uint32_t*>(dst + base + 16) = hi;
+      } else {
+        *reinterpret_cast<uint2*>(dst + col[i]) = make_uint2(lo, hi);
+      }
     }
   }
 }
@@ -321,7 +329,7 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
   const int64_t grid = (a.m + p.tokens - 1) / p.tokens;
   kernel<<<static_cast<unsigned>(grid), p.threads, p.smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
       static_cast<const T*>(a.x), a.stride_x, a.perm, a.perm_is_int64, a.channel_scale, a.out, a.stride_out,
-      a.scales, a.m, a.k, log_b, p.tokens, p.stage_offset, norm, a.qmax);
+      a.scales, a.m, a.k, log_b, p.tokens, p.stage_offset, norm, a.qmax, a.gemm_order);
   return last_launch_error("rotate_quant_kernel");
 }
 
@@ -377,6 +385,8 @@ std::string rotate_quant_unsupported(int64_t k, int block) {
 std::string rotate_quant(const RotateQuantArgs& a) {
   std::string why = rotate_quant_unsupported(a.k, a.block);
   if (!why.empty()) return "rotate_quant: " + why;
+  if (a.gemm_order && (a.out_format == kSame || a.k % 128 != 0))
+    return "rotate_quant: codes in GEMM order need FP8 or INT codes and K % 128 == 0, got K=" + std::to_string(a.k);
   if (a.out_format == kFP8 && a.qmax != 448.f)
     return "rotate_quant: fp8 codes use qmax 448 (the .satfinite cast clamps there), got " + std::to_string(a.qmax);
   if (a.m == 0) return "";

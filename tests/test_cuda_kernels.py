@@ -278,18 +278,6 @@ def test_cuda_gemm_a8_matches_oracle(m, k, n, dtype, monkeypatch):
 
 
 @hopper
-@pytest.mark.parametrize("variant", [1, 2, 3])
-@pytest.mark.parametrize("m,k,n", [(1, 256, 8), (129, 3072, 200), (333, 2432, 2432), (300, 1152, 4608)], ids=str)
-def test_cuda_gemm_a8_each_kernel_variant_matches_oracle(m, k, n, variant):
-    """Every kernel of csrc/gemm_a8_sm90.cu (the benchmarks time each), with even and odd K / 128."""
-    x, sx = _fp8_tokens(m, k, m + k + variant)
-    packed, sw, cb = _weights(n, k, 4, 0)
-    bias = torch.randn(n, device="cuda")
-    y = cuda_kernels.gemm_a8_cuda(x, sx, packed, sw, cb, 4, k, 0, bias, torch.float32, variant=variant)
-    assert rel_err(y.double(), _a8_oracle(x, sx, packed, sw, cb, k, bias)) <= 1e-3
-
-
-@hopper
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("m,k,n", [(1, 128, 8), (7, 256, 136), (129, 3072, 200), (333, 2432, 2432),
                                    (300, 1152, 4608), (4608, 3072, 12288)], ids=str)
@@ -313,12 +301,42 @@ def test_gemm_order_is_the_documented_permutation():
         assert g[1, (kk // 128) * 128 + 32 * j + 16 * h + 4 * q + e] == kk
 
 
+@gpu
+@pytest.mark.parametrize("m,k,block,ars", [(1, 128, 128, False), (333, 1152, 128, True), (77, 3072, 1024, False),
+                                           (40, 12288, 1024, True)], ids=str)
+def test_cuda_rotate_quant_writes_gemm_order(m, k, block, ars):
+    """gemm_order=True stores the very codes of the natural-order call, permuted as cuda.gemm_order permutes."""
+    g = torch.Generator(device="cuda").manual_seed(m + k)
+    x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
+    perm = torch.randperm(k, device="cuda", generator=g).to(torch.int32) if ars else None
+    cs = torch.rand(k, device="cuda", generator=g) + 0.5 if ars else None
+    codes, scales = cuda_kernels.rotate_quant_cuda(x, perm, cs, block, "fp8", 8)
+    codes_g, scales_g = cuda_kernels.rotate_quant_cuda(x, perm, cs, block, "fp8", 8, gemm_order=True)
+    assert torch.equal(cuda_kernels.gemm_order(codes).view(torch.uint8), codes_g.view(torch.uint8))
+    assert torch.equal(scales, scales_g)
+    with pytest.raises(RuntimeError, match="GEMM order need FP8 or INT codes and K % 128 == 0, got K=136"):
+        cuda_kernels.rotate_quant_cuda(x[:, :136].contiguous(), None, None, 8, "fp8", 8, gemm_order=True)
+
+
 @hopper
-def test_cuda_gemm_a8_refuses_unknown_variant():
-    x, sx = _fp8_tokens(16, 256, 0)
-    packed, sw, cb = _weights(64, 256, 4, 0)
-    with pytest.raises(RuntimeError, match="variant must be 0-3, got 7"):
-        cuda_kernels.gemm_a8_cuda(x, sx, packed, sw, cb, 4, 256, 0, None, torch.float32, variant=7)
+@pytest.mark.parametrize("m", [1, 130, 600], ids=str)
+def test_quant_linear_a8_fused_cuda_path_matches_the_two_ops(m, monkeypatch):
+    """ops.quant_linear_a8 on CUDA (codes in GEMM order, the TMA kernel from M = 128) against rotate_quant then
+    gemm_a8 run apart, and against the reference backend."""
+    g = torch.Generator(device="cuda").manual_seed(m)
+    k, n = 1152, 392
+    x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
+    perm = torch.randperm(k, device="cuda", generator=g).to(torch.int32)
+    cs = torch.rand(k, device="cuda", generator=g) + 0.5
+    packed, sw, cb = _weights(n, k, 4, 0)
+    bias = torch.randn(n, device="cuda", generator=g)
+    y = ops.quant_linear_a8(x, perm, cs, 128, "fp8", 8, packed, sw, cb, 4, 0, bias, torch.float32)
+    codes, scales = ops.rotate_quant(x, perm, cs, 128, "fp8", 8)
+    two = ops.gemm_a8(codes, scales, packed, sw, cb, 4, k, 0, bias, torch.float32)
+    assert rel_err(y.double(), two.double()) <= 1e-4
+    monkeypatch.setenv("LRQ_BACKEND", "reference")
+    ref = ops.quant_linear_a8(x, perm, cs, 128, "fp8", 8, packed, sw, cb, 4, 0, bias, torch.float32)
+    assert rel_err(y.double(), ref.double()) <= 1e-3
 
 
 @hopper
@@ -344,9 +362,11 @@ def test_cuda_and_triton_gemm_a8_agree_and_cuda_runs_when_forced(monkeypatch):
     monkeypatch.delenv("LRQ_BACKEND")
     shape = dict(fp8=True, k=3072, n=3072, bits=4, group=0, dtype=torch.float8_e4m3fn)
     dev = torch.device("cuda")
-    assert _pick("gemm_a8", dev, m=256, **shape) == "triton"          # the CUDA GEMM is opt-in (ops.OPT_IN)
+    assert _pick("gemm_a8", dev, m=256, **shape) == "cuda"            # from ops.CUDA_GEMM_A8_MIN_M tokens
+    assert _pick("gemm_a8", dev, m=64, **shape) == "triton"
+    assert _pick("gemm_a8", dev, m=256, **(shape | dict(bits=3))) == "triton"   # 4-bit only
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
-    assert _pick("gemm_a8", dev, m=256, **shape) == "cuda"
+    assert _pick("gemm_a8", dev, m=64, **shape) == "cuda"
     with pytest.raises(RuntimeError, match="4-bit codes, got bits=3"):
         _pick("gemm_a8", dev, m=64, **(shape | dict(bits=3)))
 

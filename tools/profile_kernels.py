@@ -32,7 +32,6 @@ def main():
     ap.add_argument("--k", type=int, default=3072, help="input features (rq: the activation width)")
     ap.add_argument("--n", type=int, default=12288, help="output features (gemv, gemm)")
     ap.add_argument("--block", type=int, default=1024, help="rq: Hadamard block")
-    ap.add_argument("--variant", type=int, default=0, help="gemm_cuda: the kernel variant (0: the default)")
     ap.add_argument("--tma", action="store_true", help="gemm_cuda: codes in gemm_order, the TMA kernel")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -61,7 +60,7 @@ def main():
             if args.tma:
                 codes = cuda_kernels.gemm_order(codes)
             run = lambda: cuda_kernels.gemm_a8_cuda(codes, sx, packed, sw, cb, args.bits, k, 0, None,  # noqa: E731
-                                                    torch.bfloat16, variant=args.variant, x_gemm_order=args.tma)
+                                                    torch.bfloat16, x_gemm_order=args.tma)
     for _ in range(WARMUP):
         run()
     torch.cuda.synchronize()

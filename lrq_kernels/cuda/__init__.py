@@ -79,8 +79,10 @@ def _aligned16(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
-def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format: Optional[str], a_bits: int):
-    """x [M, K] -> (codes [M, K], scales [M]); a_format None: the rotated values in x's dtype (scales unused)."""
+def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format: Optional[str], a_bits: int,
+                      gemm_order: bool = False):
+    """x [M, K] -> (codes [M, K], scales [M]); a_format None: the rotated values in x's dtype (scales unused).
+    gemm_order: the codes come out permuted as gemm_order() permutes them (K % 128 == 0), for gemm_a8_cuda."""
     from ..reference.act_quant import act_qmax, code_dtype
     m, k = x.shape
     x = _aligned(x)
@@ -97,7 +99,7 @@ def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format
         _C.rotate_quant(x.data_ptr(), x.stride(0), _DTYPE[x.dtype], 0 if perm is None else perm.data_ptr(),
                         perm is not None and perm.dtype == torch.int64, 0 if cs is None else cs.data_ptr(),
                         out.data_ptr(), out.stride(0), scales.data_ptr(), m, k, block, fmt, qmax,
-                        x.device.index, _stream(x.device))
+                        x.device.index, _stream(x.device), gemm_order)
     return out, scales
 
 
@@ -126,11 +128,10 @@ def gemm_order(codes: torch.Tensor) -> torch.Tensor:
 
 
 def gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits: int, k: int, group_size: int, bias,
-                 out_dtype: torch.dtype, variant: int = 0, x_gemm_order: bool = False):
+                 out_dtype: torch.dtype, x_gemm_order: bool = False):
     """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias in out_dtype: FP8 codes, 4-bit weights, per-channel
     scales, on Hopper (gemm_a8_unsupported says when it cannot run). x_gemm_order: x_codes are in gemm_order()
-    (the kernel then loads them by TMA). variant: 0 the default kernel; 1-3 one of csrc/gemm_a8_sm90.cu's
-    variants for natural-order codes, for benchmarks and tests."""
+    (the kernel then loads them by TMA, its faster form)."""
     m = x_codes.shape[0]
     n = packed.shape[0]
     x_codes = _aligned(x_codes)
@@ -146,5 +147,5 @@ def gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits: int, k: in
         _C.gemm_a8(x_codes.data_ptr(), x_codes.stride(0), x_scales.data_ptr(), m, k, n, packed.data_ptr(),
                    packed.stride(0), bits, w_scales.data_ptr(), group_size, codebook.data_ptr(),
                    0 if bias32 is None else bias32.data_ptr(), y.data_ptr(), _DTYPE[out_dtype], x_codes.device.index,
-                   _stream(x_codes.device), variant, x_gemm_order)
+                   _stream(x_codes.device), x_gemm_order)
     return y

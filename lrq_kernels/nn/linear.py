@@ -25,7 +25,7 @@ from .._checks import check_choice, check_tensor
 from ..formats.codebooks import is_e4m3_exact
 from ..formats.packing import packed_row_bytes
 from ..formats.weight import FORMATS, GROUP_SIZES, QuantizedWeight, quantize_weight
-from ..ops import gemm_a8, gemm_a16, rotate, rotate_quant
+from ..ops import gemm_a8, gemm_a16, quant_linear_a8, rotate, rotate_quant
 from ..rotation.ars import ActStats, choose_rotation
 from ..rotation.rotation import KINDS, Rotation, check_block, default_block
 
@@ -196,9 +196,8 @@ class QuantLinear(nn.Module):
             xr = x2 if self.rotation_kind == "none" else rotate(x2, self.perm, self.channel_scale, self.block)
             y = gemm_a16(xr, self.qweight, self.w_scales, self.codebook, cfg.w_bits, g, bias)
         else:
-            codes, scales = rotate_quant(x2, self.perm, self.channel_scale, self.block, cfg.a_format, cfg.a_bits)
-            y = gemm_a8(codes, scales, self.qweight, self.w_scales, self.codebook, cfg.w_bits,
-                        self.in_features, g, bias, x.dtype)
+            y = quant_linear_a8(x2, self.perm, self.channel_scale, self.block, cfg.a_format, cfg.a_bits,
+                                self.qweight, self.w_scales, self.codebook, cfg.w_bits, g, bias, x.dtype)
         return y.reshape(*lead, self.out_features)
 
     def _row_parallel_forward(self, x2: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ graphs see them as single ops.
     lrq::rotate(x, perm, channel_scale, block) -> x rotated, in x's dtype (the weight-only path)
     lrq::gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
     lrq::gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
+    lrq::quant_linear_a8(x, perm, channel_scale, block, a_format, a_bits, packed, w_scales, codebook, bits,
+                         group_size, bias, out_dtype)                   rotate_quant then gemm_a8, as one op
 
 Each op validates its inputs (ops/checks.py; the fake impl runs the same checks) and then runs the
 implementation that `_pick` selects: the CUDA kernels (lrq_kernels._C via lrq_kernels/cuda) or the Triton
@@ -32,13 +34,13 @@ _LIB = "lrq"
 
 MAX_ROW_REGISTERS = 16384   # Triton's rotate_quant holds a whole token (K padded to NBP * block) in registers
 MAX_GEMV_M = 16             # the CUDA GEMV's mma tile has 16 rows
-# Each op's kernels in order of preference, and those that run only when LRQ_BACKEND names them. The CUDA W4A8
-# GEMM (csrc/gemm_a8_sm90.cu) is opt-in: on the H100, Triton's time over its time was 0.65-1.42 by shape and M,
-# 0.96-1.06 at M >= 1024, with no rule that picks its wins without its losses
-# (benchmarks/results/gemm_a8_cuda_sweep.md, session 7).
+# Each op's kernels in order of preference.
 BACKENDS = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",), "gemm_a16": ("cuda", "triton"),
             "gemm_a8": ("cuda", "triton")}
-OPT_IN = {"gemm_a8": ("cuda",)}
+# The CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu) tiles 128 tokens; from M = 128 it was 1.07-2.0x faster than Triton on
+# the four shapes of benchmarks/bench_gemm_a8_cuda.py (H100, results/gemm_a8_cuda_sweep.md, session 9). Below it
+# Triton's 16- and 64-token tiles keep the small M. LRQ_BACKEND=cuda runs it at any M.
+CUDA_GEMM_A8_MIN_M = 128
 
 
 def _interpreting() -> bool:
@@ -96,7 +98,7 @@ def _pick(op: str, device: torch.device, **shape) -> str:
     | rotate_quant | cuda (K % 8 == 0), then triton                        | reference |
     | rotate       | cuda (K % 8 == 0)                                     | reference |
     | gemm_a16     | cuda if M <= 16 and K % 128 == 0, else triton         | reference |
-    | gemm_a8      | triton (FP8 needs sm_89+); cuda only when forced        | reference |
+    | gemm_a8      | cuda if sm_90, 4-bit, K % 128 == 0 and M >= 128, else triton (FP8: sm_89+) | reference |
 
     Why this order: benchmarks/bench_cuda.py measures CUDA against Triton on the H100 (results in
     benchmarks/results/bench_cuda.md). LRQ_BACKEND=reference|triton|cuda forces one, and raises where it cannot
@@ -107,7 +109,8 @@ def _pick(op: str, device: torch.device, **shape) -> str:
         return "reference"
     order = BACKENDS[op]
     if want == "auto":
-        order = tuple(b for b in order if b not in OPT_IN.get(op, ()))
+        if op == "gemm_a8" and shape["m"] < CUDA_GEMM_A8_MIN_M:
+            order = tuple(b for b in order if b != "cuda")
     else:
         order = (want,) if want in order else ()    # an op with no kernel there runs its reference
     reasons = []
@@ -271,4 +274,41 @@ def _(x, packed, w_scales, codebook, bits, group_size, bias):
     return x.new_empty((x.shape[0], n))
 
 
-__all__ = ["hadamard_transform", "hadamard_quant", "rotate", "rotate_quant", "gemm_a8", "gemm_a16"]
+# --- the W·A8 linear layer: rotate + quantize, then the GEMM ------------------------------------------------
+
+@torch.library.custom_op(f"{_LIB}::quant_linear_a8", mutates_args=())
+def quant_linear_a8(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor], block: int,
+                    a_format: str, a_bits: int, packed: torch.Tensor, w_scales: torch.Tensor, codebook: torch.Tensor,
+                    bits: int, group_size: int, bias: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
+    """y [M, N] = gemm_a8(*rotate_quant(x, ...), ...): QuantLinear's W·A8 forward. Where both run in CUDA, the
+    codes pass between them in the GEMM's K order (cuda.gemm_order), which lets the GEMM load them by TMA: FLUX
+    fc1, M = 4608: 491 us against 551 with natural-order codes (results/gemm_a8_cuda_sweep.md). The result is the
+    same either way: the permutation is applied to both operands of the dot product."""
+    check_rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
+    m, k = x.shape
+    n = packed.shape[0] if packed.dim() == 2 else 0
+    fp8 = a_format == "fp8"
+    if (fp8 and _pick("rotate_quant", x.device, k=k, block=block, dtype=x.dtype) == "cuda"
+            and _pick("gemm_a8", x.device, fp8=True, m=m, k=k, n=n, bits=bits, group=group_size,
+                      dtype=torch.float8_e4m3fn) == "cuda"):
+        codes, scales = cuda_kernels.rotate_quant_cuda(x, perm, channel_scale, block, a_format, a_bits,
+                                                       gemm_order=True)
+        check_gemm_a8(codes, scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
+        return cuda_kernels.gemm_a8_cuda(codes, scales, packed, w_scales, codebook, bits, k, group_size, bias,
+                                         out_dtype, x_gemm_order=True)
+    codes, scales = rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
+    return gemm_a8(codes, scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
+
+
+@quant_linear_a8.register_fake
+def _(x, perm, channel_scale, block, a_format, a_bits, packed, w_scales, codebook, bits, group_size, bias,
+      out_dtype):
+    check_rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
+    codes = x.new_empty(x.shape, dtype=code_dtype(a_format))
+    n = check_gemm_a8(codes, x.new_empty((x.shape[0],), dtype=torch.float32), packed, w_scales, codebook, bits,
+                      x.shape[1], group_size, bias, out_dtype)
+    return x.new_empty((x.shape[0], n), dtype=out_dtype)
+
+
+__all__ = ["hadamard_transform", "hadamard_quant", "rotate", "rotate_quant", "gemm_a8", "gemm_a16",
+           "quant_linear_a8"]
