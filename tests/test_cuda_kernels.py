@@ -315,7 +315,8 @@ def test_cuda_rotate_quant_writes_gemm_order(m, k, block, ars):
     assert torch.equal(cuda_kernels.gemm_order(codes).view(torch.uint8), codes_g.view(torch.uint8))
     assert torch.equal(scales, scales_g)
     with pytest.raises(RuntimeError, match="GEMM order need FP8 or INT codes and K % 128 == 0, got K=136"):
-        cuda_kernels.rotate_quant_cuda(x[:, :136].contiguous(), None, None, 8, "fp8", 8, gemm_order=True)
+        cuda_kernels.rotate_quant_cuda(torch.randn(m, 136, device="cuda").to(torch.bfloat16), None, None, 8, "fp8", 8,
+                                       gemm_order=True)
 
 
 @hopper
@@ -363,7 +364,9 @@ def test_cuda_and_triton_gemm_a8_agree_and_cuda_runs_when_forced(monkeypatch):
     shape = dict(fp8=True, k=3072, n=3072, bits=4, group=0, dtype=torch.float8_e4m3fn)
     dev = torch.device("cuda")
     assert _pick("gemm_a8", dev, m=256, **shape) == "cuda"            # from ops.CUDA_GEMM_A8_MIN_M tokens
-    assert _pick("gemm_a8", dev, m=64, **shape) == "triton"
+    assert _pick("gemm_a8", dev, m=128, **shape) == "triton"
+    assert _pick("gemm_a8", dev, m=64, tma=True, **shape) == "cuda"   # codes in GEMM order (quant_linear_a8)
+    assert _pick("gemm_a8", dev, m=32, tma=True, **shape) == "triton"
     assert _pick("gemm_a8", dev, m=256, **(shape | dict(bits=3))) == "triton"   # 4-bit only
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
     assert _pick("gemm_a8", dev, m=64, **shape) == "cuda"

@@ -37,10 +37,13 @@ MAX_GEMV_M = 16             # the CUDA GEMV's mma tile has 16 rows
 # Each op's kernels in order of preference.
 BACKENDS = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",), "gemm_a16": ("cuda", "triton"),
             "gemm_a8": ("cuda", "triton")}
-# The CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu) tiles 128 tokens; from M = 128 it was 1.07-2.0x faster than Triton on
-# the four shapes of benchmarks/bench_gemm_a8_cuda.py (H100, results/gemm_a8_cuda_sweep.md, session 9). Below it
-# Triton's 16- and 64-token tiles keep the small M. LRQ_BACKEND=cuda runs it at any M.
-CUDA_GEMM_A8_MIN_M = 128
+# Tokens from which the CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu, 128-token tiles) runs instead of Triton's (16- and
+# 64-token tiles at small M). H100, benchmarks/bench_gemm_a8_cuda.py on FLUX fc1, fc2, qkv and PixArt fc1
+# (results/gemm_a8_cuda_sweep.md, session 9): on natural-order codes (ops.gemm_a8) it was faster on all four from
+# M = 256 (1.15-1.9x) but 16% slower on fc2 at M = 128; on codes in its K order, loaded by TMA (quant_linear_a8),
+# faster on all four from M = 64 (1.09-1.42x), 2-4% slower on fc2 at M <= 16. LRQ_BACKEND=cuda runs it at any M.
+CUDA_GEMM_A8_MIN_M = 256
+CUDA_GEMM_A8_TMA_MIN_M = 64
 
 
 def _interpreting() -> bool:
@@ -98,7 +101,7 @@ def _pick(op: str, device: torch.device, **shape) -> str:
     | rotate_quant | cuda (K % 8 == 0), then triton                        | reference |
     | rotate       | cuda (K % 8 == 0)                                     | reference |
     | gemm_a16     | cuda if M <= 16 and K % 128 == 0, else triton         | reference |
-    | gemm_a8      | cuda if sm_90, 4-bit, K % 128 == 0 and M >= 128, else triton (FP8: sm_89+) | reference |
+    | gemm_a8      | cuda if sm_90, 4-bit, K % 128 == 0 and M >= 256 (64 with tma), else triton | reference |
 
     Why this order: benchmarks/bench_cuda.py measures CUDA against Triton on the H100 (results in
     benchmarks/results/bench_cuda.md). LRQ_BACKEND=reference|triton|cuda forces one, and raises where it cannot
@@ -109,7 +112,8 @@ def _pick(op: str, device: torch.device, **shape) -> str:
         return "reference"
     order = BACKENDS[op]
     if want == "auto":
-        if op == "gemm_a8" and shape["m"] < CUDA_GEMM_A8_MIN_M:
+        min_m = CUDA_GEMM_A8_TMA_MIN_M if shape.get("tma") else CUDA_GEMM_A8_MIN_M
+        if op == "gemm_a8" and shape["m"] < min_m:
             order = tuple(b for b in order if b != "cuda")
     else:
         order = (want,) if want in order else ()    # an op with no kernel there runs its reference
@@ -290,7 +294,7 @@ def quant_linear_a8(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale
     fp8 = a_format == "fp8"
     if (fp8 and _pick("rotate_quant", x.device, k=k, block=block, dtype=x.dtype) == "cuda"
             and _pick("gemm_a8", x.device, fp8=True, m=m, k=k, n=n, bits=bits, group=group_size,
-                      dtype=torch.float8_e4m3fn) == "cuda"):
+                      dtype=torch.float8_e4m3fn, tma=True) == "cuda"):
         codes, scales = cuda_kernels.rotate_quant_cuda(x, perm, channel_scale, block, a_format, a_bits,
                                                        gemm_order=True)
         check_gemm_a8(codes, scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
