@@ -1,6 +1,6 @@
 """Linear-layer benchmark on the GPU: every shape of benchmarks/dit_shapes.json, all baselines in one run.
 
-    python benchmarks/bench_linear.py [--out DIR] [--only SUBSTRING]
+    python benchmarks/bench_linear.py [--out DIR] [--only SUBSTRING] [--note TEXT]
 
 Per shape (M tokens, K in, N out), medians of CUDA-graph replays (triton.testing.do_bench_cudagraph, so launch
 overhead is out of every number alike):
@@ -8,7 +8,7 @@ overhead is out of every number alike):
   fp8       torch._scaled_mm, FP8 e4m3 with row-wise scales (per token x per channel), GEMM alone (M % 16 == 0)
   naive-q   per-token absmax -> FP8 cast in plain PyTorch ops (what a user gets without a fused kernel)
   rq        our fused rotate (block Hadamard) + per-token FP8 quantize, alone; GB/s over bytes read + written
-  gemm W4A8 / W3A8   our GEMM alone on FP8 codes
+  gemm W4A8 / W3A8   our GEMM alone on FP8 codes in natural K order (ops.gemm_a8)
   fwd W4A8 / W3A8 / W4A16 / W3A16   the whole QuantLinear forward, bf16 in and out
 Ceilings measured in the same run: device-to-device copy bandwidth, bf16 and FP8 8192^3 GEMM rates.
 """
@@ -104,6 +104,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--only", default="")
+    ap.add_argument("--note", default="", help="a sentence for the results' header (what this run is)")
     args = ap.parse_args()
     with open(os.path.join(HERE, "dit_shapes.json")) as f:
         shapes = [s for s in json.load(f)["gemm"] if args.only in f"{s['model']} {s['layer']}"]
@@ -120,7 +121,8 @@ def main():
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(["python benchmarks/bench_linear.py"] + sys.argv[1:]), "ceilings": ceil}
+            "command": " ".join(["python benchmarks/bench_linear.py"] + sys.argv[1:]), "ceilings": ceil,
+            "note": args.note}
     write_results(meta, rows, args.out)
 
 
@@ -155,14 +157,15 @@ def write_results(meta, rows, out):
           f"Medians of CUDA-graph replays, µs. Ceilings in this run: copy {ceil['copy_GBps']:.0f} GB/s, "
           f"bf16 {ceil['bf16_TFLOPs']:.0f} TFLOP/s, FP8 row-wise {ceil['fp8_rowwise_TFLOPs']:.0f} TFLOP/s."
           + (f" {meta['note']}" if meta.get("note") else ""), "",
-          "| model | layer | M | K | N | bf16 | fp8 GEMM | naive-q | rq (% copy) | gemm W4A8 | fwd W4A8 (× bf16) "
-          "| fwd W3A8 | fwd W4A16 (× bf16) | fwd W3A16 (× bf16) |",
-          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+          "| model | layer | M | K | N | bf16 | fp8 GEMM | naive-q | rq (% copy) | gemm W4A8 | gemm W3A8 "
+          "| fwd W4A8 (× bf16) | fwd W3A8 (× W4A8) | fwd W4A16 (× bf16) | fwd W3A16 (× bf16) |",
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         fp8 = f"{r['fp8_us']:.1f}" if "fp8_us" in r else "–"
         md.append(f"| {r['model']} | {r['layer']} | {r['M']} | {r['K']} | {r['N']} | {r['bf16_us']:.1f} | {fp8} | "
                   f"{r['naive_q_us']:.1f} | {r['rq_us']:.1f} ({r['rq_pct_copy']:.0f}%) | {r['gemm_W4A8_us']:.1f} | "
-                  f"{r['fwd_W4A8_us']:.1f} ({r['speedup_W4A8']:.2f}×) | {r['fwd_W3A8_us']:.1f} | "
+                  f"{r['gemm_W3A8_us']:.1f} | {r['fwd_W4A8_us']:.1f} ({r['speedup_W4A8']:.2f}×) | "
+                  f"{r['fwd_W3A8_us']:.1f} ({r['fwd_W3A8_us'] / r['fwd_W4A8_us']:.2f}×) | "
                   f"{r['fwd_W4A16_us']:.1f} ({r['speedup_W4A16']:.2f}×) | {r['fwd_W3A16_us']:.1f} "
                   f"({r['speedup_W3A16']:.2f}×) |")
     md += [""] + summary(rows)

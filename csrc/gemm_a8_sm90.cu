@@ -1,4 +1,5 @@
-// W4A8 GEMM for Hopper (sm_90a): FP8 e4m3 activation codes x 4-bit weight codes decoded to e4m3 in registers,
+// W4A8 / W3A8 GEMM for Hopper (sm_90a): FP8 e4m3 activation codes x 4- or 3-bit weight codes decoded to e4m3 in
+// registers,
 // on wgmma, with the tensor cores' partial sums added to a float32 accumulator every 128 or 256 of K (the 1e-3
 // bound needs it: Hopper's FP8 wgmma accumulates with fewer bits than float32, benchmarks/NOTES.md, session 3).
 //
@@ -15,7 +16,8 @@
 // K order inside a 128-wide step. Thread (g = lane / 4, q = lane % 4) of a warp holds, for each k32 chunk j, the
 // A fragment bytes at wgmma positions 4q..4q+3 and 16+4q..16+4q+3 of rows g and g+8 (CUTLASS's ALayout_64x32).
 // The K index those positions stand for is permuted: position 16h + 4q + e of chunk j is K = 32q + 8j + 4h + e. So a
-// thread's 32 codes of a row are one contiguous 16-byte load (K = 32q .. 32q+31); the same permutation on the
+// thread's 32 codes of a row (K = 32q .. 32q+31) are one contiguous 16-byte load at 4 bits, and at 3 bits an 8-byte
+// load of the 2-bit plane and a 4-byte load of the 1-bit plane (formats/packing.py); the same permutation on the
 // activations leaves the dot product unchanged. Two producers bring the activations in that order:
 //   - codes in natural order: the producer warpgroup copies them in 4-byte pieces (cp.async) to their places, in
 //     "core matrices" of 8 tokens x 16 bytes (wgmma's K-major layout without swizzle); the 8 of one token group
@@ -104,6 +106,36 @@ __device__ __forceinline__ void decode_step(const uint4& r0, const uint4& r1, co
     decode8(w1[j], t, a[4 * j + 1], a[4 * j + 3]);     // row g+8
   }
 }
+
+// Eight 3-bit codes of a row as one nibble a code (code i in bits 4i..4i+2, bit 3 clear): the 2-bit fields
+// (lo16, code i at bits 2i..2i+1) and the 1-bit fields (hi8, code i at bit i) spread apart by shifts and masks.
+__device__ __forceinline__ uint32_t nibbles3(uint32_t lo16, uint32_t hi8) {
+  uint32_t x = (lo16 | (lo16 << 8)) & 0x00FF00FFu;   // codes 0-3 in byte 0, 4-7 in byte 2
+  x = (x | (x << 4)) & 0x0F0F0F0Fu;                  // two codes a byte
+  x = (x | (x << 2)) & 0x33333333u;                  // one a nibble
+  uint32_t h = (hi8 | (hi8 << 12)) & 0x000F000Fu;
+  h = (h | (h << 6)) & 0x03030303u;
+  h = (h | (h << 3)) & 0x11111111u;                  // bit i at 4i
+  return x | (h << 2);
+}
+
+// The 3-bit form of decode_step. A row's codes arrive as {plane lo bytes 0-3, 4-7, plane hi bytes 0-3}: chunk j
+// is the 16 bits 16(j & 1).. of lo word j >> 1 and byte j of the hi word. Bit 3 of every nibble is clear, so one
+// byte permute over the 8 codebook bytes in t[0], t[1] looks up four codes.
+__device__ __forceinline__ void decode_step3(const uint4& r0, const uint4& r1, const uint32_t (&t)[4],
+                                             uint32_t (&a)[16]) {
+  const uint32_t lo0[2] = {r0.x, r0.y}, lo1[2] = {r1.x, r1.y};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int sh = 16 * (j & 1);
+    const uint32_t n0 = nibbles3((lo0[j >> 1] >> sh) & 0xFFFFu, (r0.z >> (8 * j)) & 0xFFu);
+    const uint32_t n1 = nibbles3((lo1[j >> 1] >> sh) & 0xFFFFu, (r1.z >> (8 * j)) & 0xFFu);
+    a[4 * j + 0] = __byte_perm(t[0], t[1], n0);          // row g:   codes 8j+0..3
+    a[4 * j + 2] = __byte_perm(t[0], t[1], n0 >> 16);    //          codes 8j+4..7
+    a[4 * j + 1] = __byte_perm(t[0], t[1], n1);          // row g+8
+    a[4 * j + 3] = __byte_perm(t[0], t[1], n1 >> 16);
+  }
+}
 #endif  // LRQ_SM90A
 
 // Six stages: the producer runs up to six K steps ahead of the slower consumer.
@@ -162,9 +194,9 @@ __device__ __forceinline__ void consumer_barrier() {   // the two consumer warpg
 // step count is even; a 256-long chain stays at 1.8e-4 against the 1e-3 bound (the Triton 256-wide tile, session
 // 4), and the add costs half as often (FLUX fc1: 551 us against 557 at every step). It needs a third A-fragment
 // buffer, so that no register of a wgmma in flight is rewritten.
-template <int kPromote, bool kTma, typename OutT>
+template <int kBits, int kPromote, bool kTma, typename OutT>
 __global__ void __launch_bounds__(kWsThreads, 1)
-    gemm_w4a8_sm90_kernel(const uint8_t* __restrict__ x, int64_t stride_x, const __grid_constant__ CUtensorMap x_map,
+    gemm_wa8_sm90_kernel(const uint8_t* __restrict__ x, int64_t stride_x, const __grid_constant__ CUtensorMap x_map,
                              const float* __restrict__ x_scales,
                              const uint8_t* __restrict__ packed, int64_t row_bytes, const float* __restrict__ w_scales,
                              const float* __restrict__ codebook, const float* __restrict__ bias,
@@ -233,9 +265,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   const int cw = warp - 4, ctid = tid - 128;          // consumer warp 0..7, thread 0..255
   const int g = lane >> 2, q = lane & 3;
-  uint32_t table[4];
+  uint32_t table[4] = {0u, 0u, 0u, 0u};              // the 2^kBits codebook entries as e4m3 bytes
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < (1 << kBits) / 4; ++i) {
     uint32_t word = 0;
 #pragma unroll
     for (int b = 0; b < 4; ++b)
@@ -243,8 +275,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     table[i] = word;
   }
   const int row_local = (cw >> 2) * 64 + (cw & 3) * 16 + g;
-  const uint8_t* wrow0 = packed + static_cast<int64_t>(min(w0 + row_local, n - 1)) * row_bytes + 16 * q;
-  const uint8_t* wrow1 = packed + static_cast<int64_t>(min(w0 + row_local + 8, n - 1)) * row_bytes + 16 * q;
+  const uint8_t* wrow0 = packed + static_cast<int64_t>(min(w0 + row_local, n - 1)) * row_bytes;
+  const uint8_t* wrow1 = packed + static_cast<int64_t>(min(w0 + row_local + 8, n - 1)) * row_bytes;
+  const int hi_plane = k / 4;                         // 3-bit: where the 1-bit plane starts in a row (K8 = K)
 
   constexpr int kBufs = kPromote + 1;                 // A fragments: the steps in flight plus the one decoding
   constexpr int kUnroll = kPromote == 1 ? 2 : 6;      // lcm(kBufs, 2 code slots, kPromote): indices compile-time
@@ -253,13 +286,27 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   for (int i = 0; i < 64; ++i) { acc[i] = 0.f; part[i] = 0.f; }
   uint4 wq[2][2];
   uint32_t a[kBufs][16];
+  // a thread's 32 codes of a row in step `step`: 16 bytes (4-bit), or {8 bytes of plane lo, 4 of plane hi} (3-bit)
+  auto load_row = [&](const uint8_t* row, int step) -> uint4 {
+    if constexpr (kBits == 4) {
+      return __ldg(reinterpret_cast<const uint4*>(row + step * (kStepK / 2) + 16 * q));
+    } else {
+      const uint2 lo = __ldg(reinterpret_cast<const uint2*>(row + step * (kStepK / 4) + 8 * q));
+      const uint32_t hi = __ldg(reinterpret_cast<const unsigned int*>(row + hi_plane + step * (kStepK / 8) + 4 * q));
+      return make_uint4(lo.x, lo.y, hi, 0u);
+    }
+  };
   auto load_w = [&](int step, uint4 (&slot)[2]) {
-    slot[0] = __ldg(reinterpret_cast<const uint4*>(wrow0 + step * (kStepK / 2)));
-    slot[1] = __ldg(reinterpret_cast<const uint4*>(wrow1 + step * (kStepK / 2)));
+    slot[0] = load_row(wrow0, step);
+    slot[1] = load_row(wrow1, step);
+  };
+  auto decode = [&](const uint4 (&slot)[2], uint32_t (&frag)[16]) {
+    if constexpr (kBits == 4) decode_step(slot[0], slot[1], table, frag);
+    else decode_step3(slot[0], slot[1], table, frag);
   };
   load_w(0, wq[0]);
   if (nk > 1) load_w(1, wq[1]);
-  decode_step(wq[0][0], wq[0][1], table, a[0]);
+  decode(wq[0], a[0]);
   if (nk > 2) load_w(2, wq[0]);
 
   // kPromote steps: their wgmmas chained into part, each next step decoded while they run, then one wait and
@@ -283,7 +330,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       wgmma_commit();
       if (t + 1 < nk) {
         uint4 (&slot)[2] = wq[(U + v + 1) & 1];
-        decode_step(slot[0], slot[1], table, a[(U + v + 1) % kBufs]);
+        decode(slot, a[(U + v + 1) % kBufs]);
         if (t + 3 < nk) load_w(t + 3, slot);
       }
     }
@@ -354,7 +401,7 @@ std::string encode_x_map(const GemmA8Args& a, CUtensorMap* map) {
   return r == CUDA_SUCCESS ? std::string() : "gemm_a8: cuTensorMapEncodeTiled failed, error " + std::to_string(r);
 }
 
-template <typename OutT>
+template <int kBits, typename OutT>
 std::string launch(const GemmA8Args& a) {
   const int64_t tiles = static_cast<int64_t>((a.m + kTileT - 1) / kTileT) * ((a.n + kTileW - 1) / kTileW);
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(a.stream);
@@ -367,22 +414,27 @@ std::string launch(const GemmA8Args& a) {
     std::string why = encode_x_map(a, &map);
     if (!why.empty()) return why;
   }
-  auto kernel = a.x_gemm_order ? (every_second ? gemm_w4a8_sm90_kernel<2, true, OutT>
-                                               : gemm_w4a8_sm90_kernel<1, true, OutT>)
-                               : (every_second ? gemm_w4a8_sm90_kernel<2, false, OutT>
-                                               : gemm_w4a8_sm90_kernel<1, false, OutT>);
+  auto kernel = a.x_gemm_order ? (every_second ? gemm_wa8_sm90_kernel<kBits, 2, true, OutT>
+                                               : gemm_wa8_sm90_kernel<kBits, 1, true, OutT>)
+                               : (every_second ? gemm_wa8_sm90_kernel<kBits, 2, false, OutT>
+                                               : gemm_wa8_sm90_kernel<kBits, 1, false, OutT>);
   const int smem = a.x_gemm_order ? ws_smem_bytes<true, OutT>() : ws_smem_bytes<false, OutT>();
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemm_w4a8_sm90)", e);
+  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemm_wa8_sm90)", e);
   kernel<<<static_cast<unsigned>(tiles), kWsThreads, smem, stream>>>(
       x, a.stride_x, map, a.x_scales, a.packed, a.row_bytes, a.w_scales, a.codebook, a.bias, y, a.m, a.n, a.k);
-  return last_launch_error("gemm_w4a8_sm90_kernel");
+  return last_launch_error("gemm_wa8_sm90_kernel");
+}
+
+template <typename OutT>
+std::string launch_bits(const GemmA8Args& a) {
+  return a.bits == 3 ? launch<3, OutT>(a) : launch<4, OutT>(a);
 }
 
 }  // namespace
 
 std::string gemm_a8_unsupported(int m, int k, int n, int bits, int group_size) {
-  if (bits != 4) return "the CUDA W·A8 GEMM takes 4-bit codes, got bits=" + std::to_string(bits);
+  if (bits != 3 && bits != 4) return "the CUDA W·A8 GEMM takes 3- or 4-bit codes, got bits=" + std::to_string(bits);
   if (group_size != 0) return "the CUDA W·A8 GEMM takes per-channel scales, got group_size=" + std::to_string(group_size);
   if (k <= 0 || k % kStepK != 0) return "the CUDA W·A8 GEMM needs K % 128 == 0, got K=" + std::to_string(k);
   if (n <= 0 || n % 8 != 0) return "the CUDA W·A8 GEMM needs N % 8 == 0, got N=" + std::to_string(n);
@@ -403,9 +455,9 @@ std::string gemm_a8(const GemmA8Args& a) {
   if (major != 9 || minor != 0)
     return "the CUDA W·A8 GEMM runs on sm_90 (Hopper) only, got sm_" + std::to_string(major) + std::to_string(minor);
   switch (a.out_dtype) {
-    case kBF16: return launch<__nv_bfloat16>(a);
-    case kF16: return launch<__half>(a);
-    case kF32: return launch<float>(a);
+    case kBF16: return launch_bits<__nv_bfloat16>(a);
+    case kF16: return launch_bits<__half>(a);
+    case kF32: return launch_bits<float>(a);
   }
   return "gemm_a8: unknown out_dtype " + std::to_string(a.out_dtype);
 }

@@ -39,14 +39,14 @@ struct GemvA16Args {
 };
 
 // W4A8 GEMM on Hopper (sm_90a only): y[t, r] = x_scales[t] * w_scales[r] * sum_k x[t, k] codebook[code(r, k)]
-// + bias[r]. 4-bit codes, per-channel scales, K % 128 == 0, N % 8 == 0 (gemm_a8_unsupported says why not).
+// + bias[r]. 3- or 4-bit codes, per-channel scales, K % 128 == 0, N % 8 == 0 (gemm_a8_unsupported says why not).
 struct GemmA8Args {
   const void* x; int64_t stride_x;        // [M, K] FP8 e4m3 codes, row stride in bytes (multiple of 16)
   const float* x_scales;                  // [M] float32
   int m; int k; int n;
   const uint8_t* packed; int64_t row_bytes; int bits;   // [N, row_bytes] (formats/packing.py), 16-byte aligned
   const float* w_scales; int group_size;  // [N] (group 0)
-  const float* codebook;                  // [16] float32, e4m3-exact values
+  const float* codebook;                  // [2^bits] float32, e4m3-exact values
   const float* bias;                      // [N] float32 or nullptr
   void* y; int out_dtype;                 // [M, N] contiguous, DType
   int device; uintptr_t stream;

@@ -53,7 +53,8 @@ def test_extension_refuses_unsupported_shapes_with_a_message():
     with pytest.raises(RuntimeError, match="M must be <= 16, got M=17"):
         _C.gemv_a16(16, 0, 17, 3072, 8, 16, 4, 16, 0, 16, 0, 16, 0, 0)     # refused before touching a device
     assert _C.gemm_a8_unsupported(333, 2432, 2432, 4, 0) == ""
-    assert "4-bit codes, got bits=3" in _C.gemm_a8_unsupported(64, 3072, 3072, 3, 0)
+    assert _C.gemm_a8_unsupported(333, 2432, 2432, 3, 0) == ""
+    assert "3- or 4-bit codes, got bits=2" in _C.gemm_a8_unsupported(64, 3072, 3072, 2, 0)
     assert "per-channel scales, got group_size=64" in _C.gemm_a8_unsupported(64, 3072, 3072, 4, 64)
     assert "K % 128 == 0, got K=200" in _C.gemm_a8_unsupported(64, 200, 3072, 4, 0)
     assert "N % 8 == 0, got N=100" in _C.gemm_a8_unsupported(64, 3072, 100, 4, 0)
@@ -255,41 +256,43 @@ def _fp8_tokens(m, k, seed):
     return x, torch.rand(m, device="cuda", generator=g) * 0.01 + 1e-3
 
 
-def _a8_oracle(x, sx, packed, sw, cb, k, bias):
-    y = _oracle(x, packed, sw, cb, 4, k, 0, None) * sx.double()[:, None]
+def _a8_oracle(x, sx, packed, sw, cb, k, bias, bits=4):
+    y = _oracle(x, packed, sw, cb, bits, k, 0, None) * sx.double()[:, None]
     return y + bias.double() if bias is not None else y
 
 
 @hopper
+@pytest.mark.parametrize("bits", [4, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("m,k,n", [(1, 128, 8), (7, 256, 136), (129, 384, 200), (333, 2432, 2432),
                                    (1000, 1152, 4608), (77, 12288, 3072), (4608, 3072, 12288)], ids=str)
-def test_cuda_gemm_a8_matches_oracle(m, k, n, dtype, monkeypatch):
-    """The Hopper W4A8 GEMM on awkward shapes (M = 1, odd M, N not a multiple of the 128-row tile, K = 2432):
-    float32 output within the 1e-3 bound of a float64 oracle; 16-bit outputs add their own rounding."""
+def test_cuda_gemm_a8_matches_oracle(m, k, n, dtype, bits, monkeypatch):
+    """The Hopper W4A8/W3A8 GEMM on awkward shapes (M = 1, odd M, N not a multiple of the 128-row tile,
+    K = 2432): float32 output within the 1e-3 bound of a float64 oracle; 16-bit outputs add their own rounding."""
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
     x, sx = _fp8_tokens(m, k, m + k)
-    packed, sw, cb = _weights(n, k, 4, 0, "nf" if m % 2 else "tlq")
+    packed, sw, cb = _weights(n, k, bits, 0, "nf" if m % 2 else "tlq")
     bias = None if m == 7 else torch.randn(n, device="cuda")
-    y = ops.gemm_a8(x, sx, packed, sw, cb, 4, k, 0, bias, dtype)
+    y = ops.gemm_a8(x, sx, packed, sw, cb, bits, k, 0, bias, dtype)
     assert y.dtype == dtype and y.shape == (m, n)
-    assert rel_err(y.double(), _a8_oracle(x, sx, packed, sw, cb, k, bias)) <= (1e-3 if dtype == torch.float32
-                                                                              else 5e-3)
+    assert rel_err(y.double(), _a8_oracle(x, sx, packed, sw, cb, k, bias, bits)) <= (
+        1e-3 if dtype == torch.float32 else 5e-3)
 
 
 @hopper
+@pytest.mark.parametrize("bits", [4, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("m,k,n", [(1, 128, 8), (7, 256, 136), (129, 3072, 200), (333, 2432, 2432),
                                    (300, 1152, 4608), (4608, 3072, 12288)], ids=str)
-def test_cuda_gemm_a8_tma_kernel_on_gemm_order_codes_matches_oracle(m, k, n, dtype):
+def test_cuda_gemm_a8_tma_kernel_on_gemm_order_codes_matches_oracle(m, k, n, dtype, bits):
     """The TMA kernel reads codes permuted by gemm_order(); the product is the natural-order one."""
     x, sx = _fp8_tokens(m, k, m + k)
-    packed, sw, cb = _weights(n, k, 4, 0)
+    packed, sw, cb = _weights(n, k, bits, 0)
     bias = torch.randn(n, device="cuda")
     xg = cuda_kernels.gemm_order(x)
-    y = cuda_kernels.gemm_a8_cuda(xg, sx, packed, sw, cb, 4, k, 0, bias, dtype, x_gemm_order=True)
-    assert rel_err(y.double(), _a8_oracle(x, sx, packed, sw, cb, k, bias)) <= (1e-3 if dtype == torch.float32
-                                                                              else 5e-3)
+    y = cuda_kernels.gemm_a8_cuda(xg, sx, packed, sw, cb, bits, k, 0, bias, dtype, x_gemm_order=True)
+    assert rel_err(y.double(), _a8_oracle(x, sx, packed, sw, cb, k, bias, bits)) <= (
+        1e-3 if dtype == torch.float32 else 5e-3)
 
 
 def test_gemm_order_is_the_documented_permutation():
@@ -320,23 +323,24 @@ def test_cuda_rotate_quant_writes_gemm_order(m, k, block, ars):
 
 
 @hopper
+@pytest.mark.parametrize("bits", [4, 3])
 @pytest.mark.parametrize("m", [1, 130, 600], ids=str)
-def test_quant_linear_a8_fused_cuda_path_matches_the_two_ops(m, monkeypatch):
-    """ops.quant_linear_a8 on CUDA (codes in GEMM order, the TMA kernel from M = 128) against rotate_quant then
+def test_quant_linear_a8_fused_cuda_path_matches_the_two_ops(m, bits, monkeypatch):
+    """ops.quant_linear_a8 on CUDA (codes in GEMM order, the TMA kernel from M = 64) against rotate_quant then
     gemm_a8 run apart, and against the reference backend."""
     g = torch.Generator(device="cuda").manual_seed(m)
     k, n = 1152, 392
     x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
     perm = torch.randperm(k, device="cuda", generator=g).to(torch.int32)
     cs = torch.rand(k, device="cuda", generator=g) + 0.5
-    packed, sw, cb = _weights(n, k, 4, 0)
+    packed, sw, cb = _weights(n, k, bits, 0)
     bias = torch.randn(n, device="cuda", generator=g)
-    y = ops.quant_linear_a8(x, perm, cs, 128, "fp8", 8, packed, sw, cb, 4, 0, bias, torch.float32)
+    y = ops.quant_linear_a8(x, perm, cs, 128, "fp8", 8, packed, sw, cb, bits, 0, bias, torch.float32)
     codes, scales = ops.rotate_quant(x, perm, cs, 128, "fp8", 8)
-    two = ops.gemm_a8(codes, scales, packed, sw, cb, 4, k, 0, bias, torch.float32)
+    two = ops.gemm_a8(codes, scales, packed, sw, cb, bits, k, 0, bias, torch.float32)
     assert rel_err(y.double(), two.double()) <= 1e-4
     monkeypatch.setenv("LRQ_BACKEND", "reference")
-    ref = ops.quant_linear_a8(x, perm, cs, 128, "fp8", 8, packed, sw, cb, 4, 0, bias, torch.float32)
+    ref = ops.quant_linear_a8(x, perm, cs, 128, "fp8", 8, packed, sw, cb, bits, 0, bias, torch.float32)
     assert rel_err(y.double(), ref.double()) <= 1e-3
 
 
@@ -367,11 +371,12 @@ def test_cuda_and_triton_gemm_a8_agree_and_cuda_runs_when_forced(monkeypatch):
     assert _pick("gemm_a8", dev, m=128, **shape) == "triton"
     assert _pick("gemm_a8", dev, m=64, tma=True, **shape) == "cuda"   # codes in GEMM order (quant_linear_a8)
     assert _pick("gemm_a8", dev, m=32, tma=True, **shape) == "triton"
-    assert _pick("gemm_a8", dev, m=256, **(shape | dict(bits=3))) == "triton"   # 4-bit only
+    assert _pick("gemm_a8", dev, m=256, **(shape | dict(bits=3))) == "cuda"     # 3-bit codes too
+    assert _pick("gemm_a8", dev, m=256, **(shape | dict(group=128))) == "triton"  # per-channel scales only
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
     assert _pick("gemm_a8", dev, m=64, **shape) == "cuda"
-    with pytest.raises(RuntimeError, match="4-bit codes, got bits=3"):
-        _pick("gemm_a8", dev, m=64, **(shape | dict(bits=3)))
+    with pytest.raises(RuntimeError, match="per-channel scales, got group_size=128"):
+        _pick("gemm_a8", dev, m=64, **(shape | dict(group=128)))
 
 
 @hopper

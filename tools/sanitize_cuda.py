@@ -51,24 +51,26 @@ def main():
         err = ((y.cpu().double() - want).norm() / want.norm()).item()
         assert err < 4e-3, (m, k, n, bits, group, err)
         n_cases += 1
-    # W4A8 GEMM (Hopper only): M = 1, a partial token tile, N not a multiple of the 128-row tile, bias or none
-    # each case twice: natural-order codes (the copying kernel) and gemm_order codes (the TMA kernel)
-    for m, k, n, tma in ((1, 128, 8, False), (129, 384, 200, False), (7, 1152, 136, False), (1, 128, 8, True),
-                         (129, 384, 200, True), (7, 1152, 136, True), (130, 512, 264, True)):
-        if cuda_kernels.gemm_a8_unsupported(m, k, n, 4, 0, torch.float8_e4m3fn, torch.device("cuda")):
+    # W4A8 / W3A8 GEMM (Hopper only): M = 1, a partial token tile, N not a multiple of the 128-row tile, bias or
+    # none; natural-order codes (the copying kernel) and gemm_order codes (the TMA kernel)
+    for m, k, n, tma, bits in ((1, 128, 8, False, 4), (129, 384, 200, False, 4), (7, 1152, 136, False, 4),
+                               (1, 128, 8, True, 4), (129, 384, 200, True, 4), (7, 1152, 136, True, 4),
+                               (130, 512, 264, True, 4), (129, 384, 200, False, 3), (7, 1152, 136, True, 3),
+                               (130, 512, 264, True, 3)):
+        if cuda_kernels.gemm_a8_unsupported(m, k, n, bits, 0, torch.float8_e4m3fn, torch.device("cuda")):
             break
         x = (torch.randn(m, k, generator=g) * 50).to(torch.float8_e4m3fn)
         sx = torch.rand(m, generator=g) * 0.01 + 1e-3
-        packed = pack_codes(torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8), 4)
-        sw, cb = torch.rand(n, generator=g) + 0.5, nf_codebook(4)
+        packed = pack_codes(torch.randint(0, 2 ** bits, (n, k), generator=g, dtype=torch.uint8), bits)
+        sw, cb = torch.rand(n, generator=g) + 0.5, nf_codebook(bits)
         bias = None if m == 7 else torch.randn(n, generator=g)
         xc = cuda_kernels.gemm_order(x.cuda()) if tma else x.cuda()
-        y = cuda_kernels.gemm_a8_cuda(xc, sx.cuda(), packed.cuda(), sw.cuda(), cb.cuda(), 4, k, 0,
+        y = cuda_kernels.gemm_a8_cuda(xc, sx.cuda(), packed.cuda(), sw.cuda(), cb.cuda(), bits, k, 0,
                                       None if bias is None else bias.cuda(), torch.float32, x_gemm_order=tma)
-        want = (x.double() @ dequantize_packed(packed, sw, cb, 4, k, None).double().t()) * sx.double()[:, None]
+        want = (x.double() @ dequantize_packed(packed, sw, cb, bits, k, None).double().t()) * sx.double()[:, None]
         want = want + bias.double() if bias is not None else want
         err = ((y.cpu().double() - want).norm() / want.norm()).item()
-        assert err < 1e-3, (m, k, n, err)
+        assert err < 1e-3, (m, k, n, bits, err)
         n_cases += 1
     torch.cuda.synchronize()
     print(f"sanitize_cuda: {n_cases} launches checked against the reference")

@@ -121,7 +121,7 @@ def gemv_a16_cuda(x, packed, w_scales, codebook, bits: int, group_size: int, bia
 
 
 def gemm_order(codes: torch.Tensor) -> torch.Tensor:
-    """Activation codes [M, K] (K % 128 == 0) with K permuted inside each 128 as the Hopper W4A8 GEMM reads it
+    """Activation codes [M, K] (K % 128 == 0) with K permuted inside each 128 as the Hopper W·A8 GEMM reads it
     (csrc/gemm_a8_sm90.cu, "K order"): the code of K = 32q + 8j + 4h + e goes to place 32j + 16h + 4q + e."""
     m, k = codes.shape
     return codes.reshape(m, k // 128, 4, 4, 2, 4).permute(0, 1, 3, 4, 2, 5).reshape(m, k)
@@ -129,8 +129,8 @@ def gemm_order(codes: torch.Tensor) -> torch.Tensor:
 
 def gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits: int, k: int, group_size: int, bias,
                  out_dtype: torch.dtype, x_gemm_order: bool = False):
-    """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias in out_dtype: FP8 codes, 4-bit weights, per-channel
-    scales, on Hopper (gemm_a8_unsupported says when it cannot run). x_gemm_order: x_codes are in gemm_order()
+    """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias in out_dtype: FP8 codes, 3- or 4-bit weights,
+    per-channel scales, on Hopper (gemm_a8_unsupported says when it cannot run). x_gemm_order: x_codes are in gemm_order()
     (the kernel then loads them by TMA, its faster form)."""
     m = x_codes.shape[0]
     n = packed.shape[0]

@@ -37,9 +37,10 @@ MAX_GEMV_M = 16             # the CUDA GEMV's mma tile has 16 rows
 # Each op's kernels in order of preference.
 BACKENDS = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",), "gemm_a16": ("cuda", "triton"),
             "gemm_a8": ("cuda", "triton")}
-# Tokens from which the CUDA W4A8 GEMM (csrc/gemm_a8_sm90.cu, 128-token tiles) runs instead of Triton's (16- and
-# 64-token tiles at small M). H100, benchmarks/bench_gemm_a8_cuda.py on FLUX fc1, fc2, qkv and PixArt fc1
-# (results/gemm_a8_cuda_sweep.md, session 9): on natural-order codes (ops.gemm_a8) it was faster on all four from
+# Tokens from which the CUDA W·A8 GEMM (csrc/gemm_a8_sm90.cu, 128-token tiles; 4- and 3-bit codes) runs instead of
+# Triton's (16- and 64-token tiles at small M). Measured on 4-bit codes (the 3-bit kernel shares the thresholds):
+# H100, benchmarks/bench_gemm_a8_cuda.py on FLUX fc1, fc2, qkv and PixArt fc1 (results/gemm_a8_cuda_sweep.md,
+# session 9): on natural-order codes (ops.gemm_a8) it was faster on all four from
 # M = 256 (1.15-1.9x) but 16% slower on fc2 at M = 128; on codes in its K order, loaded by TMA (quant_linear_a8),
 # faster on all four from M = 64 (1.09-1.42x), 2-4% slower on fc2 at M <= 16. LRQ_BACKEND=cuda runs it at any M.
 CUDA_GEMM_A8_MIN_M = 256
@@ -101,7 +102,7 @@ def _pick(op: str, device: torch.device, **shape) -> str:
     | rotate_quant | cuda (K % 8 == 0), then triton                        | reference |
     | rotate       | cuda (K % 8 == 0)                                     | reference |
     | gemm_a16     | cuda if M <= 16 and K % 128 == 0, else triton         | reference |
-    | gemm_a8      | cuda if sm_90, 4-bit, K % 128 == 0 and M >= 256 (64 with tma), else triton | reference |
+    | gemm_a8      | cuda if sm_90, per-channel, K % 128 == 0, M >= 256 (64 with tma), else triton | reference |
 
     Why this order: benchmarks/bench_cuda.py measures CUDA against Triton on the H100 (results in
     benchmarks/results/bench_cuda.md). LRQ_BACKEND=reference|triton|cuda forces one, and raises where it cannot
