@@ -92,7 +92,8 @@ def main():
           "| ---: " * (6 + len(cols)) + "|"]
     for r in rows:
         best = min(r[c + "_us"] for c in cuda_cols)
-        md.append(f"| {r.get('bits', 4)} | {r['M']} | {r['K']} | {r['N']} | " + " | ".join(us(r, c + "_us") for c in cols)
+        md.append(f"| {r.get('bits', 4)} | {r['M']} | {r['K']} | {r['N']} | "
+                  + " | ".join(us(r, c + "_us") for c in cols)
                   + f" | {r['triton_us'] / best:.2f}× | {r['bf16_us'] / best:.2f}× |")
     with open(os.path.join(args.out, args.name + ".md"), "w") as f:
         f.write("\n".join(md) + "\n")

@@ -1,7 +1,7 @@
-// W4A8 / W3A8 GEMM for Hopper (sm_90a): FP8 e4m3 activation codes x 4- or 3-bit weight codes decoded to e4m3 in
-// registers,
-// on wgmma, with the tensor cores' partial sums added to a float32 accumulator every 128 or 256 of K (the 1e-3
-// bound needs it: Hopper's FP8 wgmma accumulates with fewer bits than float32, benchmarks/NOTES.md, session 3).
+// W4A8 / W3A8 GEMM for Hopper (sm_90a): FP8 e4m3 activation codes x 4- or 3-bit weight codes decoded to e4m3
+// in registers, on wgmma, with the tensor cores' partial sums added to a float32 accumulator every 128 or 256 of K
+// (the 1e-3 bound needs it: Hopper's FP8 wgmma accumulates with fewer bits than float32, benchmarks/NOTES.md,
+// session 3).
 //
 //   y[t, r] = (sum_k x[t, k] * codebook[code(r, k)]) * w_scales[r] * x_scales[t] + bias[r]
 //

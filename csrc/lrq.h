@@ -38,7 +38,7 @@ struct GemvA16Args {
   int device; uintptr_t stream;
 };
 
-// W4A8 GEMM on Hopper (sm_90a only): y[t, r] = x_scales[t] * w_scales[r] * sum_k x[t, k] codebook[code(r, k)]
+// W4A8 / W3A8 GEMM on Hopper (sm_90a only): y[t, r] = x_scales[t] * w_scales[r] * sum_k x[t, k] codebook[code(r, k)]
 // + bias[r]. 3- or 4-bit codes, per-channel scales, K % 128 == 0, N % 8 == 0 (gemm_a8_unsupported says why not).
 struct GemmA8Args {
   const void* x; int64_t stride_x;        // [M, K] FP8 e4m3 codes, row stride in bytes (multiple of 16)

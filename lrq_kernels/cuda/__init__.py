@@ -130,8 +130,8 @@ def gemm_order(codes: torch.Tensor) -> torch.Tensor:
 def gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits: int, k: int, group_size: int, bias,
                  out_dtype: torch.dtype, x_gemm_order: bool = False):
     """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias in out_dtype: FP8 codes, 3- or 4-bit weights,
-    per-channel scales, on Hopper (gemm_a8_unsupported says when it cannot run). x_gemm_order: x_codes are in gemm_order()
-    (the kernel then loads them by TMA, its faster form)."""
+    per-channel scales, on Hopper (gemm_a8_unsupported says when it cannot run). x_gemm_order: x_codes are in
+    gemm_order() (the kernel then loads them by TMA, its faster form)."""
     m = x_codes.shape[0]
     n = packed.shape[0]
     x_codes = _aligned(x_codes)

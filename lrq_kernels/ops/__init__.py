@@ -40,9 +40,11 @@ BACKENDS = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",), "gemm_a16":
 # Tokens from which the CUDA W·A8 GEMM (csrc/gemm_a8_sm90.cu, 128-token tiles; 4- and 3-bit codes) runs instead of
 # Triton's (16- and 64-token tiles at small M). Measured on 4-bit codes (the 3-bit kernel shares the thresholds):
 # H100, benchmarks/bench_gemm_a8_cuda.py on FLUX fc1, fc2, qkv and PixArt fc1 (results/gemm_a8_cuda_sweep.md,
-# session 9): on natural-order codes (ops.gemm_a8) it was faster on all four from
-# M = 256 (1.15-1.9x) but 16% slower on fc2 at M = 128; on codes in its K order, loaded by TMA (quant_linear_a8),
-# faster on all four from M = 64 (1.09-1.42x), 2-4% slower on fc2 at M <= 16. LRQ_BACKEND=cuda runs it at any M.
+# session 9): on natural-order codes (ops.gemm_a8) it was faster on all four from M = 256 (1.15-1.9x) but 16%
+# slower on fc2 at M = 128; on codes in its K order, loaded by TMA (quant_linear_a8), faster on all four from
+# M = 64 (1.09-1.42x), 2-4% slower on fc2 at M <= 16. The 3-bit kernel on the H200 (gemm_a8_cuda_sweep_w3.md,
+# session 10): 1.21-1.71x faster from M = 256; by TMA at M = 64-128, 7-8% slower on fc2, 1.09-1.79x faster on
+# fc1 and PixArt fc1. LRQ_BACKEND=cuda runs it at any M.
 CUDA_GEMM_A8_MIN_M = 256
 CUDA_GEMM_A8_TMA_MIN_M = 64
 
