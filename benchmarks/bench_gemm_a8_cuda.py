@@ -10,6 +10,9 @@ Columns, all kernels alone on the same inputs (random FP8 codes, 4- or 3-bit TLQ
   cuda      natural-order codes: the producer warpgroup copies them in 4-byte pieces (what ops.gemm_a8 runs)
   cuda tma  codes already in the kernel's K order (cuda.gemm_order; the QuantLinear forward has rotate_quant
             write them so): one TMA box a stage
+  err       the cuda tma kernel's float32 output against a float64 oracle of the same quantized math,
+            ||y - ref|| / ||ref|| (the tests' bound is 1e-3); LRQ_GEMM_A8_PROMOTE=1|2|4 caps how many 128-wide
+            K steps chain in the tensor cores before each float32 add (csrc/gemm_a8_sm90.cu)
 Medians of CUDA-graph replays on a warm L2. Writes NAME.json / .md (default gemm_a8_cuda_sweep).
 """
 import argparse
@@ -28,7 +31,7 @@ from timing import bench_us  # noqa: E402
 
 from lrq_kernels import cuda as cuda_kernels  # noqa: E402
 from lrq_kernels.formats.codebooks import TLQGrid, tlq_codebook  # noqa: E402
-from lrq_kernels.formats.packing import pack_codes  # noqa: E402
+from lrq_kernels.formats.packing import pack_codes, unpack_codes  # noqa: E402
 from lrq_kernels.triton.gemm import gemm_a8_triton  # noqa: E402
 
 SHAPES = [(3072, 12288), (12288, 3072), (3072, 3072), (1152, 4608)]   # FLUX fc1, fc2, qkv/o, PixArt fc1 (K, N)
@@ -55,6 +58,7 @@ def main():
         sw = torch.rand(n, device="cuda", generator=g) + 0.5
         w16 = torch.randn(n, k, device="cuda", generator=g).to(torch.bfloat16)
         wf = torch.randn(n, k, device="cuda", generator=g).to(torch.float8_e4m3fn)
+        w64 = cb.double()[unpack_codes(packed, bits, k).long()] * sw.double()[:, None]   # the oracle's weights
         for m in ms:
             x = torch.randn(m, k, device="cuda", generator=g).to(torch.float8_e4m3fn)
             sx = torch.rand(m, device="cuda", generator=g)
@@ -71,11 +75,17 @@ def main():
             xg = cuda_kernels.gemm_order(x)
             r["cuda_tma_us"] = bench_us(lambda: cuda_kernels.gemm_a8_cuda(
                 xg, sx, packed, sw, cb, bits, k, 0, None, torch.bfloat16, x_gemm_order=True))
+            y32 = cuda_kernels.gemm_a8_cuda(xg, sx, packed, sw, cb, bits, k, 0, None, torch.float32,
+                                            x_gemm_order=True).double()
+            ref = (x.double() @ w64.t()) * sx.double()[:, None]
+            r["err"] = ((y32 - ref).norm() / ref.norm()).item()
+            del y32, ref
             rows.append(r)
             print(json.dumps({a: round(v, 2) if isinstance(v, float) else v for a, v in r.items()}), flush=True)
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                command="python " + " ".join(["benchmarks/bench_gemm_a8_cuda.py"] + sys.argv[1:]))
+                command="".join(f"{v}={os.environ[v]} " for v in ("LRQ_GEMM_A8_PROMOTE",) if v in os.environ)
+                + "python " + " ".join(["benchmarks/bench_gemm_a8_cuda.py"] + sys.argv[1:]))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.name + ".json"), "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
@@ -88,13 +98,13 @@ def main():
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}. Medians of "
           "CUDA-graph replays, warm L2, bf16 out, no bias; µs. Column meanings: the script's docstring.", "",
           "| bits | M | K | N | " + " | ".join(c.replace("_", " ") for c in cols)
-          + " | best CUDA vs Triton | vs bf16 |",
-          "| ---: " * (6 + len(cols)) + "|"]
+          + " | best CUDA vs Triton | vs bf16 | err |",
+          "| ---: " * (7 + len(cols)) + "|"]
     for r in rows:
         best = min(r[c + "_us"] for c in cuda_cols)
         md.append(f"| {r.get('bits', 4)} | {r['M']} | {r['K']} | {r['N']} | "
                   + " | ".join(us(r, c + "_us") for c in cols)
-                  + f" | {r['triton_us'] / best:.2f}× | {r['bf16_us'] / best:.2f}× |")
+                  + f" | {r['triton_us'] / best:.2f}× | {r['bf16_us'] / best:.2f}× | {r['err']:.1e} |")
     with open(os.path.join(args.out, args.name + ".md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

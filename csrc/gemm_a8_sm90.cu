@@ -31,6 +31,7 @@
 #include <cuda.h>              // CUtensorMap (the driver function itself comes via cudaGetDriverEntryPointByVersion)
 #include <cudaTypedefs.h>
 #include <cuda_fp8.h>
+#include <cstdlib>
 #include <type_traits>
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -60,7 +61,6 @@ __device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, bool va
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 
 // Shared-memory matrix descriptor: start address, LBO, SBO (all >> 4), no swizzle (layout type 0).
 __device__ __forceinline__ uint64_t desc_b(uint32_t addr) {
@@ -87,13 +87,28 @@ __device__ __forceinline__ void wgmma_k32(float (&d)[64], uint32_t a0, uint32_t 
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b), "n"(ACC));
 }
 
+// PTX prmt in its default mode: byte i of the result is byte (sel >> 4i) & 7 of {b, a}, or that byte's sign
+// replicated where bit 4i + 3 is set, which the decoders below keep clear; bits 16-31 of sel are ignored.
+// (__byte_perm reads only 3 bits a nibble, so the compiler masks a selector it cannot prove clean.)
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
 // Eight 4-bit codes (code i in bits 4i..4i+3) to their codebook bytes: lo = codes 0-3, hi = codes 4-7, byte i of
 // each for code i. The 16 e4m3 codebook bytes sit in t[0..3]; a byte permute picks one of 8 bytes with 3 selector
 // bits, so entries 0-7 and 8-15 are looked up apart and a third permute keeps, per byte, the half bit 3 names.
+// A permute reads only the low 16 bits of its selector, so both halves' selectors come from one masked word and
+// one shift each (11 instructions for 8 codes, 13 with a mask a half).
+// (The and-or is one lop3 with the second constant in a register; written in C, nvcc spent two on it.)
 __device__ __forceinline__ void decode8(uint32_t w, const uint32_t (&t)[4], uint32_t& lo, uint32_t& hi) {
-  const uint32_t s_lo = w & 0x7777u, s_hi = (w >> 16) & 0x7777u;
-  lo = __byte_perm(__byte_perm(t[0], t[1], s_lo), __byte_perm(t[2], t[3], s_lo), ((w >> 1) & 0x4444u) | 0x3210u);
-  hi = __byte_perm(__byte_perm(t[0], t[1], s_hi), __byte_perm(t[2], t[3], s_hi), ((w >> 17) & 0x4444u) | 0x3210u);
+  uint32_t pick;
+  asm("lop3.b32 %0, %1, 0x44444444, %2, 0xEA;" : "=r"(pick) : "r"(w >> 1), "r"(0x32103210u));   // (a & b) | c
+  const uint32_t s = w & 0x77777777u;
+  const uint32_t s_hi = s >> 16, pick_hi = pick >> 16;
+  lo = prmt(prmt(t[0], t[1], s), prmt(t[2], t[3], s), pick);
+  hi = prmt(prmt(t[0], t[1], s_hi), prmt(t[2], t[3], s_hi), pick_hi);
 }
 
 // A fragments of one 128-wide K step from the two rows' 16-byte code loads: [chunk j][reg]
@@ -130,32 +145,42 @@ __device__ __forceinline__ void decode_step3(const uint4& r0, const uint4& r1, c
     const int sh = 16 * (j & 1);
     const uint32_t n0 = nibbles3((lo0[j >> 1] >> sh) & 0xFFFFu, (r0.z >> (8 * j)) & 0xFFu);
     const uint32_t n1 = nibbles3((lo1[j >> 1] >> sh) & 0xFFFFu, (r1.z >> (8 * j)) & 0xFFu);
-    a[4 * j + 0] = __byte_perm(t[0], t[1], n0);          // row g:   codes 8j+0..3
-    a[4 * j + 2] = __byte_perm(t[0], t[1], n0 >> 16);    //          codes 8j+4..7
-    a[4 * j + 1] = __byte_perm(t[0], t[1], n1);          // row g+8
-    a[4 * j + 3] = __byte_perm(t[0], t[1], n1 >> 16);
+    a[4 * j + 0] = prmt(t[0], t[1], n0);          // row g:   codes 8j+0..3
+    a[4 * j + 2] = prmt(t[0], t[1], n0 >> 16);    //          codes 8j+4..7
+    a[4 * j + 1] = prmt(t[0], t[1], n1);          // row g+8
+    a[4 * j + 3] = prmt(t[0], t[1], n1 >> 16);
   }
 }
 #endif  // LRQ_SM90A
 
-// Six stages: the producer runs up to six K steps ahead of the slower consumer.
-constexpr int kWsStages = 6;
+// Eight stages: the producer runs up to eight K steps ahead of the slower consumer; a power of two, so that
+// the unrolled K loop's stage indices are compile-time and every promotion interval (1, 2, 4) divides it.
+constexpr int kWsStages = 8;
 constexpr int kWsThreads = 384;               // producer warpgroup + two consumer warpgroups
 [[maybe_unused]] constexpr int kWsConsumers = 256;
 
-// Where the activation tile of a stage lies. Copied (kTma false): the 4-byte pieces of the K order above, core
-// matrices kLBO apart. By TMA (kTma true): the codes arrive already in that K order (rotate_quant writes them so,
-// or gemm_order() permutes them), as one 2-D box of 128 tokens x 128 bytes in the 128-byte swizzle. (A 3-D box
-// of 16-byte rows into the unswizzled layout measured 656 us on FLUX fc1 against 544 for the copies: TMA moves
-// 16-byte rows slowly.)
-template <bool kTma> struct XTile {
-  static constexpr int kBytes = kTma ? kStepK * kTileT : kStageBytes;
+// A stage holds one K step's activation tile, then its weight codes. Activations copied (kTma false): the 4-byte
+// pieces of the K order above, core matrices kLBO apart. By TMA (kTma true): the codes arrive already in that K
+// order (rotate_quant writes them so, or gemm_order() permutes them), as one 2-D box of 128 tokens x 128 bytes in
+// the 128-byte swizzle. (A 3-D box of 16-byte rows into the unswizzled layout measured 656 us on FLUX fc1 against
+// 544 for the copies: TMA moves 16-byte rows slowly.)
+// The weight codes come by TMA in both forms, one box of 128 rows a plane: at 4 bits 64 bytes a row; at 3 bits
+// 32 bytes of the 2-bit plane, then 16 of the 1-bit plane. Session 10's kernel loaded them from global memory
+// into registers two steps ahead, and its ncu profile (FLUX fc1) put a quarter of the warps' stall samples on
+// the decode waiting for those loads (long scoreboard); staged with the activations, they are as far ahead as
+// the ring is deep.
+template <bool kTma, int kBits> struct Stage {
+  static constexpr int kXBytes = kTma ? kStepK * kTileT : kStageBytes;
+  static constexpr int kWLoBytes = kTileW * kStepK * (kBits == 4 ? 4 : 2) / 8;   // codes, or the 2-bit plane
+  static constexpr int kWHiBytes = kBits == 4 ? 0 : kTileW * kStepK / 8;          // the 1-bit plane
+  static constexpr int kBytes = kXBytes + kWLoBytes + kWHiBytes;                 // a multiple of 1024
+  static_assert(kBytes % 1024 == 0, "stages stay 1024-byte aligned for the swizzled TMA box");
 };
 
 // stages (1024-byte aligned for the swizzle: 1 KB of slack), the output tile reuses them, then the mbarriers
-template <bool kTma, typename OutT> __host__ __device__ constexpr int ws_smem_bytes() {
-  return 1024 + (kWsStages * XTile<kTma>::kBytes > kTileT * out_pitch<OutT>() ? kWsStages * XTile<kTma>::kBytes
-                                                                              : kTileT * out_pitch<OutT>())
+template <bool kTma, int kBits, typename OutT> __host__ __device__ constexpr int ws_smem_bytes() {
+  return 1024 + (kWsStages * Stage<kTma, kBits>::kBytes > kTileT * out_pitch<OutT>()
+                     ? kWsStages * Stage<kTma, kBits>::kBytes : kTileT * out_pitch<OutT>())
          + 2 * kWsStages * 8;
 }
 
@@ -188,29 +213,40 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
 __device__ __forceinline__ void consumer_barrier() {   // the two consumer warpgroups only (named barrier 1)
   asm volatile("bar.sync 1, %0;\n" ::"n"(kWsConsumers) : "memory");
 }
+template <int N> __device__ __forceinline__ void wgmma_wait() {   // at most N committed groups still in flight
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// One stage's weight boxes (rows past N arrive as zeros), issued by one thread; its mbarrier counts their bytes.
+template <bool kTma, int kBits>
+__device__ __forceinline__ void load_weights(uint32_t dst, const CUtensorMap* w_map, const CUtensorMap* w_map_hi,
+                                             int step, int w0, int k, uint32_t bar) {
+  using S = Stage<kTma, kBits>;
+  tma_load_2d(dst + S::kXBytes, w_map, step * (S::kWLoBytes / kTileW), w0, bar);
+  if constexpr (kBits == 3) tma_load_2d(dst + S::kXBytes + S::kWLoBytes, w_map_hi, k / 4 + step * 16, w0, bar);
+}
 #endif
 
-// kPromote: K steps whose wgmmas chain in the tensor cores before the float32 add. 2 (every 256 of K) where the
-// step count is even; a 256-long chain stays at 1.8e-4 against the 1e-3 bound (the Triton 256-wide tile, session
-// 4), and the add costs half as often (FLUX fc1: 551 us against 557 at every step). It needs a third A-fragment
-// buffer, so that no register of a wgmma in flight is rewritten.
+// kPromote: K steps whose wgmmas chain in the tensor cores before the float32 add: 4 (every 512 of K) where the
+// step count allows it, else 2, else 1 (the launcher picks; benchmarks/NOTES.md, session 11, has the
+// measurements and the error at each chain length against the 1e-3 bound).
 template <int kBits, int kPromote, bool kTma, typename OutT>
 __global__ void __launch_bounds__(kWsThreads, 1)
     gemm_wa8_sm90_kernel(const uint8_t* __restrict__ x, int64_t stride_x, const __grid_constant__ CUtensorMap x_map,
-                             const float* __restrict__ x_scales,
-                             const uint8_t* __restrict__ packed, int64_t row_bytes, const float* __restrict__ w_scales,
-                             const float* __restrict__ codebook, const float* __restrict__ bias,
-                             OutT* __restrict__ y, int m, int n, int k) {
+                         const __grid_constant__ CUtensorMap w_map, const __grid_constant__ CUtensorMap w_map_hi,
+                         const float* __restrict__ x_scales, const float* __restrict__ w_scales,
+                         const float* __restrict__ codebook, const float* __restrict__ bias,
+                         OutT* __restrict__ y, int m, int n, int k) {
 #ifdef LRQ_SM90A
-  using L = XTile<kTma>;
+  using S = Stage<kTma, kBits>;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const uint32_t smem_base = smem_u32(smem), smem0 = (smem_base + 1023) & ~1023u;
   uint8_t* const smem_tile = smem + (smem0 - smem_base);
-  const uint32_t full0 = smem_base + ws_smem_bytes<kTma, OutT>() - 2 * kWsStages * 8;
+  const uint32_t full0 = smem_base + ws_smem_bytes<kTma, kBits, OutT>() - 2 * kWsStages * 8;
   const uint32_t empty0 = full0 + kWsStages * 8;
 
-  constexpr int kGroupT = 8;                  // grouped tile order, as above
+  constexpr int kGroupT = 8;                  // grouped tile order: 8 token tiles share each weight tile in turn
   const int tiles_t = (m + kTileT - 1) / kTileT, tiles_w = (n + kTileW - 1) / kTileW;
   const int per_group = kGroupT * tiles_w, first_t = (blockIdx.x / per_group) * kGroupT;
   const int size_t_ = min(tiles_t - first_t, kGroupT);
@@ -220,28 +256,32 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 
   if (tid == 0) {
     for (int st = 0; st < kWsStages; ++st) {
-      mbar_init(full0 + 8 * st, kTma ? 1 : 128);      // the TMA issuer's arrival, or one cp.async arrival a thread
+      // TMA: the issuer's one arrival; copies: one cp.async arrival a copying thread, plus the weights' issuer
+      mbar_init(full0 + 8 * st, kTma ? 1 : 129);
       mbar_init(empty0 + 8 * st, kWsConsumers);       // every consumer thread, after its wgmmas
     }
   }
   __syncthreads();
 
   if (warp < 4 && kTma) {
-    // producer: one thread issues a stage's box, its mbarrier counting the bytes; rows past M arrive as zeros
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    // producer: one thread issues a stage's boxes, its mbarrier counting the bytes; rows past M arrive as zeros
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n");
     if (tid != 0) return;
     for (int s = 0; s < nk; ++s) {
       const int st = s % kWsStages;
+      const uint32_t dst = smem0 + st * S::kBytes;
       if (s >= kWsStages) mbar_wait(empty0 + 8 * st, ((s / kWsStages) + 1) & 1);
-      mbar_expect_tx(full0 + 8 * st, L::kBytes);
-      tma_load_2d(smem0 + st * L::kBytes, &x_map, s * kStepK, t0, full0 + 8 * st);
+      mbar_expect_tx(full0 + 8 * st, S::kBytes);
+      tma_load_2d(dst, &x_map, s * kStepK, t0, full0 + 8 * st);
+      load_weights<kTma, kBits>(dst, &w_map, &w_map_hi, s, w0, k, full0 + 8 * st);
     }
     return;
   }
   if (warp < 4) {
     // producer: warp w copies tokens w, w + 4, ...; lane l the 4 bytes at K = 4l of the step, to their permuted
-    // place (see the K order at the top of the file). Rows past M copy nothing (zero-filled).
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    // place (see the K order at the top of the file). Rows past M copy nothing (zero-filled). Thread 0 also
+    // issues the weight boxes.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n");
     // token warp + 4i sits in row (warp + 4 (i & 1)) of core-matrix group i / 2: with i unrolled, every copy's
     // shared address is this thread's base plus a constant, and its source the last one's plus 4 rows
     const uint32_t dst0 = smem0 + (lane & 7) * kLBO + (lane >> 3) * 4 + warp * 16;
@@ -251,18 +291,22 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     for (int s = 0; s < nk; ++s) {
       const int st = s % kWsStages;
       if (s >= kWsStages) mbar_wait(empty0 + 8 * st, ((s / kWsStages) + 1) & 1);
-      const uint32_t dst = dst0 + st * L::kBytes;
+      const uint32_t dst = dst0 + st * S::kBytes;
       const uint8_t* src = src0 + s * kStepK;
-#pragma unroll
+#pragma unroll 8
       for (int i = 0; i < kTileT / 4; ++i, src += src_step)
         cp_async4(dst + (i & 1) * 64 + (i >> 1) * kSBO, src, 4 * i < rows);
       cp_async_arrive(full0 + 8 * st);
+      if (tid == 0) {
+        mbar_expect_tx(full0 + 8 * st, S::kWLoBytes + S::kWHiBytes);
+        load_weights<kTma, kBits>(smem0 + st * S::kBytes, &w_map, &w_map_hi, s, w0, k, full0 + 8 * st);
+      }
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     return;
   }
 
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n");
   const int cw = warp - 4, ctid = tid - 128;          // consumer warp 0..7, thread 0..255
   const int g = lane >> 2, q = lane & 3;
   uint32_t table[4] = {0u, 0u, 0u, 0u};              // the 2^kBits codebook entries as e4m3 bytes
@@ -275,52 +319,59 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     table[i] = word;
   }
   const int row_local = (cw >> 2) * 64 + (cw & 3) * 16 + g;
-  const uint8_t* wrow0 = packed + static_cast<int64_t>(min(w0 + row_local, n - 1)) * row_bytes;
-  const uint8_t* wrow1 = packed + static_cast<int64_t>(min(w0 + row_local + 8, n - 1)) * row_bytes;
-  const int hi_plane = k / 4;                         // 3-bit: where the 1-bit plane starts in a row (K8 = K)
 
-  constexpr int kBufs = kPromote + 1;                 // A fragments: the steps in flight plus the one decoding
-  constexpr int kUnroll = kPromote == 1 ? 2 : 6;      // lcm(kBufs, 2 code slots, kPromote): indices compile-time
+  // A fragments: two buffers. Step t's wgmmas read a[t % 2]; step t + 1 is decoded into the other once step
+  // t - 1's wgmmas, which read it, are done (wgmma_wait<1>, just after step t's are issued). That wait also
+  // frees step t - 1's stage for the producer.
   float acc[64], part[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) { acc[i] = 0.f; part[i] = 0.f; }
-  uint4 wq[2][2];
-  uint32_t a[kBufs][16];
-  // a thread's 32 codes of a row in step `step`: 16 bytes (4-bit), or {8 bytes of plane lo, 4 of plane hi} (3-bit)
-  auto load_row = [&](const uint8_t* row, int step) -> uint4 {
-    if constexpr (kBits == 4) {
-      return __ldg(reinterpret_cast<const uint4*>(row + step * (kStepK / 2) + 16 * q));
-    } else {
-      const uint2 lo = __ldg(reinterpret_cast<const uint2*>(row + step * (kStepK / 4) + 8 * q));
-      const uint32_t hi = __ldg(reinterpret_cast<const unsigned int*>(row + hi_plane + step * (kStepK / 8) + 4 * q));
-      return make_uint4(lo.x, lo.y, hi, 0u);
+  uint32_t a[2][16];
+  // this thread's codes of the step in stage st for rows g and g + 8: 16 bytes a row (4-bit), or 8 bytes of the
+  // 2-bit plane and 4 of the 1-bit plane (3-bit); a warp's loads cover 8 consecutive rows, free of bank conflicts
+  auto load_codes = [&](int st, uint4 (&r)[2]) {
+    const uint8_t* w = smem_tile + st * S::kBytes + S::kXBytes;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row_local + 8 * h;
+      if constexpr (kBits == 4) {
+        r[h] = *reinterpret_cast<const uint4*>(w + row * 64 + 16 * q);
+      } else {
+        const uint2 lo = *reinterpret_cast<const uint2*>(w + row * 32 + 8 * q);
+        r[h] = make_uint4(lo.x, lo.y, *reinterpret_cast<const uint32_t*>(w + S::kWLoBytes + row * 16 + 4 * q), 0u);
+      }
     }
   };
-  auto load_w = [&](int step, uint4 (&slot)[2]) {
-    slot[0] = load_row(wrow0, step);
-    slot[1] = load_row(wrow1, step);
+  auto decode = [&](const uint4 (&r)[2], uint32_t (&frag)[16]) {
+    if constexpr (kBits == 4) decode_step(r[0], r[1], table, frag);
+    else decode_step3(r[0], r[1], table, frag);
   };
-  auto decode = [&](const uint4 (&slot)[2], uint32_t (&frag)[16]) {
-    if constexpr (kBits == 4) decode_step(slot[0], slot[1], table, frag);
-    else decode_step3(slot[0], slot[1], table, frag);
-  };
-  load_w(0, wq[0]);
-  if (nk > 1) load_w(1, wq[1]);
-  decode(wq[0], a[0]);
-  if (nk > 2) load_w(2, wq[0]);
+  uint4 codes[2];
+  const uint64_t desc0 = kTma ? desc_b_sw128(smem0) : desc_b(smem0);   // stage 0, k32 slice 0
+  const uint32_t desc_lo = static_cast<uint32_t>(desc0), desc_hi = static_cast<uint32_t>(desc0 >> 32);
+  mbar_wait(full0, 0);
+  load_codes(0, codes);
+  decode(codes, a[0]);
 
-  // kPromote steps: their wgmmas chained into part, each next step decoded while they run, then one wait and
-  // one float32 add. U: the first step's place in the unrolled loop (its A buffer U % kBufs, code slot U & 1).
-  auto group = [&](int s, auto u_c) {
-    constexpr int U = decltype(u_c)::value;
+  // The K loop, unrolled by the ring's depth so that every stage index (and so every shared-memory address and
+  // wgmma descriptor) is a compile-time offset; only the ring's phase bit is computed. Groups of kPromote steps
+  // chain their wgmmas into part, then one wait and one float32 add.
+  for (int s0 = 0; s0 < nk; s0 += kWsStages) {
+    const uint32_t phase = (s0 / kWsStages) & 1;
 #pragma unroll
-    for (int v = 0; v < kPromote; ++v) {
-      const int t = s + v;
-      const uint32_t stage = smem0 + (t % kWsStages) * L::kBytes;
-      mbar_wait(full0 + 8 * (t % kWsStages), (t / kWsStages) & 1);
-      uint32_t (&ac)[16] = a[(U + v) % kBufs];
-      // k32 slice j: 32 bytes along the swizzled row (TMA), or two core matrices of kLBO (copied)
-      auto desc = [&](int j) { return kTma ? desc_b_sw128(stage + 32 * j) : desc_b(stage + 2 * j * kLBO); };
+    for (int u = 0; u < kWsStages; ++u) {
+      const int t = s0 + u;
+      if (t >= nk) break;
+      const int v = u % kPromote;                     // place in its promotion group
+      uint32_t (&ac)[16] = a[u % 2];
+      // k32 slice j of stage u: 32 bytes along the swizzled row (TMA), or two core matrices of kLBO (copied); an
+      // offset to the start-address field (bits 0-13, in 16-byte units, which shared memory never overflows)
+      auto desc = [&](int j) {
+        uint64_t d;
+        asm("mov.b64 %0, {%1, %2};" : "=l"(d)
+            : "r"(desc_lo + ((u * S::kBytes + (kTma ? 32 * j : 2 * j * kLBO)) >> 4)), "r"(desc_hi));
+        return d;
+      };
       wgmma_fence();
       if (v == 0) wgmma_k32<0>(part, ac[0], ac[1], ac[2], ac[3], desc(0));
       else wgmma_k32<1>(part, ac[0], ac[1], ac[2], ac[3], desc(0));
@@ -328,25 +379,20 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       wgmma_k32<1>(part, ac[8], ac[9], ac[10], ac[11], desc(2));
       wgmma_k32<1>(part, ac[12], ac[13], ac[14], ac[15], desc(3));
       wgmma_commit();
-      if (t + 1 < nk) {
-        uint4 (&slot)[2] = wq[(U + v + 1) & 1];
-        decode(slot, a[(U + v + 1) % kBufs]);
-        if (t + 3 < nk) load_w(t + 3, slot);
+      const bool more = t + 1 < nk;
+      const int next = (u + 1) % kWsStages;
+      if (more) {                                     // the next step's codes load while step t - 1 finishes
+        mbar_wait(full0 + 8 * next, next == 0 ? phase ^ 1 : phase);
+        load_codes(next, codes);
       }
-    }
-    wgmma_wait_all();
+      wgmma_wait<1>();
+      if (t > 0) mbar_arrive(empty0 + 8 * ((u + kWsStages - 1) % kWsStages));
+      if (more) decode(codes, a[(u + 1) % 2]);
+      if (v == kPromote - 1) {
+        wgmma_wait<0>();
 #pragma unroll
-    for (int v = 0; v < kPromote; ++v) mbar_arrive(empty0 + 8 * ((s + v) % kWsStages));
-#pragma unroll
-    for (int i = 0; i < 64; ++i) acc[i] += part[i];
-  };
-  for (int s = 0; s < nk; s += kUnroll) {             // nk % kPromote == 0 (the launcher picks kPromote)
-    group(s, std::integral_constant<int, 0>{});
-    if constexpr (kPromote == 1) {
-      if (s + 1 < nk) group(s + 1, std::integral_constant<int, 1>{});
-    } else {
-      if (s + 2 < nk) group(s + 2, std::integral_constant<int, 2>{});
-      if (s + 4 < nk) group(s + 4, std::integral_constant<int, 4>{});
+        for (int i = 0; i < 64; ++i) acc[i] += part[i];
+      }
     }
   }
   consumer_barrier();                                 // both consumers are done with the stages: stage the output
@@ -379,9 +425,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #endif  // LRQ_SM90A
 }
 
-// The TMA descriptor of x [M, K] in GEMM order: 2-D, a box of 128 bytes x 128 tokens (one stage), 128-byte swizzle. cuTensorMapEncodeTiled is a driver function: fetched once through the runtime, so that
-// the module links no libcuda and imports on a machine without a driver.
-std::string encode_x_map(const GemmA8Args& a, CUtensorMap* map) {
+// A 2-D TMA descriptor of a byte matrix [rows, inner] with a row stride (bytes) and a box of box_inner x box_rows.
+// cuTensorMapEncodeTiled is a driver function: fetched once through the runtime, so that the module links no
+// libcuda and imports on a machine without a driver.
+std::string encode_u8_2d(CUtensorMap* map, const void* base, uint64_t inner, uint64_t rows, uint64_t stride,
+                         uint32_t box_inner, uint32_t box_rows, CUtensorMapSwizzle swizzle) {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
   if (encode == nullptr) {
     cudaDriverEntryPointQueryResult found;
@@ -391,14 +439,25 @@ std::string encode_x_map(const GemmA8Args& a, CUtensorMap* map) {
       return "gemm_a8: cuTensorMapEncodeTiled not found in the CUDA driver";
     encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
   }
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(a.k), static_cast<cuuint64_t>(a.m)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.stride_x)};         // bytes, of dim 1
-  const cuuint32_t box[2] = {kStepK, kTileT};
+  const cuuint64_t dims[2] = {inner, rows};
+  const cuuint64_t strides[1] = {stride};
+  const cuuint32_t box[2] = {box_inner, box_rows};
   const cuuint32_t unit[2] = {1, 1};
-  CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(a.x), dims, strides, box, unit,
-                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+  CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims, strides, box, unit,
+                      CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
                       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? std::string() : "gemm_a8: cuTensorMapEncodeTiled failed, error " + std::to_string(r);
+}
+
+// The longest float32-add interval the step count allows, capped by LRQ_GEMM_A8_PROMOTE (1, 2 or 4; read once),
+// which benchmarks set to compare the intervals in one run.
+int promote_steps(int nk) {
+  static const int cap = [] {
+    const char* env = std::getenv("LRQ_GEMM_A8_PROMOTE");
+    const int v = env != nullptr ? std::atoi(env) : 4;
+    return v >= 4 ? 4 : v >= 2 ? 2 : 1;
+  }();
+  return nk % 4 == 0 && cap >= 4 ? 4 : nk % 2 == 0 && cap >= 2 ? 2 : 1;
 }
 
 template <int kBits, typename OutT>
@@ -407,22 +466,33 @@ std::string launch(const GemmA8Args& a) {
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(a.stream);
   const uint8_t* x = static_cast<const uint8_t*>(a.x);
   OutT* y = static_cast<OutT*>(a.y);
-  const int nk = a.k / kStepK;
-  const bool every_second = nk % 2 == 0;        // the float32 add every second step needs an even step count
-  CUtensorMap map{};
-  if (a.x_gemm_order) {
-    std::string why = encode_x_map(a, &map);
-    if (!why.empty()) return why;
-  }
-  auto kernel = a.x_gemm_order ? (every_second ? gemm_wa8_sm90_kernel<kBits, 2, true, OutT>
-                                               : gemm_wa8_sm90_kernel<kBits, 1, true, OutT>)
-                               : (every_second ? gemm_wa8_sm90_kernel<kBits, 2, false, OutT>
-                                               : gemm_wa8_sm90_kernel<kBits, 1, false, OutT>);
-  const int smem = a.x_gemm_order ? ws_smem_bytes<true, OutT>() : ws_smem_bytes<false, OutT>();
+  const int promote = promote_steps(a.k / kStepK);
+  // x in GEMM order: one box of 128 bytes x 128 tokens a stage, in the 128-byte swizzle. Weights: one box of
+  // 128 rows a plane, 64 bytes (4-bit) or 32 + 16 bytes (3-bit) a row, unswizzled.
+  CUtensorMap x_map{}, w_map{}, w_map_hi{};
+  std::string why;
+  if (a.x_gemm_order)
+    why = encode_u8_2d(&x_map, a.x, a.k, a.m, a.stride_x, kStepK, kTileT, CU_TENSOR_MAP_SWIZZLE_128B);
+  const uint64_t plane_lo = kBits == 4 ? a.k / 2 : a.k / 4;
+  if (why.empty())
+    why = encode_u8_2d(&w_map, a.packed, plane_lo, a.n, a.row_bytes, kBits == 4 ? kStepK / 2 : kStepK / 4, kTileW,
+                       CU_TENSOR_MAP_SWIZZLE_NONE);
+  if (why.empty() && kBits == 3)
+    why = encode_u8_2d(&w_map_hi, a.packed, a.k / 4 + a.k / 8, a.n, a.row_bytes, kStepK / 8, kTileW,
+                       CU_TENSOR_MAP_SWIZZLE_NONE);
+  if (!why.empty()) return why;
+  auto pick = [&](auto tma_c) {
+    constexpr bool kTma = decltype(tma_c)::value;
+    return promote == 4 ? gemm_wa8_sm90_kernel<kBits, 4, kTma, OutT>
+         : promote == 2 ? gemm_wa8_sm90_kernel<kBits, 2, kTma, OutT>
+                        : gemm_wa8_sm90_kernel<kBits, 1, kTma, OutT>;
+  };
+  auto kernel = a.x_gemm_order ? pick(std::true_type{}) : pick(std::false_type{});
+  const int smem = a.x_gemm_order ? ws_smem_bytes<true, kBits, OutT>() : ws_smem_bytes<false, kBits, OutT>();
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemm_wa8_sm90)", e);
   kernel<<<static_cast<unsigned>(tiles), kWsThreads, smem, stream>>>(
-      x, a.stride_x, map, a.x_scales, a.packed, a.row_bytes, a.w_scales, a.codebook, a.bias, y, a.m, a.n, a.k);
+      x, a.stride_x, x_map, w_map, w_map_hi, a.x_scales, a.w_scales, a.codebook, a.bias, y, a.m, a.n, a.k);
   return last_launch_error("gemm_wa8_sm90_kernel");
 }
 
