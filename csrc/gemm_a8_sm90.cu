@@ -1,17 +1,18 @@
 // W4A8 / W3A8 GEMM for Hopper (sm_90a): FP8 e4m3 activation codes x 4- or 3-bit weight codes decoded to e4m3
-// in registers, on wgmma, with the tensor cores' partial sums added to a float32 accumulator every 128 or 256 of K
-// (the 1e-3 bound needs it: Hopper's FP8 wgmma accumulates with fewer bits than float32, benchmarks/NOTES.md,
-// session 3).
+// in registers, on wgmma, with the tensor cores' partial sums added to a float32 accumulator every 128, 256 or 512
+// of K (the 1e-3 bound needs it: Hopper's FP8 wgmma accumulates with fewer bits than float32, benchmarks/NOTES.md,
+// session 3; 512 gives 3.0e-4 on FLUX fc1, session 11).
 //
 //   y[t, r] = (sum_k x[t, k] * codebook[code(r, k)]) * w_scales[r] * x_scales[t] + bias[r]
 //
 // The product is transposed, y^T = W x^T: the decoded weights are wgmma's A operand, built in registers, and the
-// activation tile is B, in shared memory. A CTA has three warpgroups: a producer that fills a ring of activation
-// tiles, and two consumers (64 weight rows each) that decode the weights of K step s + 1 while the wgmmas of step
-// s run, then wait and add. Each stage has a "full" mbarrier (its tile has landed) and an "empty" one (both
-// consumers' wgmmas are done with it), so the consumers drift apart and one's float32 adds overlap the other's
-// wgmmas (session 7's kernel, with a CTA-wide barrier every step, took 665 us on FLUX fc1 against 551 here;
-// benchmarks/NOTES.md, session 9).
+// activation tile is B, in shared memory. A CTA has three warpgroups: a producer that fills a ring of stages
+// (a K step's activation tile and weight codes), and two consumers (64 weight rows each) that decode the weights
+// of K step s + 1 while the wgmmas of step s run, then wait and add. Each stage has a "full" mbarrier (its data
+// has landed) and an "empty" one (both consumers' wgmmas are done with it), so the consumers drift apart and one's
+// float32 adds overlap the other's wgmmas (session 7's kernel, with a CTA-wide barrier every step, took 665 us on
+// FLUX fc1 against 551 for session 9's). The grid is persistent: a CTA an SM walks through tiles, and the
+// producer fills the next tile's stages while the consumers store the last one.
 //
 // K order inside a 128-wide step. Thread (g = lane / 4, q = lane % 4) of a warp holds, for each k32 chunk j, the
 // A fragment bytes at wgmma positions 4q..4q+3 and 16+4q..16+4q+3 of rows g and g+8 (CUTLASS's ALayout_64x32).
@@ -153,9 +154,6 @@ __device__ __forceinline__ void decode_step3(const uint4& r0, const uint4& r1, c
 }
 #endif  // LRQ_SM90A
 
-// Eight stages: the producer runs up to eight K steps ahead of the slower consumer; a power of two, so that
-// the unrolled K loop's stage indices are compile-time and every promotion interval (1, 2, 4) divides it.
-constexpr int kWsStages = 8;
 constexpr int kWsThreads = 384;               // producer warpgroup + two consumer warpgroups
 [[maybe_unused]] constexpr int kWsConsumers = 256;
 
@@ -177,11 +175,40 @@ template <bool kTma, int kBits> struct Stage {
   static_assert(kBytes % 1024 == 0, "stages stay 1024-byte aligned for the swizzled TMA box");
 };
 
-// stages (1024-byte aligned for the swizzle: 1 KB of slack), the output tile reuses them, then the mbarriers
-template <bool kTma, int kBits, typename OutT> __host__ __device__ constexpr int ws_smem_bytes() {
-  return 1024 + (kWsStages * Stage<kTma, kBits>::kBytes > kTileT * out_pitch<OutT>()
-                     ? kWsStages * Stage<kTma, kBits>::kBytes : kTileT * out_pitch<OutT>())
-         + 2 * kWsStages * 8;
+// Shared memory: the ring of stages (1024-byte aligned for the swizzle: 1 KB of slack), then half an output tile
+// (64 tokens; the epilogue stores a tile in two halves), then a "full" and an "empty" mbarrier a stage and the
+// codebook's e4m3 bytes. The ring
+// and the output have their own space, so that the producer fills the next tile's stages during the epilogue. As
+// many stages as fit in the 227 KB a CTA may have, at most 8: 8 with TMA-loaded activations, 6-7 with the copied
+// (padded) layout.
+template <bool kTma, int kBits, typename OutT> struct Smem {
+  static constexpr int kOutBytes = (kTileT / 2) * out_pitch<OutT>();
+  static constexpr int kMaxBytes = 227 * 1024;
+  static constexpr int kFit = (kMaxBytes - 1024 - kOutBytes - 2 * 8 * 8 - 128) / Stage<kTma, kBits>::kBytes;
+  static constexpr int kStages = kFit < 8 ? kFit : 8;
+  static constexpr int kRingBytes = kStages * Stage<kTma, kBits>::kBytes;
+  static constexpr int kBytes = 1024 + kRingBytes + kOutBytes + 2 * kStages * 8 + 128;   // + the codebook
+  static_assert(kStages >= 4 && kBytes <= kMaxBytes, "the ring needs 4 stages or more");
+};
+
+// A position in the ring: the stage and the parity of its use (flips each time the ring wraps).
+template <int kStages> struct RingPos {
+  int stage = 0;
+  uint32_t phase = 0;
+  __device__ __forceinline__ void advance() {
+    if (++stage == kStages) { stage = 0; phase ^= 1u; }
+  }
+};
+
+// Tile i of the persistent loop -> its first token and weight row, in grouped order: 8 token tiles take each
+// weight tile in turn, so that a wave of CTAs shares few weight tiles and token tiles in L2.
+__device__ __forceinline__ void tile_origin(int tile, int m, int n, int& t0, int& w0) {
+  constexpr int kGroupT = 8;
+  const int tiles_t = (m + kTileT - 1) / kTileT, tiles_w = (n + kTileW - 1) / kTileW;
+  const int per_group = kGroupT * tiles_w, first_t = (tile / per_group) * kGroupT;
+  const int size = min(tiles_t - first_t, kGroupT);
+  t0 = (first_t + (tile % per_group) % size) * kTileT;
+  w0 = ((tile % per_group) / size) * kTileW;
 }
 
 #ifdef LRQ_SM90A
@@ -230,6 +257,8 @@ __device__ __forceinline__ void load_weights(uint32_t dst, const CUtensorMap* w_
 // kPromote: K steps whose wgmmas chain in the tensor cores before the float32 add: 4 (every 512 of K) where the
 // step count allows it, else 2, else 1 (the launcher picks; benchmarks/NOTES.md, session 11, has the
 // measurements and the error at each chain length against the 1e-3 bound).
+// Persistent: a CTA a multiprocessor, each taking tiles blockIdx.x, + gridDim.x, ...; the producer runs on into
+// the next tile while the consumers store the last one.
 template <int kBits, int kPromote, bool kTma, typename OutT>
 __global__ void __launch_bounds__(kWsThreads, 1)
     gemm_wa8_sm90_kernel(const uint8_t* __restrict__ x, int64_t stride_x, const __grid_constant__ CUtensorMap x_map,
@@ -239,98 +268,91 @@ __global__ void __launch_bounds__(kWsThreads, 1)
                          OutT* __restrict__ y, int m, int n, int k) {
 #ifdef LRQ_SM90A
   using S = Stage<kTma, kBits>;
+  using M = Smem<kTma, kBits, OutT>;
+  constexpr int kStages = M::kStages;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const uint32_t smem_base = smem_u32(smem), smem0 = (smem_base + 1023) & ~1023u;
-  uint8_t* const smem_tile = smem + (smem0 - smem_base);
-  const uint32_t full0 = smem_base + ws_smem_bytes<kTma, kBits, OutT>() - 2 * kWsStages * 8;
-  const uint32_t empty0 = full0 + kWsStages * 8;
-
-  constexpr int kGroupT = 8;                  // grouped tile order: 8 token tiles share each weight tile in turn
-  const int tiles_t = (m + kTileT - 1) / kTileT, tiles_w = (n + kTileW - 1) / kTileW;
-  const int per_group = kGroupT * tiles_w, first_t = (blockIdx.x / per_group) * kGroupT;
-  const int size_t_ = min(tiles_t - first_t, kGroupT);
-  const int t0 = (first_t + (blockIdx.x % per_group) % size_t_) * kTileT;
-  const int w0 = ((blockIdx.x % per_group) / size_t_) * kTileW;
+  uint8_t* const smem_ring = smem + (smem0 - smem_base);
+  uint8_t* const smem_out = smem_ring + M::kRingBytes;
+  const uint32_t full0 = smem0 + M::kRingBytes + M::kOutBytes;
+  const uint32_t empty0 = full0 + kStages * 8;
+  const int tiles = ((m + kTileT - 1) / kTileT) * ((n + kTileW - 1) / kTileW);
   const int nk = k / kStepK;
 
   if (tid == 0) {
-    for (int st = 0; st < kWsStages; ++st) {
+    for (int st = 0; st < kStages; ++st) {
       // TMA: the issuer's one arrival; copies: one cp.async arrival a copying thread, plus the weights' issuer
       mbar_init(full0 + 8 * st, kTma ? 1 : 129);
-      mbar_init(empty0 + 8 * st, kWsConsumers);       // every consumer thread, after its wgmmas
+      mbar_init(empty0 + 8 * st, kWsConsumers);       // every consumer thread, once that step's wgmmas are done
     }
   }
   __syncthreads();
 
-  if (warp < 4 && kTma) {
-    // producer: one thread issues a stage's boxes, its mbarrier counting the bytes; rows past M arrive as zeros
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n");
-    if (tid != 0) return;
-    for (int s = 0; s < nk; ++s) {
-      const int st = s % kWsStages;
-      const uint32_t dst = smem0 + st * S::kBytes;
-      if (s >= kWsStages) mbar_wait(empty0 + 8 * st, ((s / kWsStages) + 1) & 1);
-      mbar_expect_tx(full0 + 8 * st, S::kBytes);
-      tma_load_2d(dst, &x_map, s * kStepK, t0, full0 + 8 * st);
-      load_weights<kTma, kBits>(dst, &w_map, &w_map_hi, s, w0, k, full0 + 8 * st);
-    }
-    return;
-  }
   if (warp < 4) {
-    // producer: warp w copies tokens w, w + 4, ...; lane l the 4 bytes at K = 4l of the step, to their permuted
-    // place (see the K order at the top of the file). Rows past M copy nothing (zero-filled). Thread 0 also
+    // producer. TMA: one thread issues a stage's boxes, its mbarrier counting the bytes (rows past M or N arrive
+    // as zeros). Copies: warp w copies tokens w, w + 4, ...; lane l the 4 bytes at K = 4l of the step, to their
+    // permuted place (see the K order at the top of the file); rows past M copy nothing (zero-filled); thread 0
     // issues the weight boxes.
     asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n");
-    // token warp + 4i sits in row (warp + 4 (i & 1)) of core-matrix group i / 2: with i unrolled, every copy's
-    // shared address is this thread's base plus a constant, and its source the last one's plus 4 rows
-    const uint32_t dst0 = smem0 + (lane & 7) * kLBO + (lane >> 3) * 4 + warp * 16;
-    const uint8_t* src0 = x + static_cast<int64_t>(t0 + warp) * stride_x + 4 * lane;
-    const int64_t src_step = 4 * stride_x;
-    const int rows = m - t0 - warp;                   // token warp + 4i exists when 4i < rows
-    for (int s = 0; s < nk; ++s) {
-      const int st = s % kWsStages;
-      if (s >= kWsStages) mbar_wait(empty0 + 8 * st, ((s / kWsStages) + 1) & 1);
-      const uint32_t dst = dst0 + st * S::kBytes;
-      const uint8_t* src = src0 + s * kStepK;
+    if (kTma && tid != 0) return;
+    RingPos<kStages> pos;
+    int uses = 0;                                     // stages filled so far (the first kStages need no wait)
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      int t0, w0;
+      tile_origin(tile, m, n, t0, w0);
+      // token warp + 4i sits in row (warp + 4 (i & 1)) of core-matrix group i / 2
+      const uint32_t dst0 = (lane & 7) * kLBO + (lane >> 3) * 4 + warp * 16;
+      const uint8_t* src0 = x + static_cast<int64_t>(t0 + warp) * stride_x + 4 * lane;
+      const int rows = m - t0 - warp;                 // token warp + 4i exists when 4i < rows
+      for (int s = 0; s < nk; ++s, ++uses, pos.advance()) {
+        const uint32_t stage = smem0 + pos.stage * S::kBytes, full = full0 + 8 * pos.stage;
+        if (uses >= kStages) mbar_wait(empty0 + 8 * pos.stage, pos.phase ^ 1u);
+        if constexpr (kTma) {
+          mbar_expect_tx(full, S::kBytes);
+          tma_load_2d(stage, &x_map, s * kStepK, t0, full);
+        } else {
+          const uint8_t* src = src0 + s * kStepK;
 #pragma unroll 8
-      for (int i = 0; i < kTileT / 4; ++i, src += src_step)
-        cp_async4(dst + (i & 1) * 64 + (i >> 1) * kSBO, src, 4 * i < rows);
-      cp_async_arrive(full0 + 8 * st);
-      if (tid == 0) {
-        mbar_expect_tx(full0 + 8 * st, S::kWLoBytes + S::kWHiBytes);
-        load_weights<kTma, kBits>(smem0 + st * S::kBytes, &w_map, &w_map_hi, s, w0, k, full0 + 8 * st);
+          for (int i = 0; i < kTileT / 4; ++i, src += 4 * stride_x)
+            cp_async4(stage + dst0 + (i & 1) * 64 + (i >> 1) * kSBO, src, 4 * i < rows);
+          cp_async_arrive(full);
+          if (tid == 0) mbar_expect_tx(full, S::kWLoBytes + S::kWHiBytes);
+        }
+        if (tid == 0) load_weights<kTma, kBits>(stage, &w_map, &w_map_hi, s, w0, k, full);
       }
     }
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    if constexpr (!kTma) asm volatile("cp.async.wait_all;\n" ::: "memory");
     return;
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n");
   const int cw = warp - 4, ctid = tid - 128;          // consumer warp 0..7, thread 0..255
   const int g = lane >> 2, q = lane & 3;
-  uint32_t table[4] = {0u, 0u, 0u, 0u};              // the 2^kBits codebook entries as e4m3 bytes
-#pragma unroll
-  for (int i = 0; i < (1 << kBits) / 4; ++i) {
+  // The 16 codebook entries as e4m3 bytes, 4 a word, in 8 copies that lanes read by lane % 8. (Computed in every
+  // lane, or read from one address, the words are provably the same in a warp, and ptxas kept them in uniform
+  // registers and copied one into a vector register for every byte permute: 32 IMAD a step.)
+  uint32_t* const table_smem = reinterpret_cast<uint32_t*>(smem_out + M::kOutBytes + 2 * kStages * 8);
+  if (ctid < 32) {
     uint32_t word = 0;
 #pragma unroll
-    for (int b = 0; b < 4; ++b)
-      word |= static_cast<uint32_t>(__nv_cvt_float_to_fp8(codebook[4 * i + b], __NV_SATFINITE, __NV_E4M3)) << (8 * b);
-    table[i] = word;
+    for (int b = 0; b < 4; ++b) {
+      const int e = 4 * (ctid & 3) + b;
+      const float v = e < (1 << kBits) ? codebook[e] : 0.f;
+      word |= static_cast<uint32_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3)) << (8 * b);
+    }
+    table_smem[ctid] = word;
   }
+  consumer_barrier();
+  uint32_t table[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) table[i] = table_smem[4 * (lane & 7) + i];
   const int row_local = (cw >> 2) * 64 + (cw & 3) * 16 + g;
 
-  // A fragments: two buffers. Step t's wgmmas read a[t % 2]; step t + 1 is decoded into the other once step
-  // t - 1's wgmmas, which read it, are done (wgmma_wait<1>, just after step t's are issued). That wait also
-  // frees step t - 1's stage for the producer.
-  float acc[64], part[64];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) { acc[i] = 0.f; part[i] = 0.f; }
-  uint32_t a[2][16];
   // this thread's codes of the step in stage st for rows g and g + 8: 16 bytes a row (4-bit), or 8 bytes of the
   // 2-bit plane and 4 of the 1-bit plane (3-bit); a warp's loads cover 8 consecutive rows, free of bank conflicts
   auto load_codes = [&](int st, uint4 (&r)[2]) {
-    const uint8_t* w = smem_tile + st * S::kBytes + S::kXBytes;
+    const uint8_t* w = smem_ring + st * S::kBytes + S::kXBytes;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = row_local + 8 * h;
@@ -346,81 +368,98 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     if constexpr (kBits == 4) decode_step(r[0], r[1], table, frag);
     else decode_step3(r[0], r[1], table, frag);
   };
-  uint4 codes[2];
-  const uint64_t desc0 = kTma ? desc_b_sw128(smem0) : desc_b(smem0);   // stage 0, k32 slice 0
+  // wgmma descriptor of k32 slice j of stage st: an offset to the start-address field (bits 0-13, in 16-byte
+  // units, which shared memory never overflows) of stage 0's
+  const uint64_t desc0 = kTma ? desc_b_sw128(smem0) : desc_b(smem0);
   const uint32_t desc_lo = static_cast<uint32_t>(desc0), desc_hi = static_cast<uint32_t>(desc0 >> 32);
-  mbar_wait(full0, 0);
-  load_codes(0, codes);
-  decode(codes, a[0]);
+  auto desc = [&](int st, int j) {
+    uint64_t d;
+    asm("mov.b64 %0, {%1, %2};" : "=l"(d)
+        : "r"(desc_lo + ((st * S::kBytes + (kTma ? 32 * j : 2 * j * kLBO)) >> 4)), "r"(desc_hi));
+    return d;
+  };
 
-  // The K loop, unrolled by the ring's depth so that every stage index (and so every shared-memory address and
-  // wgmma descriptor) is a compile-time offset; only the ring's phase bit is computed. Groups of kPromote steps
-  // chain their wgmmas into part, then one wait and one float32 add.
-  for (int s0 = 0; s0 < nk; s0 += kWsStages) {
-    const uint32_t phase = (s0 / kWsStages) & 1;
+  // A fragments: two buffers. Step t's wgmmas read a[t % 2]; step t + 1 is decoded into the other once step
+  // t - 1's wgmmas, which read it, are done (wgmma_wait<1>, just after step t's are issued). That wait also
+  // frees step t - 1's stage for the producer.
+  constexpr int kUnroll = kPromote > 2 ? kPromote : 2;   // a buffer index and place in a promotion group each
+  float acc[64], part[64];
+  uint32_t a[2][16];
+  uint4 codes[2];
+  RingPos<kStages> pos;
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    int t0, w0;
+    tile_origin(tile, m, n, t0, w0);
+    const int r0 = w0 + row_local, r1 = r0 + 8;
+    const float sw0 = r0 < n ? w_scales[r0] : 0.f, sw1 = r1 < n ? w_scales[r1] : 0.f;
+    const float b0 = (bias != nullptr && r0 < n) ? bias[r0] : 0.f, b1 = (bias != nullptr && r1 < n) ? bias[r1] : 0.f;
 #pragma unroll
-    for (int u = 0; u < kWsStages; ++u) {
-      const int t = s0 + u;
-      if (t >= nk) break;
-      const int v = u % kPromote;                     // place in its promotion group
-      uint32_t (&ac)[16] = a[u % 2];
-      // k32 slice j of stage u: 32 bytes along the swizzled row (TMA), or two core matrices of kLBO (copied); an
-      // offset to the start-address field (bits 0-13, in 16-byte units, which shared memory never overflows)
-      auto desc = [&](int j) {
-        uint64_t d;
-        asm("mov.b64 %0, {%1, %2};" : "=l"(d)
-            : "r"(desc_lo + ((u * S::kBytes + (kTma ? 32 * j : 2 * j * kLBO)) >> 4)), "r"(desc_hi));
-        return d;
-      };
-      wgmma_fence();
-      if (v == 0) wgmma_k32<0>(part, ac[0], ac[1], ac[2], ac[3], desc(0));
-      else wgmma_k32<1>(part, ac[0], ac[1], ac[2], ac[3], desc(0));
-      wgmma_k32<1>(part, ac[4], ac[5], ac[6], ac[7], desc(1));
-      wgmma_k32<1>(part, ac[8], ac[9], ac[10], ac[11], desc(2));
-      wgmma_k32<1>(part, ac[12], ac[13], ac[14], ac[15], desc(3));
-      wgmma_commit();
-      const bool more = t + 1 < nk;
-      const int next = (u + 1) % kWsStages;
-      if (more) {                                     // the next step's codes load while step t - 1 finishes
-        mbar_wait(full0 + 8 * next, next == 0 ? phase ^ 1 : phase);
-        load_codes(next, codes);
-      }
-      wgmma_wait<1>();
-      if (t > 0) mbar_arrive(empty0 + 8 * ((u + kWsStages - 1) % kWsStages));
-      if (more) decode(codes, a[(u + 1) % 2]);
-      if (v == kPromote - 1) {
-        wgmma_wait<0>();
+    for (int i = 0; i < 64; ++i) { acc[i] = 0.f; part[i] = 0.f; }
+    mbar_wait(full0 + 8 * pos.stage, pos.phase);
+    load_codes(pos.stage, codes);
+    decode(codes, a[0]);
+    int last = 0;                                     // the stage of the step before
+    for (int s0 = 0; s0 < nk; s0 += kUnroll) {
 #pragma unroll
-        for (int i = 0; i < 64; ++i) acc[i] += part[i];
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = s0 + u;
+        if (t >= nk) break;
+        const int v = u % kPromote;                   // place in its promotion group
+        const int cur = pos.stage;
+        uint32_t (&ac)[16] = a[u % 2];
+        wgmma_fence();
+        if (v == 0) wgmma_k32<0>(part, ac[0], ac[1], ac[2], ac[3], desc(cur, 0));
+        else wgmma_k32<1>(part, ac[0], ac[1], ac[2], ac[3], desc(cur, 0));
+        wgmma_k32<1>(part, ac[4], ac[5], ac[6], ac[7], desc(cur, 1));
+        wgmma_k32<1>(part, ac[8], ac[9], ac[10], ac[11], desc(cur, 2));
+        wgmma_k32<1>(part, ac[12], ac[13], ac[14], ac[15], desc(cur, 3));
+        wgmma_commit();
+        pos.advance();
+        const bool more = t + 1 < nk;
+        if (more) {                                   // the next step's codes load while step t - 1 finishes
+          mbar_wait(full0 + 8 * pos.stage, pos.phase);
+          load_codes(pos.stage, codes);
+        }
+        wgmma_wait<1>();
+        if (t > 0) mbar_arrive(empty0 + 8 * last);
+        last = cur;
+        if (more) decode(codes, a[(u + 1) % 2]);
+        if (v == kPromote - 1) {
+          wgmma_wait<0>();
+#pragma unroll
+          for (int i = 0; i < 64; ++i) acc[i] += part[i];
+        }
       }
     }
-  }
-  consumer_barrier();                                 // both consumers are done with the stages: stage the output
+    mbar_arrive(empty0 + 8 * last);                   // the tile's last stage (its wgmmas are done)
 
-  constexpr int kPitch = out_pitch<OutT>();
-  const int r0 = w0 + row_local, r1 = r0 + 8;
-  const float sw0 = r0 < n ? w_scales[r0] : 0.f, sw1 = r1 < n ? w_scales[r1] : 0.f;
-  const float b0 = (bias != nullptr && r0 < n) ? bias[r0] : 0.f, b1 = (bias != nullptr && r1 < n) ? bias[r1] : 0.f;
+    // epilogue, in two halves of 64 tokens through shared memory, for 16-byte stores
+    constexpr int kPitch = out_pitch<OutT>();
+    constexpr int kChunk = 16 / static_cast<int>(sizeof(OutT));
+    constexpr int kChunksPerRow = kTileW / kChunk;
 #pragma unroll
-  for (int i = 0; i < 16; ++i) {
+    for (int h = 0; h < 2; ++h) {
+      consumer_barrier();                             // the staging area's last contents are stored
 #pragma unroll
-    for (int v = 0; v < 2; ++v) {
-      const int tl = 8 * i + 2 * q + v;
-      const float sa = t0 + tl < m ? x_scales[t0 + tl] : 0.f;
-      OutT* row = reinterpret_cast<OutT*>(smem_tile + tl * kPitch);
-      row[row_local] = from_float<OutT>(acc[4 * i + v] * sw0 * sa + b0);
-      row[row_local + 8] = from_float<OutT>(acc[4 * i + 2 + v] * sw1 * sa + b1);
+      for (int i = 8 * h; i < 8 * h + 8; ++i) {
+#pragma unroll
+        for (int v = 0; v < 2; ++v) {
+          const int tl = 8 * i + 2 * q + v;
+          const float sa = t0 + tl < m ? x_scales[t0 + tl] : 0.f;
+          OutT* row = reinterpret_cast<OutT*>(smem_out + (tl - 64 * h) * kPitch);
+          row[row_local] = from_float<OutT>(acc[4 * i + v] * sw0 * sa + b0);
+          row[row_local + 8] = from_float<OutT>(acc[4 * i + 2 + v] * sw1 * sa + b1);
+        }
+      }
+      consumer_barrier();
+#pragma unroll
+      for (int c = ctid; c < (kTileT / 2) * kChunksPerRow; c += kWsConsumers) {
+        const int tl = c / kChunksPerRow, col = (c % kChunksPerRow) * kChunk;
+        if (t0 + 64 * h + tl < m && w0 + col < n)
+          *reinterpret_cast<uint4*>(y + static_cast<int64_t>(t0 + 64 * h + tl) * n + w0 + col) =
+              *reinterpret_cast<const uint4*>(smem_out + tl * kPitch + col * sizeof(OutT));
+      }
     }
-  }
-  consumer_barrier();
-  constexpr int kChunk = 16 / static_cast<int>(sizeof(OutT));
-  constexpr int kChunksPerRow = kTileW / kChunk;
-#pragma unroll
-  for (int c = ctid; c < kTileT * kChunksPerRow; c += kWsConsumers) {
-    const int tl = c / kChunksPerRow, col = (c % kChunksPerRow) * kChunk;
-    if (t0 + tl < m && w0 + col < n)
-      *reinterpret_cast<uint4*>(y + static_cast<int64_t>(t0 + tl) * n + w0 + col) =
-          *reinterpret_cast<const uint4*>(smem_tile + tl * kPitch + col * sizeof(OutT));
   }
 #endif  // LRQ_SM90A
 }
@@ -488,10 +527,11 @@ std::string launch(const GemmA8Args& a) {
                         : gemm_wa8_sm90_kernel<kBits, 1, kTma, OutT>;
   };
   auto kernel = a.x_gemm_order ? pick(std::true_type{}) : pick(std::false_type{});
-  const int smem = a.x_gemm_order ? ws_smem_bytes<true, kBits, OutT>() : ws_smem_bytes<false, kBits, OutT>();
+  const int smem = a.x_gemm_order ? Smem<true, kBits, OutT>::kBytes : Smem<false, kBits, OutT>::kBytes;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemm_wa8_sm90)", e);
-  kernel<<<static_cast<unsigned>(tiles), kWsThreads, smem, stream>>>(
+  const int64_t grid = tiles < sm_count(a.device) ? tiles : sm_count(a.device);   // persistent: a CTA an SM
+  kernel<<<static_cast<unsigned>(grid), kWsThreads, smem, stream>>>(
       x, a.stride_x, x_map, w_map, w_map_hi, a.x_scales, a.w_scales, a.codebook, a.bias, y, a.m, a.n, a.k);
   return last_launch_error("gemm_wa8_sm90_kernel");
 }

@@ -52,11 +52,12 @@ def main():
         assert err < 4e-3, (m, k, n, bits, group, err)
         n_cases += 1
     # W4A8 / W3A8 GEMM (Hopper only): M = 1, a partial token tile, N not a multiple of the 128-row tile, bias or
-    # none; natural-order codes (the copying kernel) and gemm_order codes (the TMA kernel)
+    # none; natural-order codes (the copying kernel) and gemm_order codes (the TMA kernel); 141 tiles, more than
+    # an H100's or H200's 132 CTAs, so that some CTAs of the persistent kernel take a second tile
     for m, k, n, tma, bits in ((1, 128, 8, False, 4), (129, 384, 200, False, 4), (7, 1152, 136, False, 4),
                                (1, 128, 8, True, 4), (129, 384, 200, True, 4), (7, 1152, 136, True, 4),
                                (130, 512, 264, True, 4), (129, 384, 200, False, 3), (7, 1152, 136, True, 3),
-                               (130, 512, 264, True, 3)):
+                               (130, 512, 264, True, 3), (257, 512, 6016, True, 4), (257, 512, 6016, False, 3)):
         if cuda_kernels.gemm_a8_unsupported(m, k, n, bits, 0, torch.float8_e4m3fn, torch.device("cuda")):
             break
         x = (torch.randn(m, k, generator=g) * 50).to(torch.float8_e4m3fn)
