@@ -431,6 +431,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         }
       }
     }
+    wgmma_wait<0>();   // nothing is in flight here; said so, ptxas injects no wait of its own on the loop's exit
     mbar_arrive(empty0 + 8 * last);                   // the tile's last stage (its wgmmas are done)
 
     // epilogue, in two halves of 64 tokens through shared memory, for 16-byte stores
