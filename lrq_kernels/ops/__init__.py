@@ -44,7 +44,9 @@ BACKENDS = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",), "gemm_a16":
 # slower on fc2 at M = 128; on codes in its K order, loaded by TMA (quant_linear_a8), faster on all four from
 # M = 64 (1.09-1.42x), 2-4% slower on fc2 at M <= 16. The 3-bit kernel on the H200 (gemm_a8_cuda_sweep_w3.md,
 # session 10): 1.21-1.71x faster from M = 256; by TMA at M = 64-128, 7-8% slower on fc2, 1.09-1.79x faster on
-# fc1 and PixArt fc1. LRQ_BACKEND=cuda runs it at any M.
+# fc1 and PixArt fc1. Session 11's kernel (TMA-staged weights, persistent) is 1.33-1.93x faster than Triton's at
+# M = 256 and 4608 (gemm_a8_cuda_sweep_s11.md); below 256 the thresholds were not measured again. LRQ_BACKEND=cuda
+# runs it at any M.
 CUDA_GEMM_A8_MIN_M = 256
 CUDA_GEMM_A8_TMA_MIN_M = 64
 
