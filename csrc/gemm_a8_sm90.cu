@@ -106,18 +106,18 @@ constexpr int kWsThreads = 384;               // producer warpgroup + two consum
 // the ring is deep.
 template <bool kTma, int kBits> struct Stage {
   static constexpr int kXBytes = kTma ? kStepK * kTileT : kStageBytes;
-  static constexpr int kWLoBytes = kTileW * kStepK * (kBits == 4 ? 4 : 2) / 8;   // codes, or the 2-bit plane
-  static constexpr int kWHiBytes = kBits == 4 ? 0 : kTileW * kStepK / 8;          // the 1-bit plane
+  static constexpr int kWLoRow = kStepK * (kBits == 4 ? 4 : 2) / 8;  // a row's bytes: codes, or the 2-bit plane
+  static constexpr int kWHiRow = kBits == 4 ? 0 : kStepK / 8;          // and the 1-bit plane (3-bit)
+  static constexpr int kWLoBytes = kTileW * kWLoRow, kWHiBytes = kTileW * kWHiRow;
   static constexpr int kBytes = kXBytes + kWLoBytes + kWHiBytes;                 // a multiple of 1024
   static_assert(kBytes % 1024 == 0, "stages stay 1024-byte aligned for the swizzled TMA box");
 };
 
 // Shared memory: the ring of stages (1024-byte aligned for the swizzle: 1 KB of slack), then half an output tile
 // (64 tokens; the epilogue stores a tile in two halves), then a "full" and an "empty" mbarrier a stage and the
-// codebook's e4m3 bytes. The ring
-// and the output have their own space, so that the producer fills the next tile's stages during the epilogue. As
-// many stages as fit in the 227 KB a CTA may have, at most 8: 8 with TMA-loaded activations, 6-7 with the copied
-// (padded) layout.
+// codebook's e4m3 bytes. The ring and the output have their own space, so that the producer fills the next
+// tile's stages during the epilogue. As many stages as fit in the 227 KB a CTA may have, at most 8: 8 with
+// TMA-loaded activations, 7 with the copied (padded) layout and float32 output.
 template <bool kTma, int kBits, typename OutT> struct Smem {
   static constexpr int kOutBytes = (kTileT / 2) * out_pitch<OutT>();
   static constexpr int kMaxBytes = 227 * 1024;
@@ -186,8 +186,9 @@ template <bool kTma, int kBits>
 __device__ __forceinline__ void load_weights(uint32_t dst, const CUtensorMap* w_map, const CUtensorMap* w_map_hi,
                                              int step, int w0, int k, uint32_t bar) {
   using S = Stage<kTma, kBits>;
-  tma_load_2d(dst + S::kXBytes, w_map, step * (S::kWLoBytes / kTileW), w0, bar);
-  if constexpr (kBits == 3) tma_load_2d(dst + S::kXBytes + S::kWLoBytes, w_map_hi, k / 4 + step * 16, w0, bar);
+  tma_load_2d(dst + S::kXBytes, w_map, step * S::kWLoRow, w0, bar);
+  if constexpr (kBits == 3)      // the 1-bit plane starts K / 4 bytes into the row
+    tma_load_2d(dst + S::kXBytes + S::kWLoBytes, w_map_hi, k / 4 + step * S::kWHiRow, w0, bar);
 }
 #endif
 
@@ -235,11 +236,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     if (kTma && tid != 0) return;
     RingPos<kStages> pos;
     int uses = 0;                                     // stages filled so far (the first kStages need no wait)
+    // copies: token warp + 4i sits in row (warp + 4 (i & 1)) of core-matrix group i / 2
+    const uint32_t dst0 = (lane & 7) * kLBO + (lane >> 3) * 4 + warp * 16;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
       int t0, w0;
       tile_origin(tile, m, n, t0, w0);
-      // token warp + 4i sits in row (warp + 4 (i & 1)) of core-matrix group i / 2
-      const uint32_t dst0 = (lane & 7) * kLBO + (lane >> 3) * 4 + warp * 16;
       const uint8_t* src0 = x + static_cast<int64_t>(t0 + warp) * stride_x + 4 * lane;
       const int rows = m - t0 - warp;                 // token warp + 4i exists when 4i < rows
       for (int s = 0; s < nk; ++s, ++uses, pos.advance()) {
@@ -450,12 +451,12 @@ std::string launch(const GemmA8Args& a) {
   std::string why;
   if (a.x_gemm_order)
     why = encode_u8_2d(&x_map, a.x, a.k, a.m, a.stride_x, kStepK, kTileT, CU_TENSOR_MAP_SWIZZLE_128B);
+  using W = Stage<false, kBits>;                      // the weight boxes are the same in both forms
   const uint64_t plane_lo = kBits == 4 ? a.k / 2 : a.k / 4;
   if (why.empty())
-    why = encode_u8_2d(&w_map, a.packed, plane_lo, a.n, a.row_bytes, kBits == 4 ? kStepK / 2 : kStepK / 4, kTileW,
-                       CU_TENSOR_MAP_SWIZZLE_NONE);
+    why = encode_u8_2d(&w_map, a.packed, plane_lo, a.n, a.row_bytes, W::kWLoRow, kTileW, CU_TENSOR_MAP_SWIZZLE_NONE);
   if (why.empty() && kBits == 3)
-    why = encode_u8_2d(&w_map_hi, a.packed, a.k / 4 + a.k / 8, a.n, a.row_bytes, kStepK / 8, kTileW,
+    why = encode_u8_2d(&w_map_hi, a.packed, a.k / 4 + a.k / 8, a.n, a.row_bytes, W::kWHiRow, kTileW,
                        CU_TENSOR_MAP_SWIZZLE_NONE);
   if (!why.empty()) return why;
   auto pick = [&](auto tma_c) {
