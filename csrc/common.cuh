@@ -38,4 +38,22 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
 
+// Asynchronous 16-byte copies global -> shared (cp.async, sm_80+), for kernels that keep several loads in flight
+// without holding them in registers. A thread's copies complete in commit order; cp_async_wait_pending(n) waits
+// until at most n of the thread's committed groups are still in flight (other threads' copies are not waited
+// for: a CTA barrier is needed before reading what another thread copied).
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+// n in 0..2 (rings of 2 to 4 stages); the branch is uniform across the CTA.
+__device__ __forceinline__ void cp_async_wait_pending(int n) {
+  if (n >= 2) cp_async_wait<2>();
+  else if (n == 1) cp_async_wait<1>();
+  else cp_async_wait<0>();
+}
+
 }  // namespace lrq

@@ -15,31 +15,42 @@
 #include <cuda_fp8.h>
 #include <algorithm>
 #include <numeric>
+#include <type_traits>
 
 namespace lrq {
 namespace {
 
 constexpr int kMaxTokensPerCta = 32;
 
+// Eight values as floats from 16-byte loads: load8 from global memory (read-only path), load8_shared from the
+// ring in shared memory.
 template <typename T>
-__device__ __forceinline__ void load8(const T* p, float v[8]);
-
-template <>
-__device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16* p, float v[8]) {
-  uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-  for (int i = 0; i < 4; ++i) { float2 f = __bfloat1622float2(h[i]); v[2 * i] = f.x; v[2 * i + 1] = f.y; }
+__device__ __forceinline__ void unpack8(const uint4* u, float v[8]) {
+  if constexpr (sizeof(T) == 4) {
+    const float* f = reinterpret_cast<const float*>(u);
+    for (int j = 0; j < 8; ++j) v[j] = f[j];
+  } else {
+    using T2 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+    const T2* h = reinterpret_cast<const T2*>(u);
+    for (int i = 0; i < 4; ++i) {
+      float2 f;
+      if constexpr (std::is_same<T, __half>::value) f = __half22float2(h[i]);
+      else f = __bfloat1622float2(h[i]);
+      v[2 * i] = f.x; v[2 * i + 1] = f.y;
+    }
+  }
 }
-template <>
-__device__ __forceinline__ void load8<__half>(const __half* p, float v[8]) {
-  uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-  const __half2* h = reinterpret_cast<const __half2*>(&u);
-  for (int i = 0; i < 4; ++i) { float2 f = __half22float2(h[i]); v[2 * i] = f.x; v[2 * i + 1] = f.y; }
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float v[8]) {
+  uint4 u[sizeof(T) / 2];
+  for (int q = 0; q < static_cast<int>(sizeof(T) / 2); ++q) u[q] = __ldg(reinterpret_cast<const uint4*>(p) + q);
+  unpack8<T>(u, v);
 }
-template <>
-__device__ __forceinline__ void load8<float>(const float* p, float v[8]) {
-  float4 a = __ldg(reinterpret_cast<const float4*>(p)), b = __ldg(reinterpret_cast<const float4*>(p) + 1);
-  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+template <typename T>
+__device__ __forceinline__ void load8_shared(const T* p, float v[8]) {
+  uint4 u[sizeof(T) / 2];
+  for (int q = 0; q < static_cast<int>(sizeof(T) / 2); ++q) u[q] = reinterpret_cast<const uint4*>(p)[q];
+  unpack8<T>(u, v);
 }
 
 template <typename T>
@@ -92,35 +103,45 @@ template <int V> struct Bounds { static constexpr int kThreads = 1024, kMinBlock
 template <> struct Bounds<4> { static constexpr int kThreads = 512, kMinBlocks = 2; };
 template <> struct Bounds<8> { static constexpr int kThreads = 256, kMinBlocks = 2; };
 
+// Shared memory of a CTA, in floats from the start of the dynamic allocation:
+//   [0, 2 * kMaxTokensPerCta)  per-token |value| bits (max-reduced), then the inverse scales, two sets used by
+//                              alternate groups so that one group's readers never race the next group's writers;
+//   [ring_offset, ...)         `stages` copies of a group's R * K input values (x's dtype), filled by cp.async;
+//   [exchange_offset, ...)     R * K floats for butterfly stages across warps (blocks over 256 * V only).
+struct Layout { int stages, ring_offset, exchange_offset; int64_t stage_elems; };
+
 // LOG_B: log2 of the Hadamard block, fixed at compile time for the blocks and V that dispatch_v lists (0: read
 // from log_b_arg). With it fixed, the stage loops have no exits, so the butterflies need no branches and no register
 // copies back to the loop's registers (ncu, session 6: branches and copies were ~5 of 36 instructions a value).
+//
+// The grid is persistent: CTA b takes the token groups b, b + gridDim.x, ... and keeps the input of the next
+// `stages - 1` groups in flight (cp.async into a shared-memory ring) while it rotates and quantizes the current
+// one. One-shot CTAs (session 6-11 kernel) had no load in flight while they computed: 56-73% of copy bandwidth
+// on the H200, long-scoreboard stalls 33% (ncu, session 11). Every thread copies exactly the 16-byte pieces it
+// later reads, so the plain path needs no barrier between a copy and its use; the ARS gather reads other
+// threads' pieces and waits at a barrier first.
 template <typename T, int V, int FMT, int LOG_B>
-__global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(const T* __restrict__ x, int64_t stride_x, const void* __restrict__ perm,
-                                    bool perm_is_int64, const float* __restrict__ channel_scale,
-                                    void* __restrict__ out, int64_t stride_out, float* __restrict__ scales,
-                                    int64_t m, int k, int log_b_arg, int tokens_per_cta, int stage_offset,
-                                    float norm, float qmax, bool gemm_order) {
+__global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(
+    const T* __restrict__ x, int64_t stride_x, const void* __restrict__ perm, bool perm_is_int64,
+    const float* __restrict__ channel_scale, void* __restrict__ out, int64_t stride_out,
+    float* __restrict__ scales, int64_t m, int k, int log_b_arg, int tokens_per_cta, Layout lay, float norm,
+    float qmax, bool gemm_order) {
   const int log_b = LOG_B ? LOG_B : log_b_arg;
-  extern __shared__ float smem[];
-  unsigned* amax_bits = reinterpret_cast<unsigned*>(smem);   // [kMaxTokensPerCta]: |value| bits, max-reduced
-  float* exchange = smem + kMaxTokensPerCta;                 // [R * K] for stages across warps
-  T* stage = reinterpret_cast<T*>(smem + stage_offset);      // [R * K] x's rows, for the ARS gather
+  extern __shared__ __align__(16) float smem[];
+  unsigned* amax_sets = reinterpret_cast<unsigned*>(smem);   // [2][kMaxTokensPerCta]
+  T* ring = reinterpret_cast<T*>(smem + lay.ring_offset);     // [stages][R * K]
+  float* exchange = smem + lay.exchange_offset;               // [R * K]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * tokens_per_cta;
   const int cta_elems = tokens_per_cta * k;
+  const int groups = static_cast<int>((m + tokens_per_cta - 1) / tokens_per_cta);   // < 2^31 (launcher)
+  constexpr int kPieces = 8 * sizeof(T) / 16;                 // 16-byte pieces of a vector of 8 values
 
-  // Initialised and synchronised here, before the loads, where the barrier costs nothing. Placed just before the
-  // atomics (session 6), the barrier was scheduled by ptxas into the shuffle stages of the V = 4, LOG_B = 10
-  // kernel (SASS: BAR among the SHFLs), so every warp waited for all the CTA's loads before computing.
-  if (threadIdx.x < kMaxTokensPerCta) amax_bits[threadIdx.x] = 0u;
-  __syncthreads();
+  if (threadIdx.x < 2 * kMaxTokensPerCta) amax_sets[threadIdx.x] = 0u;
 
-  float v[V][8];
+  // A slot past the CTA's R * K elements has tok >= R, so `tok < live tokens` tells the slots to compute.
   int tok[V], col[V];
-  bool live[V];
-  // Token and column of each vector: one division for the first, then steps of 256 elements (a division a
-  // vector cost ~15 instructions each, a tenth of the kernel's issue slots: ncu, session 6).
+  // Token and column of each vector inside a group: one division for the first, then steps of 256 elements (a
+  // division a vector cost ~15 instructions each, a tenth of the kernel's issue slots: ncu, session 6).
   {
     const int e0 = ((warp * V) * 32 + lane) * 8;
     tok[0] = e0 / k;
@@ -132,189 +153,221 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
       while (col[i] >= k) { col[i] -= k; ++tok[i]; }
     }
   }
-#pragma unroll
-  for (int i = 0; i < V; ++i) live[i] = ((warp * V + i) * 32 + lane) * 8 < cta_elems && row0 + tok[i] < m;
-  // The ARS gather: the CTA's rows are first copied to shared memory with the plain path's 16-byte loads (slot e
-  // = tok * K + col), then every value is picked from there through the permutation. Gathering straight from
-  // global memory, 8 scalar 2-byte loads a vector with each lane in another sector, ran at 27-33% of copy
-  // bandwidth against 61-77% without the gather (results/bench_cuda_rq.md, session 7).
-  if (perm != nullptr) {
-    constexpr int kChunks = 8 * sizeof(T) / 16;
-#pragma unroll
-    for (int i = 0; i < V; ++i) {
-      if (!live[i]) continue;
-      const uint4* src = reinterpret_cast<const uint4*>(x + (row0 + tok[i]) * stride_x + col[i]);
-      uint4* dst = reinterpret_cast<uint4*>(stage + tok[i] * k + col[i]);
-#pragma unroll
-      for (int q = 0; q < kChunks; ++q) dst[q] = __ldg(src + q);
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < V; ++i) {
-    const int64_t row = row0 + tok[i];
-    if (!live[i]) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
-      continue;
-    }
-    if (perm == nullptr) {
-      load8<T>(x + row * stride_x + col[i], v[i]);
-    } else {
-      int idx[8];
-      load_perm8(perm, perm_is_int64, col[i], idx);
-      const T* srow = stage + tok[i] * k;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[i][j] = to_float<T>(srow[idx[j]]);
-    }
-    if (channel_scale != nullptr) {
-      float s[8];
-      load8<float>(channel_scale + col[i], s);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], s[j]);
-    }
-  }
 
-  // Butterflies, bit 0 first (the reference's order): lower = a + b, upper = a - b (a the lower element).
+  // Copies group `grp`'s input into ring stage `slot` (nothing past the last group: an empty commit group keeps
+  // the count of groups in flight the same on every iteration). Slot e of a stage is element e = tok * K + col.
+  auto fetch = [&](int grp, int slot) {
+    if (grp < groups) {
+      const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
+      const int live_tokens = static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), m - row0));
+      T* stage = ring + slot * lay.stage_elems;
 #pragma unroll
-  for (int s = 0; s < 3; ++s) {
-    if (s >= log_b) break;
-    const int h = 1 << s;
+      for (int i = 0; i < V; ++i) {
+        if (tok[i] >= live_tokens) continue;
+        const T* src = x + (row0 + tok[i]) * stride_x + col[i];
+        T* dst = stage + tok[i] * k + col[i];
 #pragma unroll
-    for (int i = 0; i < V; ++i)
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-        if (!(j & h)) { float a = v[i][j], b = v[i][j + h]; v[i][j] = a + b; v[i][j + h] = a - b; }
-  }
-#pragma unroll
-  for (int s = 3; s < 8; ++s) {
-    if (s >= log_b) break;
-    const int h = 1 << (s - 3);
-    // lower: v + p, upper: p - v, as one fma by +-1 (exact multiply, one rounding: the same float as the add)
-    const float sign = (lane & h) ? -1.f : 1.f;
-#pragma unroll
-    for (int i = 0; i < V; ++i)
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], __shfl_xor_sync(0xffffffffu, v[i][j], h));
-  }
-#pragma unroll
-  for (int hv = 1; hv < V; hv <<= 1) {
-    if (8 + __ffs(hv) - 1 >= log_b) break;
-#pragma unroll
-    for (int i = 0; i < V; ++i)
-      if (!(i & hv))
-#pragma unroll
-        for (int j = 0; j < 8; ++j) { float a = v[i][j], b = v[i + hv][j]; v[i][j] = a + b; v[i + hv][j] = a - b; }
-  }
-  int log_v = 0;
-  while ((1 << log_v) < V) ++log_v;
-  for (int s = 8 + log_v; s < log_b; ++s) {          // across warps: one shared-memory round trip a stage
-    const int h = 1 << s;
-#pragma unroll
-    for (int i = 0; i < V; ++i) {
-      const int e = ((warp * V + i) * 32 + lane) * 8;
-      if (e < cta_elems)
-#pragma unroll
-        for (int j = 0; j < 8; ++j) exchange[e + j] = v[i][j];
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < V; ++i) {
-      const int e = ((warp * V + i) * 32 + lane) * 8;
-      if (e < cta_elems) {
-        const float sign = (e & h) ? -1.f : 1.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], exchange[(e ^ h) + j]);
+        for (int q = 0; q < kPieces; ++q) cp_async16(dst + q * (16 / sizeof(T)), src + q * (16 / sizeof(T)));
       }
     }
-    __syncthreads();
-  }
-  if (log_b > 0) {
-#pragma unroll
-    for (int i = 0; i < V; ++i)
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], norm);
-  }
+    cp_async_commit();
+  };
+  for (int s = 0; s + 1 < lay.stages; ++s) fetch(blockIdx.x + s * gridDim.x, s);
+  __syncthreads();                                            // amax_sets initialised
 
-  if constexpr (FMT == kSame) {
+  int slot = 0, parity = 0;
+  for (int grp = blockIdx.x; grp < groups; grp += gridDim.x) {
+    const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
+    const int live_tokens = static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), m - row0));
+    unsigned* amax_bits = amax_sets + parity * kMaxTokensPerCta;
+    bool live[V];
 #pragma unroll
-    for (int i = 0; i < V; ++i)
-      if (live[i]) store8<T>(static_cast<T*>(out) + (row0 + tok[i]) * stride_out + col[i], v[i]);
-    return;
-  } else {
-    // Per-token absmax. The bit patterns of |v| order like the values, and a NaN's (0x7FC00000) sorts above
-    // +inf, so an integer max keeps NaN as the reference's amax does (fmaxf would drop it).
+    for (int i = 0; i < V; ++i) live[i] = tok[i] < live_tokens;
+
+    cp_async_wait_pending(lay.stages - 2);                    // this group's copies (this thread's) have landed
+    if (perm != nullptr) __syncthreads();                     // ... and every thread's, for the gather
+    const T* stage = ring + slot * lay.stage_elems;
+    float v[V][8];
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-      unsigned mx = 0u;
+      if (!live[i]) {
 #pragma unroll
-      for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
-      const int e0 = ((warp * V + i) * 32) * 8;        // lane 0's element of this vector slot
-      const bool one_token = __all_sync(0xffffffffu, tok[i] == __shfl_sync(0xffffffffu, tok[i], 0));
-      if (one_token) {
-        mx = __reduce_max_sync(0xffffffffu, mx);
-        if (lane == 0 && e0 < cta_elems) atomicMax(&amax_bits[tok[i]], mx);
-      } else if (live[i]) {
-        atomicMax(&amax_bits[tok[i]], mx);
+        for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
+        continue;
       }
-    }
-    __syncthreads();
-    // One IEEE division a token (not a vector): the inverse scale goes back through shared memory.
-    float* inv_scale = reinterpret_cast<float*>(amax_bits);
-    if (threadIdx.x < tokens_per_cta) {
-      const float amax = __uint_as_float(amax_bits[threadIdx.x]);
-      const int64_t row = row0 + threadIdx.x;
-      if (row < m) scales[row] = __fdiv_rn(amax, qmax);
-      inv_scale[threadIdx.x] = amax > 0.f ? __fdiv_rn(qmax, amax) : 0.f;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < V; ++i) {
-      if (!live[i]) continue;
-      const float inv = inv_scale[tok[i]];
-      uint32_t w[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        w[j] = quantize_pair<FMT>(__fmul_rn(v[i][2 * j], inv), __fmul_rn(v[i][2 * j + 1], inv), qmax);
-      const uint32_t lo = w[0] | (w[1] << 16), hi = w[2] | (w[3] << 16);
-      const int64_t row = row0 + tok[i];
-      uint8_t* dst = static_cast<uint8_t*>(out) + row * stride_out;
-      if (gemm_order) {
-        // the W4A8 GEMM's K order (gemm_a8_sm90.cu): K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in its 128
-        const int c = col[i] & 127, base = col[i] - c + 32 * ((c >> 3) & 3) + 4 * (c >> 5);
-        *reinterpret_cast<uint32_t*>(dst + base) = lo;
-        *reinterpret_cast<uint32_t*>(dst + base + 16) = hi;
+      if (perm == nullptr) {
+        load8_shared<T>(stage + tok[i] * k + col[i], v[i]);
       } else {
-        *reinterpret_cast<uint2*>(dst + col[i]) = make_uint2(lo, hi);
+        int idx[8];
+        load_perm8(perm, perm_is_int64, col[i], idx);
+        const T* srow = stage + tok[i] * k;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[i][j] = to_float<T>(srow[idx[j]]);
+      }
+      if (channel_scale != nullptr) {
+        float s[8];
+        load8<float>(channel_scale + col[i], s);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], s[j]);
       }
     }
+    // Refill the stage read on the previous iteration. Plain path: only this thread read it, and its values were
+    // consumed then. Gather: every thread's reads of it came before this iteration's barrier.
+    fetch(grp + (lay.stages - 1) * gridDim.x, slot == 0 ? lay.stages - 1 : slot - 1);
+    slot = slot + 1 == lay.stages ? 0 : slot + 1;
+
+    // Butterflies, bit 0 first (the reference's order): lower = a + b, upper = a - b (a the lower element).
+#pragma unroll
+    for (int s = 0; s < 3; ++s) {
+      if (s >= log_b) break;
+      const int h = 1 << s;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          if (!(j & h)) { float a = v[i][j], b = v[i][j + h]; v[i][j] = a + b; v[i][j + h] = a - b; }
+    }
+#pragma unroll
+    for (int s = 3; s < 8; ++s) {
+      if (s >= log_b) break;
+      const int h = 1 << (s - 3);
+      // lower: v + p, upper: p - v, as one fma by +-1 (exact multiply, one rounding: the same float as the add)
+      const float sign = (lane & h) ? -1.f : 1.f;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], __shfl_xor_sync(0xffffffffu, v[i][j], h));
+    }
+#pragma unroll
+    for (int hv = 1; hv < V; hv <<= 1) {
+      if (8 + __ffs(hv) - 1 >= log_b) break;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+        if (!(i & hv))
+#pragma unroll
+          for (int j = 0; j < 8; ++j) { float a = v[i][j], b = v[i + hv][j]; v[i][j] = a + b; v[i + hv][j] = a - b; }
+    }
+    int log_v = 0;
+    while ((1 << log_v) < V) ++log_v;
+    for (int s = 8 + log_v; s < log_b; ++s) {          // across warps: one shared-memory round trip a stage
+      const int h = 1 << s;
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const int e = ((warp * V + i) * 32 + lane) * 8;
+        if (e < cta_elems)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) exchange[e + j] = v[i][j];
+      }
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const int e = ((warp * V + i) * 32 + lane) * 8;
+        if (e < cta_elems) {
+          const float sign = (e & h) ? -1.f : 1.f;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], exchange[(e ^ h) + j]);
+        }
+      }
+      __syncthreads();
+    }
+    if (log_b > 0) {
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], norm);
+    }
+
+    if constexpr (FMT == kSame) {
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+        if (live[i]) store8<T>(static_cast<T*>(out) + (row0 + tok[i]) * stride_out + col[i], v[i]);
+    } else {
+      // Per-token absmax. The bit patterns of |v| order like the values, and a NaN's (0x7FC00000) sorts above
+      // +inf, so an integer max keeps NaN as the reference's amax does (fmaxf would drop it).
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        unsigned mx = 0u;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
+        const bool one_token = __all_sync(0xffffffffu, tok[i] == __shfl_sync(0xffffffffu, tok[i], 0));
+        if (one_token) {
+          mx = __reduce_max_sync(0xffffffffu, mx);
+          if (lane == 0 && live[i]) atomicMax(&amax_bits[tok[i]], mx);   // lane 0's slot is the warp's first
+        } else if (live[i]) {
+          atomicMax(&amax_bits[tok[i]], mx);
+        }
+      }
+      __syncthreads();
+      // One IEEE division a token (not a vector). The inverse scale replaces the amax bits in place; the other
+      // set is cleared for the next group (its last readers passed the previous group's second barrier).
+      float* inv_scale = reinterpret_cast<float*>(amax_bits);
+      if (threadIdx.x < tokens_per_cta) {
+        const float amax = __uint_as_float(amax_bits[threadIdx.x]);
+        const int64_t row = row0 + threadIdx.x;
+        if (row < m) scales[row] = __fdiv_rn(amax, qmax);
+        inv_scale[threadIdx.x] = amax > 0.f ? __fdiv_rn(qmax, amax) : 0.f;
+        amax_sets[(parity ^ 1) * kMaxTokensPerCta + threadIdx.x] = 0u;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        if (!live[i]) continue;
+        const float inv = inv_scale[tok[i]];
+        uint32_t w[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          w[j] = quantize_pair<FMT>(__fmul_rn(v[i][2 * j], inv), __fmul_rn(v[i][2 * j + 1], inv), qmax);
+        const uint32_t lo = w[0] | (w[1] << 16), hi = w[2] | (w[3] << 16);
+        uint8_t* dst = static_cast<uint8_t*>(out) + (row0 + tok[i]) * stride_out;
+        if (gemm_order) {
+          // the W4A8 GEMM's K order (gemm_a8_sm90.cu): K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in its 128
+          const int c = col[i] & 127, base = col[i] - c + 32 * ((c >> 3) & 3) + 4 * (c >> 5);
+          *reinterpret_cast<uint32_t*>(dst + base) = lo;
+          *reinterpret_cast<uint32_t*>(dst + base + 16) = hi;
+        } else {
+          *reinterpret_cast<uint2*>(dst + col[i]) = make_uint2(lo, hi);
+        }
+      }
+      parity ^= 1;
+    }
   }
+  cp_async_wait<0>();                                         // no copy outlives the CTA (empty groups only)
 }
 
-struct Plan { int v, tokens, threads; size_t smem; int stage_offset; };
+struct Plan { int v, tokens, threads; size_t smem; Layout layout; };
 
 // V (vectors a thread), from two runs of bench_cuda.py on the H100 (V = 2 everywhere, then V = 4):
 //   blocks <= 512 with K <= 8192: V = 2 (8192 x 4608: 71% of copy at V = 2, 59% at V = 4; 8858 x 2432: 70%, 57%);
 //   larger K or blocks of 1024: V = 4 (32760 x 13824, block 512: 52% at V = 2 with 864-thread CTAs, 60% at V = 4);
 //   blocks of 2048 and more: V = 8, so that B <= 256 * V keeps a block inside a warp up to 2048.
-// Tokens a CTA: enough for at least 128 threads' worth of work.
-Plan plan_for(int64_t k, int block) {
+// Tokens a CTA: about 128 threads' worth of work, then more while over 1/16 of the last warp's lanes would idle
+// (K = 1152 at V = 2: 72 slots a token, 3 tokens fill 7 warps where 1 token left a quarter of 3 warps idle).
+// Ring stages: 4 where they fit in kRingBudget, down to 2 (the least a ring can be). With the ARS gather, 2: its
+// scattered shared-memory reads want more CTAs an SM rather than more groups in flight (4 stages took 1.05-1.09x
+// the time of the one-shot kernel on 3 of 6 shapes, session 12). x_bytes is x's element size.
+constexpr size_t kRingBudget = 96 * 1024;
+Plan plan_for(int64_t k, int block, int x_bytes, bool gather) {
   Plan p{};
   p.v = block >= 2048 ? 8 : (block <= 512 && k <= 8192 ? 2 : 4);
   const int64_t per_token = (k + 8 * p.v - 1) / (8 * p.v);     // thread slots a token needs
-  p.tokens = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxTokensPerCta, 128 / per_token)));
-  const int64_t slots = (p.tokens * k + 8 * p.v - 1) / (8 * p.v);
-  p.threads = static_cast<int>((slots + 31) / 32 * 32);
+  const auto threads_for = [&](int64_t tokens) { return ((tokens * k + 8 * p.v - 1) / (8 * p.v) + 31) / 32 * 32; };
+  int64_t tokens = std::max<int64_t>(1, std::min<int64_t>(kMaxTokensPerCta, 128 / per_token));
+  const int64_t max_threads = p.v == 8 ? 256 : 512;
+  while (tokens < kMaxTokensPerCta && threads_for(tokens + 1) <= max_threads &&
+         16 * (threads_for(tokens) - tokens * per_token) > threads_for(tokens))
+    ++tokens;
+  p.tokens = static_cast<int>(tokens);
+  p.threads = static_cast<int>(threads_for(tokens));
   const bool cross_warp = block > 256 * p.v;
-  p.smem = sizeof(float) * (kMaxTokensPerCta + (cross_warp ? p.tokens * k : 0));
-  p.stage_offset = static_cast<int>(p.smem / sizeof(float));   // 16-byte aligned: K is a multiple of 8
-  return p;
-}
-
-// The plan with room for the ARS gather's copy of the rows (x_bytes an element), where there is a permutation.
-Plan plan_for(int64_t k, int block, bool gather, int x_bytes) {
-  Plan p = plan_for(k, block);
-  if (gather) p.smem += static_cast<size_t>(p.tokens) * k * x_bytes;
+  Layout& l = p.layout;
+  l.stage_elems = p.tokens * k;
+  const size_t stage_bytes = static_cast<size_t>(l.stage_elems) * x_bytes;
+  l.stages = gather ? 2 : 4;
+  while (l.stages > 2 && l.stages * stage_bytes > kRingBudget) --l.stages;
+  l.ring_offset = 2 * kMaxTokensPerCta;                          // 16-byte aligned: 64 floats
+  const int64_t ring_floats = (l.stages * stage_bytes + 15) / 16 * 4;
+  l.exchange_offset = static_cast<int>(l.ring_offset + ring_floats);
+  p.smem = sizeof(float) * (l.exchange_offset + (cross_warp ? l.stage_elems : 0));
   return p;
 }
 
@@ -325,11 +378,17 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)p.smem);
     if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(rotate_quant)", e);
   }
+  int per_sm = 0;
+  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, p.threads, p.smem);
+  if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(rotate_quant)", e);
   const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
-  const int64_t grid = (a.m + p.tokens - 1) / p.tokens;
+  const int64_t groups = (a.m + p.tokens - 1) / p.tokens;
+  if (groups + 4 * static_cast<int64_t>(sm_count(a.device)) * 32 >= (int64_t(1) << 31))
+    return "rotate_quant: M=" + std::to_string(a.m) + " is too large (token groups must fit in 31 bits)";
+  const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
   kernel<<<static_cast<unsigned>(grid), p.threads, p.smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
       static_cast<const T*>(a.x), a.stride_x, a.perm, a.perm_is_int64, a.channel_scale, a.out, a.stride_out,
-      a.scales, a.m, a.k, log_b, p.tokens, p.stage_offset, norm, a.qmax, a.gemm_order);
+      a.scales, a.m, a.k, log_b, p.tokens, p.layout, norm, a.qmax, a.gemm_order);
   return last_launch_error("rotate_quant_kernel");
 }
 
@@ -374,7 +433,7 @@ std::string rotate_quant_unsupported(int64_t k, int block) {
   if (block < 1 || (block & (block - 1)) || k % block)
     return "block must be a power of two dividing K=" + std::to_string(k) + ", got " + std::to_string(block);
   if (block > 16384) return "block must be <= 16384, got " + std::to_string(block);
-  const Plan p = plan_for(k, block, /*gather=*/true, /*x_bytes=*/4);   // the most shared memory any call needs
+  const Plan p = plan_for(k, block, /*x_bytes=*/4, /*gather=*/false);   // fp32 x: the most shared memory
   const int max_threads = p.v == 2 ? Bounds<2>::kThreads : (p.v == 4 ? Bounds<4>::kThreads : Bounds<8>::kThreads);
   if (p.threads > max_threads)
     return "K=" + std::to_string(k) + " needs more than " + std::to_string(max_threads) + " threads a CTA";
@@ -393,10 +452,12 @@ std::string rotate_quant(const RotateQuantArgs& a) {
   if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.out)) % 16)
     return "rotate_quant: x and out must be 16-byte aligned";
   if (reinterpret_cast<uintptr_t>(a.perm) % 16) return "rotate_quant: perm must be 16-byte aligned";
+  if (a.stride_x % 8 || a.stride_x < a.k)
+    return "rotate_quant: x's row stride must be a multiple of 8 elements and >= K, got " + std::to_string(a.stride_x);
   why = set_device(a.device);
   if (!why.empty()) return why;
   const int x_bytes = a.x_dtype == kF32 ? 4 : 2;
-  const Plan p = plan_for(a.k, a.block, a.perm != nullptr, x_bytes);
+  const Plan p = plan_for(a.k, a.block, x_bytes, a.perm != nullptr);
   switch (a.x_dtype) {
     case kBF16: return dispatch_fmt<__nv_bfloat16>(a, p);
     case kF16: return dispatch_fmt<__half>(a, p);

@@ -24,7 +24,9 @@ def main():
     g = torch.Generator().manual_seed(0)
     n_cases = 0
     # rotate + quantize: in-warp blocks, blocks across warps (4096), odd M, the ARS gather, every output format
-    for m, k, block in ((1, 1152, 128), (7, 4608, 512), (3, 3072, 1024), (5, 4096, 4096), (2, 1000, 8)):
+    # 300 tokens of K = 12288 outnumber the persistent grid's CTAs (two an SM), so each CTA's ring wraps around
+    for m, k, block in ((1, 1152, 128), (7, 4608, 512), (3, 3072, 1024), (5, 4096, 4096), (2, 1000, 8),
+                        (300, 12288, 1024)):
         x = torch.randn(m, k, generator=g).to(torch.bfloat16)
         perm = torch.randperm(k, generator=g)
         cs = torch.rand(k, generator=g) + 0.5
