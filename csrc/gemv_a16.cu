@@ -18,11 +18,8 @@
 //
 // Work split: a CTA of 8 warps owns 16 * MT weight rows at a time and splits K between its warps (chunks of CH
 // codes, interleaved), then adds the 8 partial sums in shared memory. CTAs are persistent (one table build
-// each) and get equal numbers of tiles.
-// Weight stream: each warp keeps its next STAGES - 1 chunks in flight, copied by cp.async into a ring of its own
-// in shared memory, and decodes a chunk once it has landed; the ring runs on across tiles. Before (sessions 6-11)
-// the weights went to registers, a round of at most 4 chunks a warp at a time, so that nothing was in flight
-// while a round was decoded (ncu, session 11: long-scoreboard stalls 47% on FLUX fc1 at M = 1).
+// each) and get equal numbers of tiles; a warp requests the weights of several chunks before it decodes them,
+// and the next tile's before the reduction of this one.
 // Group scales: a chunk is exactly one group (CH = group size), so a group's partial product is scaled once.
 #include "common.cuh"
 #include "lrq.h"
@@ -60,32 +57,21 @@ template <> struct Pair<__half> {
   }
 };
 
-// cp.async of BYTES (4, 8 or 16) bytes; src_bytes 0 fills the destination with zeros (rows past N).
-// 16-byte copies bypass L1 (.cg): the weights are read once.
+// Streaming loads of the weights: read once, so keep them out of L1.
 template <int BYTES>
-__device__ __forceinline__ void copy_async(uint32_t dst, const uint8_t* src, int src_bytes) {
+__device__ __forceinline__ void load_stream(const uint8_t* p, uint32_t* w) {
   if constexpr (BYTES == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-  } else {
-    static_assert(BYTES == 4 || BYTES == 8, "4, 8 or 16 bytes");
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(src), "n"(BYTES), "r"(src_bytes)
-                 : "memory");
-  }
-}
-
-template <int BYTES>
-__device__ __forceinline__ void load_shared(const uint8_t* p, uint32_t* w) {
-  if constexpr (BYTES == 16) {
-    const uint4 v = *reinterpret_cast<const uint4*>(p);
-    w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "l"(p));
   } else if constexpr (BYTES == 8) {
-    const uint2 v = *reinterpret_cast<const uint2*>(p);
-    w[0] = v.x; w[1] = v.y;
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
   } else if constexpr (BYTES == 4) {
-    w[0] = *reinterpret_cast<const uint32_t*>(p);
+    asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n" : "=r"(w[0]) : "l"(p));
   } else {
     static_assert(BYTES == 2, "2, 4, 8 or 16 bytes");
-    w[0] = *reinterpret_cast<const unsigned short*>(p);
+    unsigned short s;
+    asm("ld.global.nc.L1::no_allocate.u16 %0, [%1];\n" : "=h"(s) : "l"(p));
+    w[0] = s;
   }
 }
 
@@ -109,31 +95,14 @@ struct Run {
   uint32_t lo[kLoBytes / 4];
   uint32_t hi[kHiBytes ? (kHiBytes + 3) / 4 : 1];
 
-  // Ring layout of one chunk of 2 * MT row groups (`runs` of them): the 2-bit or 4-bit planes of all runs, lane
-  // by lane, then the 1-bit planes. A lane reads back only its own bytes, but the 4 lanes of a row (q = 0..3)
-  // have contiguous bytes, in global memory as in the ring, so the row's planes are copied in 16-byte pieces
-  // (8 bytes for a group-64 1-bit plane), each by one of the 4 lanes; readers wait at __syncwarp. Each lane
-  // copying its own 4- or 8-byte run took 1.1-1.3x the time on 3-bit codes at M = 16 (session 12).
-  static constexpr int kRunBytes = kLoBytes + kHiBytes;
-  static constexpr int kLoPieces = kLoBytes / 4;               // 16-byte pieces of a row's 4 runs
-  static constexpr int kHiPiece = 4 * kHiBytes < 16 ? 4 * kHiBytes : 16;
-  static_assert(BITS == 4 || kHiBytes * 4 <= 16, "one piece holds a row's 1-bit planes");
-
-  // Copies lane q's share of chunk `chunk` of `row` (valid: row < N) into ring slot `slot` (run h of `runs`);
-  // g4 = 4 * (lane / 4), the row's first lane.
-  static __device__ __forceinline__ void copy(uint32_t slot, int runs, int h, int g4, const uint8_t* row, int k,
-                                              int chunk, int q, bool valid) {
-    if (q < kLoPieces)
-      copy_async<16>(slot + (h * 32 + g4) * kLoBytes + 16 * q, row + chunk * 4 * kLoBytes + 16 * q, valid ? 16 : 0);
-    if constexpr (BITS == 3) {
-      if (q == kLoPieces % 4)
-        copy_async<kHiPiece>(slot + runs * 32 * kLoBytes + (h * 32 + g4) * kHiBytes,
-                             row + k / 4 + chunk * 4 * kHiBytes, valid ? kHiPiece : 0);
-    }
+  // chunk: index of the CH = 4 * CPT codes of the row; q: this lane's run inside it
+  __device__ __forceinline__ void load(const uint8_t* row, int k, int chunk, int q) {
+    load_stream<kLoBytes>(row + (chunk * 4 + q) * kLoBytes, lo);
+    if constexpr (BITS == 3) load_stream<kHiBytes>(row + k / 4 + (chunk * 4 + q) * kHiBytes, hi);
   }
-  __device__ __forceinline__ void read(const uint8_t* slot, int runs, int h, int lane) {
-    load_shared<kLoBytes>(slot + (h * 32 + lane) * kLoBytes, lo);
-    if constexpr (BITS == 3) load_shared<kHiBytes>(slot + runs * 32 * kLoBytes + (h * 32 + lane) * kHiBytes, hi);
+  __device__ __forceinline__ void zero() {
+    for (auto& w : lo) w = 0;
+    for (auto& w : hi) w = 0;
   }
   // Byte offset in the table of the entry for codes 2p and 2p + 1 of the run, for the lane at lane4 = lane * 4.
   // 4-bit: the entry is byte p, at bits 7..14 of the offset. 3-bit: the two codes' low bits (a nibble of the
@@ -152,30 +121,6 @@ __device__ __forceinline__ uint32_t lookup(const uint32_t* table, uint32_t byte_
   return *reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(table) + byte_offset);
 }
 
-// Shared memory of one kernel instantiation: the decode table, the partial sums (two buffers, one barrier a tile,
-// where that leaves a ring of 4 stages; else one buffer and two barriers), and each warp's ring of STAGES chunks:
-// as many as fit in kSmemBudget, at most 8 (7 chunks in flight a warp). The budget lets two CTAs share an SM's
-// 228 KB (each CTA also takes 1 KB of it for the system).
-template <typename T, int BITS, int NT, int MT, int GROUP>
-struct GemvShape {
-  static constexpr int kChunk = GROUP == 64 ? 64 : 128;     // CH: codes of a row a chunk (4 lanes x CPT)
-  static constexpr int kCpt = kChunk / 4;                   // CPT: codes a lane a row a chunk
-  static constexpr int kEntries = BITS == 4 ? 256 : 64;
-  static constexpr int kAcc = MT * NT * 4;                  // E: accumulator registers a lane
-  static constexpr int kRuns = 2 * MT;                      // row groups (g, g + 8, g + 16, ...) of a chunk
-  static constexpr int kSlotBytes = kRuns * 32 * Run<BITS, kCpt>::kRunBytes;   // one chunk of one warp
-  static constexpr int kLutBytes = kEntries * 32 * 4;
-  static constexpr int kPartialBytes = kWarps * kAcc * 32 * 4;
-  static constexpr int kSmemBudget = 113 * 1024;
-  static constexpr int stages_fit(int bufs) {
-    return (kSmemBudget - kLutBytes - bufs * kPartialBytes) / (kWarps * kSlotBytes);
-  }
-  static constexpr int kBufs = stages_fit(2) >= 4 ? 2 : 1;
-  static constexpr int kStages = stages_fit(kBufs) > 8 ? 8 : stages_fit(kBufs);
-  static_assert(kStages >= 2, "the ring needs two stages");
-  static constexpr int kSmemBytes = kLutBytes + kBufs * kPartialBytes + kStages * kWarps * kSlotBytes;
-};
-
 // NT: tiles of 8 tokens (1 for M <= 8, 2 for M <= 16). MT: 16-row weight tiles a warp decodes against the same
 // x words (2 from M = 5: every CTA reads all of x once a tile, and at M = 16 with 16-row tiles that was 4x the
 // weight bytes; bench_cuda.md, session 6).
@@ -184,14 +129,16 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
     const T* __restrict__ x, int m, int k, int n, const uint8_t* __restrict__ packed, int row_bytes,
     const float* __restrict__ w_scales, const float* __restrict__ codebook, const float* __restrict__ bias,
     T* __restrict__ y) {
-  using S = GemvShape<T, BITS, NT, MT, GROUP>;
-  using R = Run<BITS, S::kCpt>;
-  constexpr int CH = S::kChunk, CPT = S::kCpt, TILES = CPT / 4, ROWS = 16 * MT, E = S::kAcc;
-  constexpr int STAGES = S::kStages;
-  extern __shared__ __align__(16) uint8_t smem[];
-  uint32_t* lut = reinterpret_cast<uint32_t*>(smem);                                   // [kEntries * 32]
-  float (*partial)[kWarps][E][32] = reinterpret_cast<float (*)[kWarps][E][32]>(smem + S::kLutBytes);   // [kBufs]
-  uint8_t* ring_base = smem + S::kLutBytes + S::kBufs * S::kPartialBytes;
+  constexpr int CH = GROUP == 64 ? 64 : 128;   // codes of a row a chunk (4 lanes x CPT)
+  constexpr int CPT = CH / 4;                  // codes a lane a row a chunk
+  constexpr int TILES = CPT / 4;               // mma k-tiles a chunk
+  constexpr int ENTRIES = BITS == 4 ? 256 : 64;
+  constexpr int ROWS = 16 * MT;
+  constexpr int E = MT * NT * 4;               // accumulator registers a lane
+  // Two partial-sum buffers (one barrier a tile) where they fit beside the table in 48 KB of static memory.
+  constexpr int NBUF = ENTRIES * 32 * 4 + 2 * kWarps * E * 32 * 4 <= 48 * 1024 ? 2 : 1;
+  __shared__ __align__(16) uint32_t lut[ENTRIES * 32];
+  __shared__ float partial[NBUF][kWarps][E][32];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
@@ -199,43 +146,36 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
   const int chunks = k / CH;
   const int groups = GROUP ? k / GROUP : 1;
   const int tiles = (n + ROWS - 1) / ROWS;
-  uint8_t* ring = ring_base + warp * STAGES * S::kSlotBytes;                            // this warp's
-  const uint32_t ring_s = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
 
-  // The warp's chunks, in the order it decodes them: tiles blockIdx.x, + gridDim.x, ...; in each, chunks warp,
-  // warp + kWarps, ... The copier runs STAGES - 1 chunks ahead (an empty commit group past the end).
-  int copy_tile = blockIdx.x, copy_chunk = warp, copy_slot = 0;
-  auto copy_next = [&]() {
-    if (copy_tile < tiles && copy_chunk < chunks) {
-      const uint32_t slot = ring_s + copy_slot * S::kSlotBytes;
+  // A warp's chunks of a tile are warp, warp + kWarps, ...; it requests the weights of up to MAXC of them at
+  // once and then decodes them, so that each warp has several loads in flight.
+  constexpr int MAXC = 4 / MT;
+  auto load_round = [&](Run<BITS, CPT> (*dst)[2 * MT], int tile, int c0) {
 #pragma unroll
-      for (int h = 0; h < S::kRuns; ++h) {
-        const int row = copy_tile * ROWS + h * 8 + g;
-        const bool valid = row < n;
-        R::copy(slot, S::kRuns, h, lane & ~3, packed + static_cast<int64_t>(valid ? row : 0) * row_bytes, k, copy_chunk,
-                q, valid);
+    for (int i = 0; i < MAXC; ++i) {
+      const int c = c0 + i * kWarps;
+#pragma unroll
+      for (int h = 0; h < 2 * MT; ++h) {
+        const int row = tile * ROWS + h * 8 + g;
+        if (c < chunks && row < n) dst[i][h].load(packed + static_cast<int64_t>(row) * row_bytes, k, c, q);
+        else dst[i][h].zero();
       }
     }
-    cp_async_commit();
-    copy_slot = copy_slot + 1 == STAGES ? 0 : copy_slot + 1;
-    copy_chunk += kWarps;
-    if (copy_chunk >= chunks) { copy_chunk = warp; copy_tile += gridDim.x; }
   };
-#pragma unroll 1
-  for (int s = 0; s + 1 < STAGES; ++s) copy_next();
-
+  Run<BITS, CPT> w[MAXC][2 * MT];              // [chunk of the round][rows g, g + 8, g + 16, g + 24, ...]
+  int tile = blockIdx.x;
+  if (tile < tiles) load_round(w, tile, warp);
   // A warp reads the same columns of x for every tile (chunks warp, warp + kWarps, ...): pull them into L1
   // now, so that the first tile's x loads do not wait on L2 in the middle of the decode.
-  int tile = blockIdx.x;
   if (g < m && tile < tiles)
     for (int c = warp; c < chunks; c += kWarps)
       asm volatile("prefetch.global.L1 [%0];\n" :: "l"(x + static_cast<int64_t>(g) * k + c * CH + q * CPT));
 
-  // The decode table, built while the first copies are in flight: TPE threads write entry e's 32 lane copies as
+  // The decode table, built while the first loads are in flight: TPE threads write entry e's 32 lane copies as
   // 16-byte stores, each thread starting at a different 16-byte slot so that a warp's stores spread over all
   // the banks.
   {
-    constexpr int TPE = kThreads / S::kEntries, PER = 8 / TPE;
+    constexpr int TPE = kThreads / ENTRIES, PER = 8 / TPE;
     const int e = threadIdx.x / TPE, sub = threadIdx.x % TPE;
     const int lo = BITS == 4 ? (e & 15) : ((e & 3) | (((e >> 4) & 1) << 2));
     const int hi = BITS == 4 ? (e >> 4) : (((e >> 2) & 3) | (((e >> 5) & 1) << 2));
@@ -257,8 +197,8 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
     red_row[j] = (idx / (4 * NT)) * 16 + (lane >> 2) + (r >= 2 ? 8 : 0);
     red_tok[j] = idx < E ? ((idx >> 2) % NT) * 8 + 2 * (lane & 3) + (r & 1) : m;   // m: nothing to write
   }
-  int buf = 0, slot = 0;
-  for (; tile < tiles; tile += gridDim.x, buf = (buf + 1) % S::kBufs) {
+  int buf = 0;
+  for (; tile < tiles; tile += gridDim.x, buf = (buf + 1) % NBUF) {
     const int n0 = tile * ROWS;
     // The epilogue's scale and bias, requested now: loaded after the barrier, they held every warp of the CTA
     // at the next one (ncu: 21% of stalls at that barrier, session 6).
@@ -271,76 +211,63 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
       out_bias[j] = bias != nullptr && live ? __ldg(bias + row) : 0.f;
     }
     float acc[MT][NT][4] = {};
-#pragma unroll 1
-    for (int c = warp; c < chunks; c += kWarps) {
-      const int kx = c * CH + q * CPT;
-      uint4 b[NT][TILES / 2];                        // x words: mma tiles 2u and 2u + 1 from one 16-byte load
+    for (int c0 = warp; c0 < chunks; c0 += MAXC * kWarps) {
+      if (c0 != warp) load_round(w, tile, c0);
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const int tok = nt * 8 + g;
+      for (int i = 0; i < MAXC; ++i) {
+        const int c = c0 + i * kWarps;
+        if (c >= chunks) break;
+        const int kx = c * CH + q * CPT;
+        uint4 b[NT][TILES / 2];                        // x words: mma tiles 2u and 2u + 1 from one 16-byte load
 #pragma unroll
-        for (int u = 0; u < TILES / 2; ++u)
-          b[nt][u] = tok < m ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(tok) * k + kx) + u)
-                             : make_uint4(0, 0, 0, 0);
-      }
-      // The chunk's group scales, requested before the wait (loaded after the products, their latency was
-      // exposed on every chunk: group 128 took 1.1-1.25x the per-channel time, session 12).
-      float gs[MT][2];
-      if constexpr (GROUP != 0) {
+        for (int nt = 0; nt < NT; ++nt) {
+          const int tok = nt * 8 + g;
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          const int r0 = n0 + mt * 16 + g, r1 = r0 + 8;                // accumulator rows: c0, c1 / c2, c3
-          gs[mt][0] = r0 < n ? __ldg(w_scales + static_cast<int64_t>(r0) * groups + c) : 0.f;
-          gs[mt][1] = r1 < n ? __ldg(w_scales + static_cast<int64_t>(r1) * groups + c) : 0.f;
+          for (int u = 0; u < TILES / 2; ++u)
+            b[nt][u] = tok < m ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(tok) * k + kx) + u)
+                               : make_uint4(0, 0, 0, 0);
         }
-      }
-      // This chunk's codes have landed: this lane's copies, then (after __syncwarp) every lane's.
-      cp_async_wait<STAGES - 2>();
-      __syncwarp();
-      R w[S::kRuns];
-      const uint8_t* src = ring + slot * S::kSlotBytes;
+        float part[MT][NT][4] = {};
 #pragma unroll
-      for (int h = 0; h < S::kRuns; ++h) w[h].read(src, S::kRuns, h, lane);
-      // The slot read on the previous chunk is free: every lane's reads of it came before the __syncwarp above.
-      copy_next();
-      slot = slot + 1 == STAGES ? 0 : slot + 1;
-
-      float part[MT][NT][4] = {};
+        for (int t = 0; t < TILES; ++t) {
 #pragma unroll
-      for (int t = 0; t < TILES; ++t) {
+          for (int mt = 0; mt < MT; ++mt) {
+            const Run<BITS, CPT>& r0 = w[i][2 * mt];
+            const Run<BITS, CPT>& r8 = w[i][2 * mt + 1];
+            const uint32_t a[4] = {lookup(lut, r0.offset(2 * t, lane4)), lookup(lut, r8.offset(2 * t, lane4)),
+                                   lookup(lut, r0.offset(2 * t + 1, lane4)), lookup(lut, r8.offset(2 * t + 1, lane4))};
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          const R& r0 = w[2 * mt];
-          const R& r8 = w[2 * mt + 1];
-          const uint32_t a[4] = {lookup(lut, r0.offset(2 * t, lane4)), lookup(lut, r8.offset(2 * t, lane4)),
-                                 lookup(lut, r0.offset(2 * t + 1, lane4)), lookup(lut, r8.offset(2 * t + 1, lane4))};
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            const uint4& v = b[nt][t / 2];
-            Pair<T>::mma(GROUP ? part[mt][nt] : acc[mt][nt], a, t & 1 ? v.z : v.x, t & 1 ? v.w : v.y);
+            for (int nt = 0; nt < NT; ++nt) {
+              const uint4& v = b[nt][t / 2];
+              Pair<T>::mma(GROUP ? part[mt][nt] : acc[mt][nt], a, t & 1 ? v.z : v.x, t & 1 ? v.w : v.y);
+            }
           }
         }
-      }
-      if constexpr (GROUP != 0) {                                      // chunk c is group c
+        if constexpr (GROUP != 0) {                                      // chunk c is group c
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          const float s0 = gs[mt][0], s1 = gs[mt][1];
+          for (int mt = 0; mt < MT; ++mt) {
+            const int r0 = n0 + mt * 16 + g, r1 = r0 + 8;                // accumulator rows: c0, c1 / c2, c3
+            const float s0 = r0 < n ? __ldg(w_scales + static_cast<int64_t>(r0) * groups + c) : 0.f;
+            const float s1 = r1 < n ? __ldg(w_scales + static_cast<int64_t>(r1) * groups + c) : 0.f;
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            acc[mt][nt][0] += part[mt][nt][0] * s0; acc[mt][nt][1] += part[mt][nt][1] * s0;
-            acc[mt][nt][2] += part[mt][nt][2] * s1; acc[mt][nt][3] += part[mt][nt][3] * s1;
+            for (int nt = 0; nt < NT; ++nt) {
+              acc[mt][nt][0] += part[mt][nt][0] * s0; acc[mt][nt][1] += part[mt][nt][1] * s0;
+              acc[mt][nt][2] += part[mt][nt][2] * s1; acc[mt][nt][3] += part[mt][nt][3] * s1;
+            }
           }
         }
       }
     }
+    // The next tile's first weights go out before the reduction's barrier.
+    if (tile + static_cast<int>(gridDim.x) < tiles) load_round(w, tile + gridDim.x, warp);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int r = 0; r < 4; ++r) partial[buf][warp][(mt * NT + nt) * 4 + r][lane] = acc[mt][nt][r];
-    // With two buffers, one barrier a tile: the next tile writes the other buffer, and this one is written again
-    // only after the next tile's barrier, which every reader of this one has passed.
+    // With two buffers, one barrier a tile: the next tile writes the other buffer, and this one is written
+    // again only after the next tile's barrier, which every reader of this one has passed.
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < RPT; ++j) {
@@ -352,19 +279,15 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
         y[static_cast<int64_t>(red_tok[j]) * n + row] = from_float<T>(__fadd_rn(__fmul_rn(s, out_scale[j]), out_bias[j]));
       }
     }
-    if constexpr (S::kBufs == 1) __syncthreads();
+    if constexpr (NBUF == 1) __syncthreads();
   }
-  cp_async_wait<0>();                                                  // only empty groups remain
 }
 
 template <typename T, int BITS, int NT, int MT, int GROUP>
 std::string launch(const GemvA16Args& a) {
-  using S = GemvShape<T, BITS, NT, MT, GROUP>;
   auto kernel = gemv_a16_kernel<T, BITS, NT, MT, GROUP>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
-  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemv_a16)", e);
   int per_sm = 0;
-  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, S::kSmemBytes);
+  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0);
   if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(gemv_a16)", e);
   // Persistent CTAs with the same number of weight tiles each (the last one may have fewer).
   const int tiles = (a.n + 16 * MT - 1) / (16 * MT);
@@ -372,7 +295,7 @@ std::string launch(const GemvA16Args& a) {
   const int per_cta = (tiles + ctas - 1) / ctas;
   const int grid = std::max(1, (tiles + per_cta - 1) / per_cta);
   const int row_bytes = BITS == 4 ? (a.k + 1) / 2 : 3 * ((a.k + 7) / 8);
-  kernel<<<grid, kThreads, S::kSmemBytes, reinterpret_cast<cudaStream_t>(a.stream)>>>(
+  kernel<<<grid, kThreads, 0, reinterpret_cast<cudaStream_t>(a.stream)>>>(
       static_cast<const T*>(a.x), a.m, a.k, a.n, a.packed, row_bytes, a.w_scales, a.codebook, a.bias,
       static_cast<T*>(a.y));
   return last_launch_error("gemv_a16_kernel");
