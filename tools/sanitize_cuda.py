@@ -36,7 +36,9 @@ def main():
             for fmt, bits in (("fp8", 8), ("int", 4)):
                 codes, scales = cuda_kernels.rotate_quant_cuda(xd, pd, cd, block, fmt, bits)
                 rc, rs = rotate_quantize_ref(x, p, c, block, fmt, bits)
-                assert torch.equal(codes.cpu().float(), rc.float()) and torch.equal(scales.cpu(), rs), (m, k, fmt)
+                # the tests' rule: equal scales, codes equal but for rounding ties on <= 1e-4 of them
+                diff = (codes.cpu().float() != rc.float()).float().mean().item()
+                assert diff <= 1e-4 and torch.equal(scales.cpu(), rs), (m, k, fmt, diff)
             cuda_kernels.rotate_quant_cuda(xd, pd, cd, block, None, 16)
             n_cases += 3
     # small-M GEMV: both bit widths, per-channel and group scales, M past 8 (second mma row block), N not a
