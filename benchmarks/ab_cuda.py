@@ -100,13 +100,21 @@ def ab_rq(old, copy):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="*", choices=("gemv", "rq"), default=["gemv", "rq"])
+    ap.add_argument("what", nargs="*", help="gemv and/or rq (default: both)")
     ap.add_argument("--old", required=True, help="path (or glob) of the other build's _C*.so")
     ap.add_argument("--name", default="ab_cuda")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
+    args.what = args.what or ["gemv", "rq"]
+    if set(args.what) - {"gemv", "rq"}:
+        ap.error(f"what: gemv and/or rq, got {args.what}")
     assert ck.available(), ck.why_unavailable()
-    old = load_build(sorted(glob.glob(args.old))[0])
+    paths = sorted(glob.glob(args.old))
+    if not paths:
+        ap.error(f"--old: no file matches {args.old!r} (build the other commit first, see above)")
+    if not torch.cuda.is_available():
+        sys.exit("ab_cuda: needs a CUDA GPU")
+    old = load_build(paths[0])
     copy = copy_gbps()
     gemv = ab_gemv(old) if "gemv" in args.what else []
     rq = ab_rq(old, copy) if "rq" in args.what else []
