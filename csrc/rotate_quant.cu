@@ -298,8 +298,9 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         }
       }
       __syncthreads();
-      // One IEEE division a token (not a vector). The inverse scale replaces the amax bits in place; the other
-      // set is cleared for the next group (its last readers passed the previous group's second barrier).
+      // One IEEE division a token (not a vector). The inverse scale replaces the amax bits in place. The other
+      // set is cleared for the next group: its last readers, the previous group's quantize step, finished
+      // before this group's first barrier, and the next group's atomics come after this group's second.
       float* inv_scale = reinterpret_cast<float*>(amax_bits);
       if (threadIdx.x < tokens_per_cta) {
         const float amax = __uint_as_float(amax_bits[threadIdx.x]);
