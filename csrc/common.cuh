@@ -38,13 +38,21 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
 
-// Asynchronous 16-byte copies global -> shared (cp.async, sm_80+), for kernels that keep several loads in flight
-// without holding them in registers. A thread's copies complete in commit order; cp_async_wait_pending(n) waits
-// until at most n of the thread's committed groups are still in flight (other threads' copies are not waited
-// for: a CTA barrier is needed before reading what another thread copied).
+// A shared-memory pointer as the 32-bit address PTX's shared-state-space instructions take.
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Asynchronous copies global -> shared (cp.async, sm_80+), for kernels that keep loads in flight without holding
+// them in registers. A thread's copies complete in commit order; cp_async_wait_pending(n) waits until at most n
+// of the thread's committed groups are still in flight (other threads' copies are not waited for: a CTA barrier
+// is needed before reading what another thread copied).
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem_dst)), "l"(gmem_src) : "memory");
+}
+// 4 bytes, L1-allocating; !valid writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>

@@ -135,6 +135,10 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   const int cta_elems = tokens_per_cta * k;
   const int groups = static_cast<int>((m + tokens_per_cta - 1) / tokens_per_cta);   // < 2^31 (launcher)
   constexpr int kPieces = 8 * sizeof(T) / 16;                 // 16-byte pieces of a vector of 8 values
+  // Tokens of the group starting at row0 that exist (the last group may be partial).
+  const auto live_tokens_at = [&](int64_t row0) {
+    return static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), m - row0));
+  };
 
   if (threadIdx.x < 2 * kMaxTokensPerCta) amax_sets[threadIdx.x] = 0u;
 
@@ -159,7 +163,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   auto fetch = [&](int grp, int slot) {
     if (grp < groups) {
       const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
-      const int live_tokens = static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), m - row0));
+      const int live_tokens = live_tokens_at(row0);
       T* stage = ring + slot * lay.stage_elems;
 #pragma unroll
       for (int i = 0; i < V; ++i) {
@@ -178,7 +182,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   int slot = 0, parity = 0;
   for (int grp = blockIdx.x; grp < groups; grp += gridDim.x) {
     const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
-    const int live_tokens = static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), m - row0));
+    const int live_tokens = live_tokens_at(row0);
     unsigned* amax_bits = amax_sets + parity * kMaxTokensPerCta;
     bool live[V];
 #pragma unroll
