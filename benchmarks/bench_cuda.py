@@ -8,6 +8,11 @@
 2. the small-M weight-only GEMM on the FLUX.1 shapes, M in {1, 4, 16}, 4- and 3-bit codes, per-channel and
    group-128 scales: CUDA vs Triton vs F.linear bf16 (cuBLAS); GB/s over the packed weight bytes, % of copy.
 3. the whole weight-only QuantLinear forward (rotate + GEMM, bf16 in and out) on FLUX fc1 at M = 1 and 16.
+4. (--only a16) the two ways of the weight-only forward from M = 64 up, 4-bit codes, block Hadamard: the token
+   path (rotate every token, then the Triton GEMM that decodes codes) against the weight path (dequantize_weight:
+   the weight with its rotation undone, one pass over N x K, then F.linear bf16), and F.linear bf16 alone; the
+   dequantize_weight pass alone in GB/s over its bytes (packed + scales read, 2 NK written). Sets
+   ops.A16_DEQUANT_MIN_M.
 Every time is a median of CUDA-graph replays over copies of the data that do not fit in L2 (timing.py).
 Results: results/bench_cuda.json and results/bench_cuda.md.
 """
@@ -28,7 +33,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import triton  # noqa: E402
 from timing import cold_us, copy_gbps  # noqa: E402
 
-from lrq_kernels import QuantConfig, QuantLinear, cuda as cuda_kernels  # noqa: E402
+from lrq_kernels import QuantConfig, QuantLinear, cuda as cuda_kernels, ops  # noqa: E402
 from lrq_kernels.formats.codebooks import TLQGrid, tlq_codebook  # noqa: E402
 from lrq_kernels.formats.packing import pack_codes  # noqa: E402
 from lrq_kernels.rotation.rotation import default_block  # noqa: E402
@@ -128,26 +133,62 @@ def bench_forward(k, n, m, bits):
             "weight_MB": wbytes / 1e6}
 
 
+A16_SHAPES = [("pixart attn qkv/o", 1152, 1152), ("flux attn qkv", 3072, 3072), ("flux mlp fc1", 3072, 12288),
+              ("flux mlp fc2", 12288, 3072)]
+
+
+def bench_a16_paths(layer, k, n, m, copy_bw, bits=4):
+    """Weight-only forward at M tokens: token path vs weight path vs bf16 (see the module docstring, item 4)."""
+    torch.manual_seed(0)
+    block = default_block(k)
+    cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
+    codes = torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8)
+    w = pool_of((pack_codes(codes, bits), torch.rand(n, device="cuda") + 0.5))
+    del codes
+    wbytes = w(0)[0].numel() + 4 * n
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    r = {"layer": layer, "M": m, "K": k, "N": n, "bits": bits, "block": block}
+
+    def token_path(p):
+        return gemm_a16_triton(ops.rotate(x, None, None, block), p[0], p[1], cb, bits, 0, None)
+
+    def dequant(p):
+        return cuda_kernels.unrotate_weight_cuda(p[0], p[1], cb, bits, k, 0, None, None, block, torch.bfloat16)
+
+    r["token_path_us"] = cold_us(lambda i: (lambda p=w(i): token_path(p)), wbytes + 4 * m * k)
+    r["weight_path_us"] = cold_us(lambda i: (lambda p=w(i): F.linear(x, dequant(p))), wbytes)
+    r["dequant_us"] = cold_us(lambda i: (lambda p=w(i): dequant(p)), wbytes)
+    del w
+    wb = pool_of(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
+    r["bf16_us"] = cold_us(lambda i: (lambda t=wb(i): F.linear(x, t)), 2 * n * k)
+    del wb
+    torch.cuda.empty_cache()
+    r["dequant_pct_copy"] = 100 * (wbytes + 2 * n * k) / r["dequant_us"] / 1e3 / copy_bw
+    r["token_over_bf16"] = r["bf16_us"] / r["token_path_us"]
+    r["weight_over_bf16"] = r["bf16_us"] / r["weight_path_us"]
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--only", choices=("all", "gemv", "rq"), default="all",
-                    help="gemv / rq: the small-M GEMV or the rotate+quantize table alone, into "
-                         "bench_cuda_gemv.* or bench_cuda_rq.*")
+    ap.add_argument("--only", choices=("all", "gemv", "rq", "a16"), default="all",
+                    help="gemv / rq / a16: the small-M GEMV, the rotate+quantize or the weight-only paths table "
+                         "alone, into bench_cuda_<name>.*")
     args = ap.parse_args()
     assert cuda_kernels.available(), cuda_kernels.why_unavailable()
     with open(os.path.join(HERE, "dit_shapes.json")) as f:
         shapes = json.load(f)["gemm"]
     copy_bw = copy_gbps()
     print(f"copy {copy_bw:.0f} GB/s", flush=True)
-    rot_shapes = sorted({(s["M"], s["K"]) for s in shapes if s["M"] >= 512}) if args.only != "gemv" else []
+    rot_shapes = sorted({(s["M"], s["K"]) for s in shapes if s["M"] >= 512}) if args.only in ("all", "rq") else []
     rot = []
     for m, k in rot_shapes:
         rot.append(bench_rotate(m, k, copy_bw))
         print({a: (round(b, 2) if isinstance(b, float) else b) for a, b in rot[-1].items()}, flush=True)
         torch.cuda.empty_cache()
     gemv = []
-    for layer, k, n in (FLUX_GEMV if args.only != "rq" else []):
+    for layer, k, n in (FLUX_GEMV if args.only in ("all", "gemv") else []):
         for m in (1, 4, 16):
             for bits, group in ((4, 0), (3, 0), (4, 128)):
                 gemv.append(bench_gemv(layer, k, n, m, bits, group, copy_bw))
@@ -155,6 +196,11 @@ def main():
     fwd = [bench_forward(3072, 12288, m, bits) for m in (1, 16) for bits in (4, 3)] if args.only == "all" else []
     for r in fwd:
         print(r, flush=True)
+    a16 = []
+    for layer, k, n in (A16_SHAPES if args.only == "a16" else []):
+        for m in (64, 128, 256, 512, 1024, 4608):
+            a16.append(bench_a16_paths(layer, k, n, m, copy_bw))
+            print({a: (round(b, 2) if isinstance(b, float) else b) for a, b in a16[-1].items()}, flush=True)
 
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(),
@@ -164,7 +210,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     stem = "bench_cuda" if args.only == "all" else f"bench_cuda_{args.only}"
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
-        json.dump({"meta": meta, "rotate_quant": rot, "gemv_a16": gemv, "forward_a16": fwd}, f, indent=1)
+        json.dump({"meta": meta, "rotate_quant": rot, "gemv_a16": gemv, "forward_a16": fwd, "a16_paths": a16}, f,
+                  indent=1)
     md = [f"# CUDA kernels (lrq_kernels._C) on {meta['gpu']}", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
           f"Medians of CUDA-graph replays over copies of the data larger than L2 together, µs. "
@@ -192,6 +239,16 @@ def main():
                "| M | bits | forward µs | bf16 µs | × bf16 |", "| ---: | ---: | ---: | ---: | ---: |"]
     for r in fwd:
         md.append(f"| {r['M']} | {r['bits']} | {r['fwd_us']:.1f} | {r['bf16_us']:.1f} | {r['speedup']:.2f}× |")
+    if a16:
+        md += ["", "## weight-only forward from M = 64: token path vs weight path (4-bit, block Hadamard)", "",
+               "Token path: rotate every token (CUDA), then the Triton GEMM. Weight path: dequantize_weight (CUDA, the "
+               "weight with its rotation undone, bf16) then F.linear. % copy: dequantize_weight's bytes over its time.",
+               "", "| layer | K | N | M | bf16 µs | token path µs (× bf16) | weight path µs (× bf16) | "
+               "dequantize_weight µs (% copy) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in a16:
+        md.append(f"| {r['layer']} | {r['K']} | {r['N']} | {r['M']} | {r['bf16_us']:.1f} | {r['token_path_us']:.1f} "
+                  f"({r['token_over_bf16']:.2f}×) | {r['weight_path_us']:.1f} ({r['weight_over_bf16']:.2f}×) | "
+                  f"{r['dequant_us']:.1f} ({r['dequant_pct_copy']:.0f}%) |")
     with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

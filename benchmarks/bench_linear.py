@@ -75,7 +75,7 @@ def bench_shape(m, k, n, ceil):
     rq_bytes = m * k * 2 + m * k + m * 4
     r["rq_GBps"] = rq_bytes / r["rq_us"] / 1e3
     r["rq_pct_copy"] = 100 * r["rq_GBps"] / ceil["copy_GBps"]
-    perm = torch.randperm(k, device="cuda")
+    perm = torch.randperm(k, device="cuda", dtype=torch.int32)      # QuantLinear's perm buffer is int32
     cs = torch.rand(k, device="cuda") + 0.5
     r["rq_ars_us"] = bench_us(lambda: ops.rotate_quant(x, perm, cs, block, "fp8", 8))
     codes, sx = ops.rotate_quant(x, None, None, block, "fp8", 8)

@@ -45,6 +45,20 @@ PYBIND11_MODULE(_C, m) {
         py::arg("k"), py::arg("block"), py::arg("out_format"), py::arg("qmax"), py::arg("device"), py::arg("stream"),
         py::arg("gemm_order") = false);
 
+  m.def("unrotate_weight",
+        [](uintptr_t packed, int64_t row_bytes, int bits, uintptr_t w_scales, int group_size, uintptr_t codebook,
+           uintptr_t perm, uintptr_t channel_scale, int n, int k, int block, uintptr_t out, int out_dtype, int device,
+           uintptr_t stream) {
+          lrq::UnrotateWeightArgs a{cptr<uint8_t>(packed), row_bytes, bits, cptr<float>(w_scales), group_size,
+                                    cptr<float>(codebook), cptr<int32_t>(perm), cptr<float>(channel_scale), n, k,
+                                    block, reinterpret_cast<void*>(out), out_dtype, device, stream};
+          py::gil_scoped_release nogil;
+          raise_if(lrq::unrotate_weight(a));
+        },
+        py::arg("packed"), py::arg("row_bytes"), py::arg("bits"), py::arg("w_scales"), py::arg("group_size"),
+        py::arg("codebook"), py::arg("perm"), py::arg("channel_scale"), py::arg("n"), py::arg("k"), py::arg("block"),
+        py::arg("out"), py::arg("out_dtype"), py::arg("device"), py::arg("stream"));
+
   m.def("gemv_a16",
         [](uintptr_t x, int x_dtype, int m, int k, int n, uintptr_t packed, int bits, uintptr_t w_scales,
            int group_size, uintptr_t codebook, uintptr_t bias, uintptr_t y, int device, uintptr_t stream) {
@@ -76,6 +90,8 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("rotate_quant_unsupported", &lrq::rotate_quant_unsupported, py::arg("k"), py::arg("block"),
         "Why rotate_quant cannot run this shape ('' if it can).");
+  m.def("unrotate_weight_unsupported", &lrq::unrotate_weight_unsupported, py::arg("k"), py::arg("block"),
+        py::arg("bits"), py::arg("group_size"), "Why unrotate_weight cannot run this shape ('' if it can).");
   m.def("gemv_a16_unsupported", &lrq::gemv_a16_unsupported, py::arg("m"), py::arg("k"), py::arg("bits"),
         py::arg("group_size"), "Why gemv_a16 cannot run this shape ('' if it can).");
   m.def("gemm_a8_unsupported", &lrq::gemm_a8_unsupported, py::arg("m"), py::arg("k"), py::arg("n"), py::arg("bits"),

@@ -53,12 +53,27 @@ struct GemmA8Args {
   bool x_gemm_order;                      // x's K permuted within each 128 (gemm_a8_sm90.cu, "K order"): TMA loads
 };
 
+// The weight in the layer's input space, from its packed codes (unrotate_weight.cu): out[n, perm[i]] =
+// channel_scale[i] * (W_deq[n, :] H_B / sqrt(B))[i], W_deq[n, k] = codebook[code(n, k)] * scale(n, k).
+struct UnrotateWeightArgs {
+  const uint8_t* packed; int64_t row_bytes; int bits;   // [N, row_bytes] (formats/packing.py), K % 8 == 0
+  const float* w_scales; int group_size;  // [N] (group 0) or [N, K/group] (group 64, 128)
+  const float* codebook;                  // [2^bits] float32
+  const int32_t* perm;                    // [K] or nullptr
+  const float* channel_scale;             // [K] or nullptr
+  int n; int k; int block;                // block: power of two dividing K, <= 16384
+  void* out; int out_dtype;               // [N, K] contiguous, DType
+  int device; uintptr_t stream;
+};
+
 std::string rotate_quant(const RotateQuantArgs& a);
+std::string unrotate_weight(const UnrotateWeightArgs& a);
 std::string gemv_a16(const GemvA16Args& a);
 std::string gemm_a8(const GemmA8Args& a);
 
 // Requirements, so that Python can ask before it dispatches (the same rules the launchers check).
 std::string rotate_quant_unsupported(int64_t k, int block);
+std::string unrotate_weight_unsupported(int k, int block, int bits, int group_size);
 std::string gemv_a16_unsupported(int m, int k, int bits, int group_size);
 std::string gemm_a8_unsupported(int m, int k, int n, int bits, int group_size);
 

@@ -3,14 +3,8 @@
 // bit: the same butterfly additions in the same order (bit 0 of the index first), the normalisation as one
 // float32 multiply, IEEE division for scale and inverse, round to nearest even, NaN confined to its token.
 //
-// Layout. A CTA owns R whole tokens, flattened to e = r * K + c. Thread (warp w, lane l) holds V vectors of 8
-// contiguous values, vector i at e = ((w * V + i) * 32 + l) * 8 + j (j = 0..7), so every load and store is
-// 16 bytes wide and a warp's accesses are contiguous. The Hadamard block B is a power of two dividing K, so the
-// bits of e below log2(B) are the index inside the block, and each butterfly stage pairs elements whose e
-// differs in one bit:  bits 0-2 -> inside a vector (registers),  bits 3-7 -> lanes (__shfl_xor_sync),
-// bits 8.. -> vectors of the same thread (registers), then warps (shared memory, only for B > 256 * V).
-// Slots past the CTA's R * K elements (the last warp may be partial) hold zeros and store nothing.
-#include "common.cuh"
+// Layout and butterflies: hadamard.cuh (a CTA owns R whole tokens; a thread V vectors of 8 contiguous values).
+#include "hadamard.cuh"
 #include "lrq.h"
 #include <cuda_fp8.h>
 #include <algorithm>
@@ -20,50 +14,7 @@
 namespace lrq {
 namespace {
 
-constexpr int kMaxTokensPerCta = 32;
-
-// Eight values as floats from 16-byte loads: load8 from global memory (read-only path), load8_shared from the
-// ring in shared memory.
-template <typename T>
-__device__ __forceinline__ void unpack8(const uint4* u, float v[8]) {
-  if constexpr (sizeof(T) == 4) {
-    const float* f = reinterpret_cast<const float*>(u);
-    for (int j = 0; j < 8; ++j) v[j] = f[j];
-  } else {
-    using T2 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
-    const T2* h = reinterpret_cast<const T2*>(u);
-    for (int i = 0; i < 4; ++i) {
-      float2 f;
-      if constexpr (std::is_same<T, __half>::value) f = __half22float2(h[i]);
-      else f = __bfloat1622float2(h[i]);
-      v[2 * i] = f.x; v[2 * i + 1] = f.y;
-    }
-  }
-}
-template <typename T>
-__device__ __forceinline__ void load8(const T* p, float v[8]) {
-  uint4 u[sizeof(T) / 2];
-  for (int q = 0; q < static_cast<int>(sizeof(T) / 2); ++q) u[q] = __ldg(reinterpret_cast<const uint4*>(p) + q);
-  unpack8<T>(u, v);
-}
-template <typename T>
-__device__ __forceinline__ void load8_shared(const T* p, float v[8]) {
-  uint4 u[sizeof(T) / 2];
-  for (int q = 0; q < static_cast<int>(sizeof(T) / 2); ++q) u[q] = reinterpret_cast<const uint4*>(p)[q];
-  unpack8<T>(u, v);
-}
-
-template <typename T>
-__device__ __forceinline__ void store8(T* p, const float v[8]) {
-  alignas(16) T t[8];
-  for (int j = 0; j < 8; ++j) t[j] = from_float<T>(v[j]);
-  if constexpr (sizeof(T) == 4) {
-    reinterpret_cast<float4*>(p)[0] = reinterpret_cast<const float4*>(t)[0];
-    reinterpret_cast<float4*>(p)[1] = reinterpret_cast<const float4*>(t)[1];
-  } else {
-    *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(t);
-  }
-}
+constexpr int kMaxTokensPerCta = kMaxRowsPerCta;
 
 // perm[col .. col + 7] as ints, in 16-byte loads (col is a multiple of 8 and perm is 16-byte aligned; the
 // launcher checks the pointer). The same indices serve every token, so these loads hit L1 after the first warp.
@@ -96,12 +47,6 @@ __device__ __forceinline__ uint32_t quantize_pair(float y0, float y1, float qmax
     return (static_cast<uint32_t>(q0) & 0xFFu) | ((static_cast<uint32_t>(q1) & 0xFFu) << 8);
   }
 }
-
-// Register budget: V = 4 kernels (up to 512 threads) keep to 64 registers so that two CTAs share an SM (at 70
-// registers, K = 15360's 480-thread CTAs ran one an SM: 41% of copy bandwidth, bench_cuda.md, second run).
-template <int V> struct Bounds { static constexpr int kThreads = 1024, kMinBlocks = 1; };
-template <> struct Bounds<4> { static constexpr int kThreads = 512, kMinBlocks = 2; };
-template <> struct Bounds<8> { static constexpr int kThreads = 256, kMinBlocks = 2; };
 
 // Shared memory of a CTA, in floats from the start of the dynamic allocation:
 //   [0, 2 * kMaxTokensPerCta)  per-token |value| bits (max-reduced), then the inverse scales, two sets used by
@@ -144,19 +89,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
 
   // A slot past the CTA's R * K elements has tok >= R, so `tok < live tokens` tells the slots to compute.
   int tok[V], col[V];
-  // Token and column of each vector inside a group: one division for the first, then steps of 256 elements (a
-  // division a vector cost ~15 instructions each, a tenth of the kernel's issue slots: ncu, session 6).
-  {
-    const int e0 = ((warp * V) * 32 + lane) * 8;
-    tok[0] = e0 / k;
-    col[0] = e0 - tok[0] * k;
-#pragma unroll
-    for (int i = 1; i < V; ++i) {
-      tok[i] = tok[i - 1];
-      col[i] = col[i - 1] + 256;
-      while (col[i] >= k) { col[i] -= k; ++tok[i]; }
-    }
-  }
+  vector_slots<V>(k, lane, warp, tok, col);
 
   // Copies group `grp`'s input into ring stage `slot` (nothing past the last group: an empty commit group keeps
   // the count of groups in flight the same on every iteration). Slot e of a stage is element e = tok * K + col.
@@ -220,66 +153,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     fetch(grp + (lay.stages - 1) * gridDim.x, slot == 0 ? lay.stages - 1 : slot - 1);
     slot = slot + 1 == lay.stages ? 0 : slot + 1;
 
-    // Butterflies, bit 0 first (the reference's order): lower = a + b, upper = a - b (a the lower element).
-#pragma unroll
-    for (int s = 0; s < 3; ++s) {
-      if (s >= log_b) break;
-      const int h = 1 << s;
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-          if (!(j & h)) { float a = v[i][j], b = v[i][j + h]; v[i][j] = a + b; v[i][j + h] = a - b; }
-    }
-#pragma unroll
-    for (int s = 3; s < 8; ++s) {
-      if (s >= log_b) break;
-      const int h = 1 << (s - 3);
-      // lower: v + p, upper: p - v, as one fma by +-1 (exact multiply, one rounding: the same float as the add)
-      const float sign = (lane & h) ? -1.f : 1.f;
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], __shfl_xor_sync(0xffffffffu, v[i][j], h));
-    }
-#pragma unroll
-    for (int hv = 1; hv < V; hv <<= 1) {
-      if (8 + __ffs(hv) - 1 >= log_b) break;
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-        if (!(i & hv))
-#pragma unroll
-          for (int j = 0; j < 8; ++j) { float a = v[i][j], b = v[i + hv][j]; v[i][j] = a + b; v[i + hv][j] = a - b; }
-    }
-    int log_v = 0;
-    while ((1 << log_v) < V) ++log_v;
-    for (int s = 8 + log_v; s < log_b; ++s) {          // across warps: one shared-memory round trip a stage
-      const int h = 1 << s;
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const int e = ((warp * V + i) * 32 + lane) * 8;
-        if (e < cta_elems)
-#pragma unroll
-          for (int j = 0; j < 8; ++j) exchange[e + j] = v[i][j];
-      }
-      __syncthreads();
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const int e = ((warp * V + i) * 32 + lane) * 8;
-        if (e < cta_elems) {
-          const float sign = (e & h) ? -1.f : 1.f;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], exchange[(e ^ h) + j]);
-        }
-      }
-      __syncthreads();
-    }
-    if (log_b > 0) {
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], norm);
-    }
+    block_hadamard<V>(v, log_b, norm, lane, warp, exchange, cta_elems);
 
     if constexpr (FMT == kSame) {
 #pragma unroll
@@ -341,28 +215,17 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
 
 struct Plan { int v, tokens, threads; size_t smem; Layout layout; };
 
-// V (vectors a thread), from two runs of bench_cuda.py on the H100 (V = 2 everywhere, then V = 4):
-//   blocks <= 512 with K <= 8192: V = 2 (8192 x 4608: 71% of copy at V = 2, 59% at V = 4; 8858 x 2432: 70%, 57%);
-//   larger K or blocks of 1024: V = 4 (32760 x 13824, block 512: 52% at V = 2 with 864-thread CTAs, 60% at V = 4);
-//   blocks of 2048 and more: V = 8, so that B <= 256 * V keeps a block inside a warp up to 2048.
-// Tokens a CTA: about 128 threads' worth of work, then more while over 1/16 of the last warp's lanes would idle
-// (K = 1152 at V = 2: 72 slots a token, 3 tokens fill 7 warps where 1 token left a quarter of 3 warps idle).
+// V, tokens a CTA and threads: tiling_for (hadamard.cuh).
 // Ring stages: 4 where they fit in kRingBudget, down to 2 (the least a ring can be). With the ARS gather, 2: its
 // scattered shared-memory reads want more CTAs an SM rather than more groups in flight (4 stages took 1.05-1.09x
 // the time of the one-shot kernel on 3 of 6 shapes, session 12). x_bytes is x's element size.
 constexpr size_t kRingBudget = 96 * 1024;
 Plan plan_for(int64_t k, int block, int x_bytes, bool gather) {
   Plan p{};
-  p.v = block >= 2048 ? 8 : (block <= 512 && k <= 8192 ? 2 : 4);
-  const int64_t per_token = (k + 8 * p.v - 1) / (8 * p.v);     // thread slots a token needs
-  const auto threads_for = [&](int64_t tokens) { return ((tokens * k + 8 * p.v - 1) / (8 * p.v) + 31) / 32 * 32; };
-  int64_t tokens = std::max<int64_t>(1, std::min<int64_t>(kMaxTokensPerCta, 128 / per_token));
-  const int64_t max_threads = p.v == 8 ? 256 : 512;
-  while (tokens < kMaxTokensPerCta && threads_for(tokens + 1) <= max_threads &&
-         16 * (threads_for(tokens) - tokens * per_token) > threads_for(tokens))
-    ++tokens;
-  p.tokens = static_cast<int>(tokens);
-  p.threads = static_cast<int>(threads_for(tokens));
+  const Tiling t = tiling_for(k, block);
+  p.v = t.v;
+  p.tokens = t.rows;
+  p.threads = t.threads;
   const bool cross_warp = block > 256 * p.v;
   Layout& l = p.layout;
   l.stage_elems = p.tokens * k;
@@ -405,8 +268,7 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
 // bench_cuda_rq_runtime_block.md, session 7). Before the move they were 10-17% slower.
 template <typename T, int FMT>
 std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
-  int log_b = 0;
-  while ((1 << log_b) < a.block) ++log_b;
+  const int log_b = log2_of(a.block);
   switch (p.v) {
     case 2:
       if (log_b == 7) return launch<T, 2, FMT, 7>(a, p, log_b);
@@ -439,7 +301,7 @@ std::string rotate_quant_unsupported(int64_t k, int block) {
     return "block must be a power of two dividing K=" + std::to_string(k) + ", got " + std::to_string(block);
   if (block > 16384) return "block must be <= 16384, got " + std::to_string(block);
   const Plan p = plan_for(k, block, /*x_bytes=*/4, /*gather=*/false);   // fp32 x: the most shared memory
-  const int max_threads = p.v == 2 ? Bounds<2>::kThreads : (p.v == 4 ? Bounds<4>::kThreads : Bounds<8>::kThreads);
+  const int max_threads = max_threads_for_v(p.v);
   if (p.threads > max_threads)
     return "K=" + std::to_string(k) + " needs more than " + std::to_string(max_threads) + " threads a CTA";
   if (p.smem > 200 * 1024) return "K=" + std::to_string(k) + " needs too much shared memory";

@@ -17,6 +17,7 @@ from lrq_kernels.formats.packing import pack_codes
 from lrq_kernels.formats.weight import dequantize_packed
 from lrq_kernels.reference import rotate_quantize_ref
 from lrq_kernels.reference.act_quant import rotate_ref
+from lrq_kernels.reference.gemm import gemm_a16_ref, unrotate_weight_ref
 from lrq_kernels.rotation.rotation import default_block
 
 HAS_GPU = torch.cuda.is_available()
@@ -50,6 +51,12 @@ def test_extension_refuses_unsupported_shapes_with_a_message():
     assert "M must be <= 16, got M=17" in _C.gemv_a16_unsupported(17, 3072, 4, 0)
     assert "multiple of 128, got K=100" in _C.gemv_a16_unsupported(1, 100, 4, 0)
     assert "group_size must be 0" in _C.gemv_a16_unsupported(1, 3072, 3, 32)
+    assert _C.unrotate_weight_unsupported(12288, 1024, 3, 128) == ""
+    assert "multiple of 8, got K=100" in _C.unrotate_weight_unsupported(100, 4, 4, 0)
+    assert "multiple of group_size=128" in _C.unrotate_weight_unsupported(1000, 8, 4, 128)
+    assert "power of two <= 16384 dividing K=1152, got 256" in _C.unrotate_weight_unsupported(1152, 256, 4, 0)
+    with pytest.raises(RuntimeError, match="row_bytes must be the packed row of K=128, got 63"):
+        _C.unrotate_weight(16, 63, 4, 16, 0, 16, 0, 0, 8, 128, 128, 16, 0, 0, 0)   # refused before any device call
     with pytest.raises(RuntimeError, match="M must be <= 16, got M=17"):
         _C.gemv_a16(16, 0, 17, 3072, 8, 16, 4, 16, 0, 16, 0, 16, 0, 0)     # refused before touching a device
     assert _C.gemm_a8_unsupported(333, 2432, 2432, 4, 0) == ""
@@ -387,10 +394,63 @@ def test_w4a8_quantlinear_on_cuda_gemm_graph_and_compile(monkeypatch):
     assert_compile_and_cuda_graph_match_eager(q, torch.randn(2, 40, 1152, device="cuda", dtype=torch.bfloat16))
 
 
+# --- GPU: the weight-only layer at large M (dequantize_weight, then cuBLAS) -------------------------------------
+
+UNROTATE_CASES = [(1, 1152, 128), (7, 4608, 512), (33, 3072, 1024), (5, 12288, 1024), (3, 4096, 4096),
+                  (2, 16384, 16384), (9, 2432, 128), (4, 40, 8), (300, 256, 256)]
+
+
+@gpu
+@pytest.mark.parametrize("bits,group", [(4, 0), (3, 0), (4, 128), (3, 64)], ids=str)
+@pytest.mark.parametrize("n,k,block", UNROTATE_CASES, ids=str)
+def test_cuda_dequantize_weight_equals_reference(n, k, block, bits, group, monkeypatch):
+    if group and k % group:
+        pytest.skip("group must divide K")
+    monkeypatch.setenv("LRQ_BACKEND", "cuda")
+    torch.manual_seed(n + k + bits)
+    packed = pack_codes(torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8), bits)
+    cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
+    ws = torch.rand((n, k // group) if group else (n,), device="cuda") + 0.01
+    w = dequantize_packed(packed, ws, cb, bits, k, group or None)
+    for perm, cs in ((None, None), (torch.randperm(k, device="cuda"), torch.rand(k, device="cuda") + 0.5)):
+        want = unrotate_weight_ref(w, perm, cs, block)       # the same float32 operations in the same order
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            got = ops.dequantize_weight(packed, ws, cb, bits, k, group, perm, cs, block, dtype)
+            assert got.dtype == dtype and torch.equal(got, want.to(dtype)), (dtype, perm is not None)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("bits,group", [(4, 0), (3, 128)], ids=str)
+def test_quant_linear_a16_large_m_takes_the_dequantized_weight_and_matches(bits, group, dtype, monkeypatch):
+    from lrq_kernels.ops import A16_DEQUANT_MIN_M
+    torch.manual_seed(bits)
+    m, k, n = A16_DEQUANT_MIN_M + 77, 3072, 1000
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    x[:, 11] *= 30
+    packed = pack_codes(torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8), bits)
+    cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
+    ws = torch.rand((n, k // group) if group else (n,), device="cuda") * 0.01 + 1e-3
+    perm, cs, bias = torch.randperm(k, device="cuda"), torch.rand(k, device="cuda") + 0.5, torch.randn(n, device="cuda")
+    calls = []
+    real = cuda_kernels.unrotate_weight_cuda
+    monkeypatch.setattr(cuda_kernels, "unrotate_weight_cuda", lambda *a: calls.append(1) or real(*a))
+    y = ops.quant_linear_a16(x, perm, cs, 1024, packed, ws, cb, bits, group, bias)
+    assert calls and y.dtype == dtype
+    w = dequantize_packed(packed, ws, cb, bits, k, group or None)
+    want = rotate_ref(x, perm, cs, 1024).double() @ w.double().t() + bias.double()
+    # bf16: the rotated weight and the output are rounded to 8-bit significands (2^-9), as the token path rounds
+    # the rotated tokens and the output
+    assert rel_err(y, want) <= (3e-3 if dtype == torch.bfloat16 else 1e-3)
+    monkeypatch.setenv("LRQ_BACKEND", "reference")
+    assert rel_err(y, ops.quant_linear_a16(x, perm, cs, 1024, packed, ws, cb, bits, group, bias)) <= 4e-3
+
+
 # --- GPU: in serving stacks ---------------------------------------------------------------------------------------
 
 @gpu
-def test_weight_only_quantlinear_on_cuda_graph_and_compile():
+@pytest.mark.parametrize("tokens", [1, 300], ids=lambda t: f"M={t}")     # the GEMV; dequantize_weight + cuBLAS
+def test_weight_only_quantlinear_on_cuda_graph_and_compile(tokens):
     torch.manual_seed(0)
     q = QuantLinear.from_linear(torch.nn.Linear(3072, 3072).cuda(), QuantConfig(a_bits=16, group_size=128))
-    assert_compile_and_cuda_graph_match_eager(q, torch.randn(1, 3072, device="cuda", dtype=torch.bfloat16))
+    assert_compile_and_cuda_graph_match_eager(q, torch.randn(1, tokens, 3072, device="cuda", dtype=torch.bfloat16))

@@ -3,7 +3,7 @@ import torch
 
 from lrq_kernels import ops, quantize_weight
 from lrq_kernels.formats.weight import dequantize_packed
-from lrq_kernels.reference import gemm_a8_ref, quantize_tokens_ref
+from lrq_kernels.reference import gemm_a8_ref, gemm_a16_ref, quantize_tokens_ref, rotate_ref, unrotate_weight_ref
 
 
 def _weight(n=48, k=128, bits=4, group=None):
@@ -67,3 +67,55 @@ def test_backend_env_is_validated(monkeypatch):
     monkeypatch.setenv("LRQ_BACKEND", "cudnn")
     with pytest.raises(ValueError, match="LRQ_BACKEND must be one of .*got 'cudnn'"):
         ops.rotate_quant(torch.randn(2, 64), None, None, 64, "fp8", 8)
+
+
+# --- the weight-only layer: dequantize_weight and quant_linear_a16 ----------------------------------------------
+
+@pytest.mark.parametrize("perm,smooth", [(False, False), (True, False), (True, True)])
+def test_unrotated_weight_times_x_is_rotated_x_times_weight(perm, smooth):
+    # the identity the large-M weight-only path rests on: x @ unrotate(W)^T == rotate(x) @ W^T
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(9, 96, generator=g, dtype=torch.float64), torch.randn(40, 96, generator=g)
+    p = torch.randperm(96, generator=g) if perm else None
+    cs = torch.rand(96, generator=g) + 0.5 if smooth else None
+    want = rotate_ref(x.float(), p, cs, 32).double() @ w.double().t()
+    got = x @ unrotate_weight_ref(w, p, cs, 32).double().t()
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits,group", [(4, 0), (3, 0), (4, 64)])
+def test_opcheck_weight_only_ops(bits, group):
+    packed, ws, cb = _weight(bits=bits, group=group or None)
+    perm, cs = torch.randperm(128).to(torch.int32), torch.rand(128) + 0.5
+    torch.library.opcheck(torch.ops.lrq.dequantize_weight.default,
+                          (packed, ws, cb, bits, 128, group, perm, cs, 64, torch.bfloat16))
+    torch.library.opcheck(torch.ops.lrq.quant_linear_a16.default,
+                          (torch.randn(5, 128), perm, cs, 64, packed, ws, cb, bits, group, torch.randn(48)))
+
+
+def test_dequantize_weight_is_the_unrotated_dequantized_weight():
+    packed, ws, cb = _weight(k=136, bits=3)
+    w = dequantize_packed(packed, ws, cb, 3, 136, None)
+    perm = torch.randperm(136)
+    got = ops.dequantize_weight(packed, ws, cb, 3, 136, 0, perm, None, 8, torch.float32)
+    assert torch.equal(got, unrotate_weight_ref(w, perm, None, 8))
+    assert torch.equal(ops.dequantize_weight(packed, ws, cb, 3, 136, 0, None, None, 1, torch.bfloat16),
+                       w.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="block must be a power of two dividing K=136, got 16"):
+        ops.dequantize_weight(packed, ws, cb, 3, 136, 0, None, None, 16, torch.float32)
+    with pytest.raises(ValueError, match="dtype must be one of .*got torch.int8"):
+        ops.dequantize_weight(packed, ws, cb, 3, 136, 0, None, None, 8, torch.int8)
+    with pytest.raises(ValueError, match="perm must have K=136 entries, got 135"):
+        ops.dequantize_weight(packed, ws, cb, 3, 136, 0, perm[:135], None, 8, torch.float32)
+
+
+@pytest.mark.parametrize("m", [1, 7, 300])
+def test_quant_linear_a16_is_rotate_then_gemm_a16(m):
+    packed, ws, cb = _weight(k=128, bits=4, group=64)
+    x = torch.randn(m, 128)
+    perm, cs, bias = torch.randperm(128), torch.rand(128) + 0.5, torch.randn(48)
+    w = dequantize_packed(packed, ws, cb, 4, 128, 64)
+    y = ops.quant_linear_a16(x, perm, cs, 32, packed, ws, cb, 4, 64, bias)
+    assert torch.allclose(y, gemm_a16_ref(rotate_ref(x, perm, cs, 32), w, bias), rtol=1e-5, atol=1e-5)
+    y1 = ops.quant_linear_a16(x, None, None, 1, packed, ws, cb, 4, 64, None)      # block 1: no rotation
+    assert torch.allclose(y1, gemm_a16_ref(x, w), rtol=1e-5, atol=1e-5)

@@ -16,7 +16,7 @@ from lrq_kernels import cuda as cuda_kernels  # noqa: E402
 from lrq_kernels.formats.codebooks import nf_codebook  # noqa: E402
 from lrq_kernels.formats.packing import pack_codes  # noqa: E402
 from lrq_kernels.formats.weight import dequantize_packed  # noqa: E402
-from lrq_kernels.reference import rotate_quantize_ref  # noqa: E402
+from lrq_kernels.reference import rotate_quantize_ref, unrotate_weight_ref  # noqa: E402
 
 
 def main():
@@ -55,6 +55,20 @@ def main():
         err = ((y.cpu().double() - want).norm() / want.norm()).item()
         assert err < 4e-3, (m, k, n, bits, group, err)
         n_cases += 1
+    # the weight with its rotation undone: a block inside a warp and one across warps (staging in shared memory),
+    # the permutation's scatter, group scales, a partial last CTA (N = 7 rows of K = 1152, 3 rows a CTA)
+    for n, k, block, bits, group in ((7, 1152, 128, 4, 0), (3, 4096, 4096, 3, 64), (5, 12288, 1024, 4, 128)):
+        packed = pack_codes(torch.randint(0, 2 ** bits, (n, k), generator=g, dtype=torch.uint8), bits)
+        sw = torch.rand((n, k // group) if group else (n,), generator=g) + 0.5
+        cb = nf_codebook(bits)
+        perm, cs = torch.randperm(k, generator=g), torch.rand(k, generator=g) + 0.5
+        w = dequantize_packed(packed, sw, cb, bits, k, group or None)
+        for p, c in ((None, None), (perm, cs)):
+            got = cuda_kernels.unrotate_weight_cuda(packed.cuda(), sw.cuda(), cb.cuda(), bits, k, group,
+                                                    None if p is None else p.cuda(), None if c is None else c.cuda(),
+                                                    block, torch.bfloat16)
+            assert torch.equal(got.cpu(), unrotate_weight_ref(w, p, c, block).to(torch.bfloat16)), (n, k, block)
+            n_cases += 1
     # W4A8 / W3A8 GEMM (Hopper only): M = 1, a partial token tile, N not a multiple of the 128-row tile, bias or
     # none; natural-order codes (the copying kernel) and gemm_order codes (the TMA kernel); 141 tiles, more than
     # an H100's or H200's 132 CTAs, so that some CTAs of the persistent kernel take a second tile

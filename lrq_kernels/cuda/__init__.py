@@ -44,6 +44,15 @@ def rotate_quant_unsupported(k: int, block: int, dtype: torch.dtype) -> str:
     return _C.rotate_quant_unsupported(k, block)
 
 
+def unrotate_weight_unsupported(k: int, block: int, bits: int, group_size: int, dtype: torch.dtype) -> str:
+    """'' when unrotate_weight_cuda runs this K, block, bit width, group and output dtype, else why not."""
+    if _C is None:
+        return why_unavailable()
+    if dtype not in _DTYPE:
+        return f"the output dtype must be bf16, fp16 or fp32, got {dtype}"
+    return _C.unrotate_weight_unsupported(k, block, bits, group_size)
+
+
 def gemv_a16_unsupported(m: int, k: int, bits: int, group_size: int, dtype: torch.dtype) -> str:
     if _C is None:
         return why_unavailable()
@@ -79,6 +88,15 @@ def _aligned16(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
+def _int32_perm(perm):
+    """perm as contiguous, 16-byte aligned int32 (the kernels read it in 16-byte loads). An int64 one is converted:
+    with it the ARS gather took 1.13-1.14x the time on K >= 12288 (H200, results/bench_linear.md, session 12) and
+    56.0 against 34.7 us on 4608 x 3072 (H100, session 8)."""
+    if perm is None:
+        return None
+    return _aligned16(perm.to(torch.int32).contiguous())
+
+
 def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format: Optional[str], a_bits: int,
                       gemm_order: bool = False):
     """x [M, K] -> (codes [M, K], scales [M]); a_format None: the rotated values in x's dtype (scales unused).
@@ -93,7 +111,7 @@ def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format
         out = torch.empty((m, k), dtype=code_dtype(a_format), device=x.device)
         fmt, qmax = (_C.OUT_FP8 if a_format == "fp8" else _C.OUT_INT), act_qmax(a_format, a_bits)
     scales = torch.empty((m,), dtype=torch.float32, device=x.device)
-    perm = None if perm is None else _aligned16(perm.contiguous())   # the kernel reads it in 16-byte loads
+    perm = _int32_perm(perm)
     cs = None if channel_scale is None else _aligned16(channel_scale.contiguous())
     with torch.cuda.device(x.device):
         _C.rotate_quant(x.data_ptr(), x.stride(0), _DTYPE[x.dtype], 0 if perm is None else perm.data_ptr(),
@@ -101,6 +119,25 @@ def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format
                         out.data_ptr(), out.stride(0), scales.data_ptr(), m, k, block, fmt, qmax,
                         x.device.index, _stream(x.device), gemm_order)
     return out, scales
+
+
+def unrotate_weight_cuda(packed, w_scales, codebook, bits: int, k: int, group_size: int, perm, channel_scale,
+                         block: int, dtype: torch.dtype) -> torch.Tensor:
+    """W [N, K] in dtype with x @ W^T == rotate(x, perm, channel_scale, block) @ W_deq^T (reference:
+    unrotate_weight_ref of the dequantized weight), from the packed codes in one pass (csrc/unrotate_weight.cu)."""
+    n = packed.shape[0]
+    packed = _aligned(packed)
+    w_scales = w_scales.contiguous()
+    codebook = codebook.float().contiguous()
+    perm = _int32_perm(perm)
+    cs = None if channel_scale is None else _aligned16(channel_scale.contiguous())
+    out = torch.empty((n, k), dtype=dtype, device=packed.device)
+    with torch.cuda.device(packed.device):
+        _C.unrotate_weight(packed.data_ptr(), packed.stride(0), bits, w_scales.data_ptr(), group_size,
+                           codebook.data_ptr(), 0 if perm is None else perm.data_ptr(),
+                           0 if cs is None else cs.data_ptr(), n, k, block, out.data_ptr(), _DTYPE[dtype],
+                           packed.device.index, _stream(packed.device))
+    return out
 
 
 def gemv_a16_cuda(x, packed, w_scales, codebook, bits: int, group_size: int, bias):

@@ -25,7 +25,7 @@ from .._checks import check_choice, check_tensor
 from ..formats.codebooks import is_e4m3_exact
 from ..formats.packing import packed_row_bytes
 from ..formats.weight import FORMATS, GROUP_SIZES, QuantizedWeight, quantize_weight
-from ..ops import gemm_a8, gemm_a16, quant_linear_a8, rotate, rotate_quant
+from ..ops import gemm_a8, quant_linear_a8, quant_linear_a16, rotate
 from ..rotation.ars import ActStats, choose_rotation
 from ..rotation.rotation import KINDS, Rotation, check_block, default_block
 
@@ -193,12 +193,16 @@ class QuantLinear(nn.Module):
         g = cfg.group_size or 0
         bias = self.bias
         if cfg.a_bits == 16:
-            xr = x2 if self.rotation_kind == "none" else rotate(x2, self.perm, self.channel_scale, self.block)
-            y = gemm_a16(xr, self.qweight, self.w_scales, self.codebook, cfg.w_bits, g, bias)
+            y = quant_linear_a16(x2, self.perm, self.channel_scale, self._rotation_block(), self.qweight,
+                                 self.w_scales, self.codebook, cfg.w_bits, g, bias)
         else:
             y = quant_linear_a8(x2, self.perm, self.channel_scale, self.block, cfg.a_format, cfg.a_bits,
                                 self.qweight, self.w_scales, self.codebook, cfg.w_bits, g, bias, x.dtype)
         return y.reshape(*lead, self.out_features)
+
+    def _rotation_block(self) -> int:
+        """The Hadamard block the forward applies: 1 (none) when the layer is not rotated."""
+        return 1 if self.rotation_kind == "none" else self.block
 
     def _row_parallel_forward(self, x2: torch.Tensor) -> torch.Tensor:
         """This rank holds input channels of the layer (nn/parallel.py). Every rank quantizes its channels of
@@ -210,8 +214,8 @@ class QuantLinear(nn.Module):
         cfg = self.config
         g = cfg.group_size or 0
         if cfg.a_bits == 16:
-            xr = x2 if self.rotation_kind == "none" else rotate(x2, self.perm, self.channel_scale, self.block)
-            y = gemm_a16(xr, self.qweight, self.w_scales, self.codebook, cfg.w_bits, g, None).float()
+            y = quant_linear_a16(x2, self.perm, self.channel_scale, self._rotation_block(), self.qweight,
+                                 self.w_scales, self.codebook, cfg.w_bits, g, None).float()
         else:
             xf = x2.float()
             r = xf if self.rotation_kind == "none" else rotate(xf, self.perm, self.channel_scale, self.block)

@@ -8,6 +8,10 @@ graphs see them as single ops.
     lrq::gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
     lrq::quant_linear_a8(x, perm, channel_scale, block, a_format, a_bits, packed, w_scales, codebook, bits,
                          group_size, bias, out_dtype)                   rotate_quant then gemm_a8, as one op
+    lrq::dequantize_weight(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale, block, dtype)
+                                                                        W_deq with the rotation undone
+    lrq::quant_linear_a16(x, perm, channel_scale, block, packed, w_scales, codebook, bits, group_size, bias)
+                                                                        rotate then gemm_a16, as one op
 
 Each op validates its inputs (ops/checks.py; the fake impl runs the same checks) and then runs the
 implementation that `_pick` selects: the CUDA kernels (lrq_kernels._C via lrq_kernels/cuda) or the Triton
@@ -24,10 +28,11 @@ import torch
 from .. import cuda as cuda_kernels
 from ..formats.weight import dequantize_packed
 from ..reference.act_quant import code_dtype, rotate_quantize_ref, rotate_ref
-from ..reference.gemm import gemm_a8_ref, gemm_a16_ref
+from ..reference.gemm import gemm_a8_ref, gemm_a16_ref, unrotate_weight_ref
 from ..reference.hadamard import hadamard_transform_ref
 from .backend import requested_backend
-from .checks import FLOAT_IN, check_gemm_a8, check_gemm_a16, check_rotate_quant, check_rotation
+from .checks import (FLOAT_IN, check_dequantize_weight, check_gemm_a8, check_gemm_a16, check_rotate_quant,
+                     check_rotation)
 
 _LIB = "lrq"
 
@@ -36,7 +41,7 @@ MAX_ROW_REGISTERS = 16384   # Triton's rotate_quant holds a whole token (K padde
 MAX_GEMV_M = 16             # the CUDA GEMV's mma tile has 16 rows
 # Each op's kernels in order of preference.
 BACKENDS = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",), "gemm_a16": ("cuda", "triton"),
-            "gemm_a8": ("cuda", "triton")}
+            "gemm_a8": ("cuda", "triton"), "dequantize_weight": ("cuda",)}
 # Tokens from which the CUDA W·A8 GEMM (csrc/gemm_a8_sm90.cu, 128-token tiles; 4- and 3-bit codes) runs instead of
 # Triton's (16- and 64-token tiles at small M). Measured on 4-bit codes (the 3-bit kernel shares the thresholds):
 # H100, benchmarks/bench_gemm_a8_cuda.py on FLUX fc1, fc2, qkv and PixArt fc1 (results/gemm_a8_cuda_sweep.md,
@@ -49,6 +54,10 @@ BACKENDS = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",), "gemm_a16":
 # runs it at any M.
 CUDA_GEMM_A8_MIN_M = 256
 CUDA_GEMM_A8_TMA_MIN_M = 64
+# Tokens from which the weight-only forward (quant_linear_a16) dequantizes the weight with its rotation undone
+# (dequantize_weight, one pass over N x K) and runs cuBLAS's GEMM on it, instead of rotating every token and running
+# the GEMM that decodes codes between its MMAs. The price is a transient N x K weight in x's dtype.
+A16_DEQUANT_MIN_M = 256
 
 
 def _interpreting() -> bool:
@@ -77,6 +86,9 @@ def _cuda_why_not(op: str, device: torch.device, shape: dict) -> str:
     if op == "gemm_a16":
         return cuda_kernels.gemv_a16_unsupported(shape["m"], shape["k"], shape["bits"], shape["group"],
                                                  shape["dtype"])
+    if op == "dequantize_weight":
+        return cuda_kernels.unrotate_weight_unsupported(shape["k"], shape["block"], shape["bits"], shape["group"],
+                                                        shape["dtype"])
     if op == "gemm_a8":
         return cuda_kernels.gemm_a8_unsupported(shape["m"], shape["k"], shape["n"], shape["bits"], shape["group"],
                                                 shape["dtype"], device)
@@ -107,6 +119,8 @@ def _pick(op: str, device: torch.device, **shape) -> str:
     | rotate       | cuda (K % 8 == 0)                                     | reference |
     | gemm_a16     | cuda if M <= 16 and K % 128 == 0, else triton         | reference |
     | gemm_a8      | cuda if sm_90, per-channel, K % 128 == 0, M >= 256 (64 with tma), else triton | reference |
+    | dequantize_weight | cuda (K % 8 == 0)                                | reference |
+    quant_linear_a16 takes dequantize_weight + cuBLAS from M = A16_DEQUANT_MIN_M where that runs in CUDA.
 
     Why this order: benchmarks/bench_cuda.py measures CUDA against Triton on the H100 (results in
     benchmarks/results/bench_cuda.md). LRQ_BACKEND=reference|triton|cuda forces one, and raises where it cannot
@@ -319,5 +333,57 @@ def _(x, perm, channel_scale, block, a_format, a_bits, packed, w_scales, codeboo
     return x.new_empty((x.shape[0], n), dtype=out_dtype)
 
 
+# --- the weight-only linear layer ----------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{_LIB}::dequantize_weight", mutates_args=())
+def dequantize_weight(packed: torch.Tensor, w_scales: torch.Tensor, codebook: torch.Tensor, bits: int, k: int,
+                      group_size: int, perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor], block: int,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """W [N, K] in dtype, with x @ W^T == rotate(x, perm, channel_scale, block) @ W_deq^T: the dequantized weight
+    with the layer's rotation undone (reference.unrotate_weight_ref; block 1 and no perm/channel_scale: W_deq
+    itself). Computed in float32, rounded once."""
+    check_dequantize_weight(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale, block, dtype)
+    if _pick("dequantize_weight", packed.device, k=k, block=block, bits=bits, group=group_size, dtype=dtype) == "cuda":
+        return cuda_kernels.unrotate_weight_cuda(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale,
+                                                 block, dtype)
+    w = dequantize_packed(packed, w_scales, codebook, bits, k, group_size or None)
+    return unrotate_weight_ref(w, perm, channel_scale, block).to(dtype)
+
+
+@dequantize_weight.register_fake
+def _(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale, block, dtype):
+    n = check_dequantize_weight(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale, block, dtype)
+    return packed.new_empty((n, k), dtype=dtype)
+
+
+@torch.library.custom_op(f"{_LIB}::quant_linear_a16", mutates_args=())
+def quant_linear_a16(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor], block: int,
+                     packed: torch.Tensor, w_scales: torch.Tensor, codebook: torch.Tensor, bits: int, group_size: int,
+                     bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """y [M, N] = gemm_a16(rotate(x, perm, channel_scale, block), ...), in x's dtype: QuantLinear's weight-only
+    forward (block 1 with no perm or channel_scale: no rotation). From M = A16_DEQUANT_MIN_M on a GPU it computes
+    the same product as F.linear(x, dequantize_weight(...)): cuBLAS on a transient weight in x's dtype, which rounds
+    the rotated weight instead of the rotated tokens (each to x's dtype, relative 2^-9 in bf16)."""
+    check_rotation(x, perm, channel_scale, block)
+    check_gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
+    m, k = x.shape
+    if (m >= A16_DEQUANT_MIN_M and x.dtype in (torch.bfloat16, torch.float16)
+            and _pick("dequantize_weight", x.device, k=k, block=block, bits=bits, group=group_size,
+                      dtype=x.dtype) == "cuda"):
+        w = cuda_kernels.unrotate_weight_cuda(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale,
+                                              block, x.dtype)
+        return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+    rotated = perm is not None or channel_scale is not None or block > 1
+    xr = rotate(x, perm, channel_scale, block) if rotated else x
+    return gemm_a16(xr, packed, w_scales, codebook, bits, group_size, bias)
+
+
+@quant_linear_a16.register_fake
+def _(x, perm, channel_scale, block, packed, w_scales, codebook, bits, group_size, bias):
+    check_rotation(x, perm, channel_scale, block)
+    n = check_gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
+    return x.new_empty((x.shape[0], n))
+
+
 __all__ = ["hadamard_transform", "hadamard_quant", "rotate", "rotate_quant", "gemm_a8", "gemm_a16",
-           "quant_linear_a8"]
+           "quant_linear_a8", "dequantize_weight", "quant_linear_a16"]

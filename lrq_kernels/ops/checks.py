@@ -81,3 +81,13 @@ def check_gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias):
     if x.device != packed.device:
         raise ValueError(f"x is on {x.device} but packed is on {packed.device}")
     return check_weight(packed, w_scales, codebook, bits, x.shape[1], group_size, bias)
+
+
+def check_dequantize_weight(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale, block, dtype):
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    n = check_weight(packed, w_scales, codebook, bits, k, group_size, None)
+    # the rotation's checks take an x [., K]: an empty one on packed's device stands for it
+    check_rotation(packed.new_empty((0, k), dtype=torch.float32), perm, channel_scale, block)
+    check_choice("dtype", dtype, OUT_DTYPES)
+    return n

@@ -15,6 +15,7 @@ import torch
 
 from .._checks import is_power_of_two
 from ..reference.act_quant import rotate_ref
+from ..reference.gemm import unrotate_weight_ref
 from ..reference.hadamard import block_hadamard_ref
 
 KINDS = ("none", "hadamard", "ars")
@@ -77,14 +78,7 @@ class Rotation:
 
     def unfold_weight(self, w_rot: torch.Tensor) -> torch.Tensor:
         """Inverse of fold_into_weight: W_rot back to W [N, K] in the original channel order."""
-        w = block_hadamard_ref(w_rot.float(), self.block)
-        if self.channel_scale is not None:
-            w = w * self.channel_scale.to(w.device)
-        if self.perm is not None:
-            out = torch.empty_like(w)
-            out[:, self.perm.to(w.device)] = w
-            w = out
-        return w
+        return unrotate_weight_ref(w_rot, self.perm, self.channel_scale, self.block)
 
     def fold_into_weight(self, w: torch.Tensor) -> torch.Tensor:
         """W [N, K] -> W_rot (float32) with x_rot @ W_rot^T == x @ W^T."""

@@ -1,0 +1,187 @@
+// The block Hadamard of the rotation kernels (rotate_quant.cu on activations, unrotate_weight.cu on weights):
+// the thread layout, the 16-byte load/store helpers, and the butterflies in the reference's order
+// (lrq_kernels/reference/hadamard.py: bit 0 of the index first, lower = a + b, upper = a - b, then one float32
+// multiply by 1/sqrt(B)), so that both kernels are bit-equal to the reference.
+//
+// Layout. A CTA owns R whole rows (tokens, or weight rows), flattened to e = r * K + c. Thread (warp w, lane l)
+// holds V vectors of 8 contiguous values, vector i at e = ((w * V + i) * 32 + l) * 8 + j (j = 0..7), so every load
+// and store is 16 bytes wide and a warp's accesses are contiguous. The Hadamard block B is a power of two dividing
+// K, so the bits of e below log2(B) are the index inside the block, and each butterfly stage pairs elements whose
+// e differs in one bit:  bits 0-2 -> inside a vector (registers),  bits 3-7 -> lanes (__shfl_xor_sync),
+// bits 8.. -> vectors of the same thread (registers), then warps (shared memory, only for B > 256 * V).
+#pragma once
+#include "common.cuh"
+#include <algorithm>
+#include <type_traits>
+
+namespace lrq {
+
+constexpr int kMaxRowsPerCta = 32;
+
+// Register budget: V = 4 kernels (up to 512 threads) keep to 64 registers so that two CTAs share an SM (at 70
+// registers, K = 15360's 480-thread CTAs ran one an SM: 41% of copy bandwidth, bench_cuda.md, second run).
+template <int V> struct Bounds { static constexpr int kThreads = 1024, kMinBlocks = 1; };
+template <> struct Bounds<4> { static constexpr int kThreads = 512, kMinBlocks = 2; };
+template <> struct Bounds<8> { static constexpr int kThreads = 256, kMinBlocks = 2; };
+
+inline int max_threads_for_v(int v) {
+  return v == 2 ? Bounds<2>::kThreads : (v == 4 ? Bounds<4>::kThreads : Bounds<8>::kThreads);
+}
+
+// Eight values as floats from 16-byte loads: load8 from global memory (read-only path), load8_shared from shared
+// memory.
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4* u, float v[8]) {
+  if constexpr (sizeof(T) == 4) {
+    const float* f = reinterpret_cast<const float*>(u);
+    for (int j = 0; j < 8; ++j) v[j] = f[j];
+  } else {
+    using T2 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+    const T2* h = reinterpret_cast<const T2*>(u);
+    for (int i = 0; i < 4; ++i) {
+      float2 f;
+      if constexpr (std::is_same<T, __half>::value) f = __half22float2(h[i]);
+      else f = __bfloat1622float2(h[i]);
+      v[2 * i] = f.x; v[2 * i + 1] = f.y;
+    }
+  }
+}
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float v[8]) {
+  uint4 u[sizeof(T) / 2];
+  for (int q = 0; q < static_cast<int>(sizeof(T) / 2); ++q) u[q] = __ldg(reinterpret_cast<const uint4*>(p) + q);
+  unpack8<T>(u, v);
+}
+template <typename T>
+__device__ __forceinline__ void load8_shared(const T* p, float v[8]) {
+  uint4 u[sizeof(T) / 2];
+  for (int q = 0; q < static_cast<int>(sizeof(T) / 2); ++q) u[q] = reinterpret_cast<const uint4*>(p)[q];
+  unpack8<T>(u, v);
+}
+
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float v[8]) {
+  alignas(16) T t[8];
+  for (int j = 0; j < 8; ++j) t[j] = from_float<T>(v[j]);
+  if constexpr (sizeof(T) == 4) {
+    reinterpret_cast<float4*>(p)[0] = reinterpret_cast<const float4*>(t)[0];
+    reinterpret_cast<float4*>(p)[1] = reinterpret_cast<const float4*>(t)[1];
+  } else {
+    *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(t);
+  }
+}
+
+// Row and column of each of a thread's V vectors inside its CTA's R rows: one division for the first, then steps of
+// 256 elements (a division a vector cost ~15 instructions each, a tenth of rotate_quant's issue slots: ncu,
+// session 6). A slot past the CTA's R * K elements gets row >= R.
+template <int V>
+__device__ __forceinline__ void vector_slots(int k, int lane, int warp, int row[V], int col[V]) {
+  const int e0 = ((warp * V) * 32 + lane) * 8;
+  row[0] = e0 / k;
+  col[0] = e0 - row[0] * k;
+#pragma unroll
+  for (int i = 1; i < V; ++i) {
+    row[i] = row[i - 1];
+    col[i] = col[i - 1] + 256;
+    while (col[i] >= k) { col[i] -= k; ++row[i]; }
+  }
+}
+
+// v <- v H_B / sqrt(B) for every block of B = 2^log_b values (norm = 1/sqrt(B); log_b = 0 leaves v as it is). Butterflies bit 0
+// first (the reference's order): lower = a + b, upper = a - b (a the lower element). Stages across warps go
+// through `exchange` (R * K floats of shared memory, cta_elems = R * K) with two CTA barriers each, so every
+// thread of the CTA must call this.
+template <int V>
+__device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, float norm, int lane, int warp,
+                                               float* exchange, int cta_elems) {
+#pragma unroll
+  for (int s = 0; s < 3; ++s) {
+    if (s >= log_b) break;
+    const int h = 1 << s;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (!(j & h)) { float a = v[i][j], b = v[i][j + h]; v[i][j] = a + b; v[i][j + h] = a - b; }
+  }
+#pragma unroll
+  for (int s = 3; s < 8; ++s) {
+    if (s >= log_b) break;
+    const int h = 1 << (s - 3);
+    // lower: v + p, upper: p - v, as one fma by +-1 (exact multiply, one rounding: the same float as the add)
+    const float sign = (lane & h) ? -1.f : 1.f;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], __shfl_xor_sync(0xffffffffu, v[i][j], h));
+  }
+#pragma unroll
+  for (int hv = 1; hv < V; hv <<= 1) {
+    if (8 + __ffs(hv) - 1 >= log_b) break;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      if (!(i & hv))
+#pragma unroll
+        for (int j = 0; j < 8; ++j) { float a = v[i][j], b = v[i + hv][j]; v[i][j] = a + b; v[i + hv][j] = a - b; }
+  }
+  int log_v = 0;
+  while ((1 << log_v) < V) ++log_v;
+  for (int s = 8 + log_v; s < log_b; ++s) {          // across warps: one shared-memory round trip a stage
+    const int h = 1 << s;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int e = ((warp * V + i) * 32 + lane) * 8;
+      if (e < cta_elems)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) exchange[e + j] = v[i][j];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int e = ((warp * V + i) * 32 + lane) * 8;
+      if (e < cta_elems) {
+        const float sign = (e & h) ? -1.f : 1.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], exchange[(e ^ h) + j]);
+      }
+    }
+    __syncthreads();
+  }
+  if (log_b > 0) {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], norm);
+  }
+}
+
+// Vectors a thread (V) and rows a CTA (R) for width K and block B, with the CTA's thread count. V, from two runs
+// of bench_cuda.py on the H100 (V = 2 everywhere, then V = 4):
+//   blocks <= 512 with K <= 8192: V = 2 (8192 x 4608: 71% of copy at V = 2, 59% at V = 4; 8858 x 2432: 70%, 57%);
+//   larger K or blocks of 1024: V = 4 (32760 x 13824, block 512: 52% at V = 2 with 864-thread CTAs, 60% at V = 4);
+//   blocks of 2048 and more: V = 8, so that B <= 256 * V keeps a block inside a warp up to 2048.
+// Rows a CTA: about 128 threads' worth of work, then more while over 1/16 of the last warp's lanes would idle
+// (K = 1152 at V = 2: 72 slots a row, 3 rows fill 7 warps where 1 row left a quarter of 3 warps idle).
+struct Tiling { int v, rows, threads; };
+inline Tiling tiling_for(int64_t k, int block) {
+  Tiling t{};
+  t.v = block >= 2048 ? 8 : (block <= 512 && k <= 8192 ? 2 : 4);
+  const int64_t per_row = (k + 8 * t.v - 1) / (8 * t.v);       // thread slots a row needs
+  const auto threads_for = [&](int64_t rows) { return ((rows * k + 8 * t.v - 1) / (8 * t.v) + 31) / 32 * 32; };
+  int64_t rows = std::max<int64_t>(1, std::min<int64_t>(kMaxRowsPerCta, 128 / per_row));
+  const int64_t max_threads = t.v == 8 ? 256 : 512;
+  while (rows < kMaxRowsPerCta && threads_for(rows + 1) <= max_threads &&
+         16 * (threads_for(rows) - rows * per_row) > threads_for(rows))
+    ++rows;
+  t.rows = static_cast<int>(rows);
+  t.threads = static_cast<int>(threads_for(rows));
+  return t;
+}
+
+inline int log2_of(int block) {
+  int log_b = 0;
+  while ((1 << log_b) < block) ++log_b;
+  return log_b;
+}
+
+}  // namespace lrq

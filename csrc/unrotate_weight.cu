@@ -1,0 +1,164 @@
+// The weight in the layer's input space, from its packed codes: W[n, perm[i]] = cs[i] * (W_deq[n, :] H_B / sqrt(B))[i]
+// with W_deq[n, k] = codebook[code(n, k)] * scale(n, k) (formats/weight.py). This is lrq_kernels/reference/gemm.py's
+// unrotate_weight_ref (Rotation.unfold_weight of the dequantized weight), bit for bit before the final rounding:
+// one float32 multiply for the dequantization, the butterflies of hadamard.cuh, one multiply by cs.
+//
+// Why: the weight-only forward at large M. There y = rotate(x) W_deq^T costs the rotation of every token (2 x 2MK
+// bytes) plus a GEMM that decodes codes between its MMAs (Triton: 0.36-0.62x of bf16 at M >= 4096,
+// results/bench_linear.md, session 12). W = W_deq R^T is one pass over N x K instead (0.5 byte read and 2 written a
+// weight), after which cuBLAS's bf16 GEMM computes x W^T = rotate(x) W_deq^T directly.
+//
+// One-shot CTAs of R weight rows (the rows play the tokens' part in hadamard.cuh's layout). Codes come in 4-byte
+// (4-bit) or byte (3-bit) loads, are looked up in a 16-entry table in shared memory and scaled; with a permutation
+// the rotated rows are scattered into shared memory and written back in order, so every global store is 16 bytes.
+#include "hadamard.cuh"
+#include "lrq.h"
+
+namespace lrq {
+namespace {
+
+template <typename T, int V, int BITS>
+__global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) unrotate_weight_kernel(
+    const uint8_t* __restrict__ packed, int64_t row_bytes, const float* __restrict__ w_scales, int group_size,
+    const float* __restrict__ codebook, const int32_t* __restrict__ perm, const float* __restrict__ channel_scale,
+    T* __restrict__ out, int n, int k, int log_b, int rows_per_cta, float norm) {
+  extern __shared__ __align__(16) float smem[];
+  float* table = smem;                                        // [16] the codebook
+  float* staging = smem + 16;                                 // [R * K] butterflies across warps; the scatter
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (threadIdx.x < (1 << BITS)) table[threadIdx.x] = codebook[threadIdx.x];
+  int row[V], col[V];
+  vector_slots<V>(k, lane, warp, row, col);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows_per_cta;
+  const int live_rows = static_cast<int>(min(static_cast<int64_t>(rows_per_cta), n - row0));
+  const int groups_a_row = group_size ? k / group_size : 1;
+  __syncthreads();                                            // table
+
+  float v[V][8];
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    if (row[i] >= live_rows) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
+      continue;
+    }
+    const int64_t r = row0 + row[i];
+    const uint8_t* prow = packed + r * row_bytes;
+    uint32_t code[8];
+    if constexpr (BITS == 4) {
+      const uint32_t w = __ldg(reinterpret_cast<const uint32_t*>(prow + col[i] / 2));   // 8 codes, low nibble first
+#pragma unroll
+      for (int j = 0; j < 8; ++j) code[j] = (w >> (4 * j)) & 15u;
+    } else {
+      // 2-bit plane: bytes [0, K/4), four codes a byte; 1-bit plane: bytes [K/4, 3K/8), eight a byte
+      const uint32_t lo = __ldg(prow + col[i] / 4) | (static_cast<uint32_t>(__ldg(prow + col[i] / 4 + 1)) << 8);
+      const uint32_t hi = __ldg(prow + k / 4 + col[i] / 8);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) code[j] = ((lo >> (2 * j)) & 3u) | (((hi >> j) & 1u) << 2);
+    }
+    const float s = w_scales[r * groups_a_row + (group_size ? col[i] / group_size : 0)];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(table[code[j]], s);
+  }
+
+  block_hadamard<V>(v, log_b, norm, lane, warp, staging, rows_per_cta * k);
+
+  if (channel_scale != nullptr) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      if (row[i] >= live_rows) continue;
+      float c[8];
+      load8<float>(channel_scale + col[i], c);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], c[j]);
+    }
+  }
+  if (perm != nullptr) {
+    __syncthreads();                                          // staging's last readers (butterflies) are done
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      if (row[i] >= live_rows) continue;
+      const int4 a = __ldg(reinterpret_cast<const int4*>(perm + col[i]));
+      const int4 b = __ldg(reinterpret_cast<const int4*>(perm + col[i]) + 1);
+      float* srow = staging + row[i] * k;
+      srow[a.x] = v[i][0]; srow[a.y] = v[i][1]; srow[a.z] = v[i][2]; srow[a.w] = v[i][3];
+      srow[b.x] = v[i][4]; srow[b.y] = v[i][5]; srow[b.z] = v[i][6]; srow[b.w] = v[i][7];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      if (row[i] < live_rows) load8_shared<float>(staging + row[i] * k + col[i], v[i]);
+  }
+#pragma unroll
+  for (int i = 0; i < V; ++i)
+    if (row[i] < live_rows) store8<T>(out + (row0 + row[i]) * k + col[i], v[i]);
+}
+
+template <typename T, int V>
+std::string launch_bits(const UnrotateWeightArgs& a, const Tiling& t) {
+  auto kernel = a.bits == 4 ? unrotate_weight_kernel<T, V, 4> : unrotate_weight_kernel<T, V, 3>;
+  const bool staging = a.perm != nullptr || a.block > 256 * V;
+  const size_t smem = sizeof(float) * (16 + (staging ? static_cast<size_t>(t.rows) * a.k : 0));
+  if (smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(unrotate_weight)", e);
+  }
+  const int64_t grid = (a.n + t.rows - 1) / t.rows;
+  const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
+  kernel<<<static_cast<unsigned>(grid), t.threads, smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
+      a.packed, a.row_bytes, a.w_scales, a.group_size, a.codebook, a.perm, a.channel_scale, static_cast<T*>(a.out),
+      a.n, a.k, log2_of(a.block), t.rows, norm);
+  return last_launch_error("unrotate_weight_kernel");
+}
+
+template <typename T>
+std::string launch_v(const UnrotateWeightArgs& a, const Tiling& t) {
+  switch (t.v) {
+    case 2: return launch_bits<T, 2>(a, t);
+    case 4: return launch_bits<T, 4>(a, t);
+    case 8: return launch_bits<T, 8>(a, t);
+  }
+  return "unrotate_weight: no kernel for V=" + std::to_string(t.v);
+}
+
+}  // namespace
+
+std::string unrotate_weight_unsupported(int k, int block, int bits, int group_size) {
+  if (k <= 0 || k % 8) return "K must be a positive multiple of 8, got K=" + std::to_string(k);
+  if (bits != 3 && bits != 4) return "bits must be 3 or 4, got " + std::to_string(bits);
+  if (group_size != 0 && group_size != 64 && group_size != 128)
+    return "group_size must be 0, 64 or 128, got " + std::to_string(group_size);
+  if (group_size && k % group_size)
+    return "K=" + std::to_string(k) + " must be a multiple of group_size=" + std::to_string(group_size);
+  if (block < 1 || (block & (block - 1)) || k % block || block > 16384)
+    return "block must be a power of two <= 16384 dividing K=" + std::to_string(k) + ", got " + std::to_string(block);
+  const Tiling t = tiling_for(k, block);
+  if (t.threads > max_threads_for_v(t.v))
+    return "K=" + std::to_string(k) + " needs more than " + std::to_string(max_threads_for_v(t.v)) + " threads a CTA";
+  if (sizeof(float) * (16 + static_cast<size_t>(t.rows) * k) > 200 * 1024)
+    return "K=" + std::to_string(k) + " needs too much shared memory";
+  return "";
+}
+
+std::string unrotate_weight(const UnrotateWeightArgs& a) {
+  std::string why = unrotate_weight_unsupported(a.k, a.block, a.bits, a.group_size);
+  if (!why.empty()) return "unrotate_weight: " + why;
+  if (a.row_bytes != (a.bits == 4 ? a.k / 2 : 3 * a.k / 8))
+    return "unrotate_weight: row_bytes must be the packed row of K=" + std::to_string(a.k) + ", got " +
+           std::to_string(a.row_bytes);
+  if (a.n == 0) return "";
+  if ((reinterpret_cast<uintptr_t>(a.out) | reinterpret_cast<uintptr_t>(a.perm) |
+       reinterpret_cast<uintptr_t>(a.channel_scale)) % 16 || reinterpret_cast<uintptr_t>(a.packed) % 4)
+    return "unrotate_weight: out, perm and channel_scale must be 16-byte aligned, packed 4-byte aligned";
+  why = set_device(a.device);
+  if (!why.empty()) return why;
+  const Tiling t = tiling_for(a.k, a.block);
+  switch (a.out_dtype) {
+    case kBF16: return launch_v<__nv_bfloat16>(a, t);
+    case kF16: return launch_v<__half>(a, t);
+    case kF32: return launch_v<float>(a, t);
+  }
+  return "unrotate_weight: out_dtype must be 0 (bf16), 1 (fp16) or 2 (fp32), got " + std::to_string(a.out_dtype);
+}
+
+}  // namespace lrq
