@@ -8,174 +8,107 @@
 // results/bench_linear.md, session 12). W = W_deq R^T is one pass over N x K instead (0.5 byte read and 2 written a
 // weight), after which cuBLAS's bf16 GEMM computes x W^T = rotate(x) W_deq^T directly.
 //
-// Persistent CTAs take groups of R weight rows (the rows play the tokens' part in hadamard.cuh's layout), as
-// rotate_quant.cu does, and keep the next groups' codes and scales in flight: each thread copies the 4-byte words it
-// will read (the codes of its vectors, their scales) into its own slots of a shared-memory ring by cp.async, so no
-// barrier guards them. One-shot CTAs (a first version) reached 54-64% of copy bandwidth on FLUX fc1 / fc2 (H200,
-// session 13, bench_cuda.py --only a16). Codes are looked up in a 16-entry table in shared memory and scaled; with
-// a permutation the rotated rows are scattered into shared memory and written back in order, so every global store
-// is 16 bytes.
+// One-shot CTAs of R weight rows (the rows play the tokens' part in hadamard.cuh's layout). Codes come in 4-byte
+// (4-bit) or byte (3-bit) loads, are looked up in a 16-entry table in shared memory and scaled; with a permutation
+// the rotated rows are scattered into shared memory and written back in order, so every global store is 16 bytes.
 #include "hadamard.cuh"
 #include "lrq.h"
 
 namespace lrq {
 namespace {
 
-// Words a vector of 8 codes takes in a ring stage: 4-bit, its 4 code bytes; 3-bit, the aligned words holding its
-// 2 bytes of the 2-bit plane and its byte of the 1-bit plane; then its scale.
-template <int BITS> struct Slots { static constexpr int kCodeWords = BITS == 4 ? 1 : 2, kWords = kCodeWords + 1; };
-
-struct RingLayout { int stages, slot_words, staging_offset; };   // in 4-byte words after the table
-
 template <typename T, int V, int BITS>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) unrotate_weight_kernel(
     const uint8_t* __restrict__ packed, int64_t row_bytes, const float* __restrict__ w_scales, int group_size,
     const float* __restrict__ codebook, const int32_t* __restrict__ perm, const float* __restrict__ channel_scale,
-    T* __restrict__ out, int n, int k, int log_b, int rows_per_cta, float norm, RingLayout lay) {
+    T* __restrict__ out, int n, int k, int log_b, int rows_per_cta, float norm) {
   extern __shared__ __align__(16) float smem[];
   float* table = smem;                                        // [16] the codebook
-  uint32_t* ring = reinterpret_cast<uint32_t*>(smem + 16);    // [stages][kWords][threads * V] words
-  float* staging = smem + 16 + lay.staging_offset;            // [R * K] butterflies across warps; the scatter
+  float* staging = smem + 16;                                 // [R * K] butterflies across warps; the scatter
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int slot_of_vector = (warp * V) * 32 + lane;          // + 32 i: vector i's slot, conflict-free
   if (threadIdx.x < (1 << BITS)) table[threadIdx.x] = codebook[threadIdx.x];
   int row[V], col[V];
   vector_slots<V>(k, lane, warp, row, col);
-  const int groups = (n + rows_per_cta - 1) / rows_per_cta;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows_per_cta;
+  const int live_rows = static_cast<int>(min(static_cast<int64_t>(rows_per_cta), n - row0));
   const int groups_a_row = group_size ? k / group_size : 1;
-  const auto live_rows_at = [&](int grp) { return min(rows_per_cta, n - grp * rows_per_cta); };
-
-  auto fetch = [&](int grp, int stage) {
-    if (grp < groups) {
-      const int live_rows = live_rows_at(grp);
-      uint32_t* words = ring + stage * Slots<BITS>::kWords * lay.slot_words;
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        if (row[i] >= live_rows) continue;
-        const int r = grp * rows_per_cta + row[i];              // offsets in 32 bits: N * K < 2^31 (launcher)
-        const uint8_t* prow = packed + r * static_cast<int>(row_bytes);
-        const int slot = slot_of_vector + 32 * i;
-        if constexpr (BITS == 4) {
-          cp_async4(smem_u32(words + slot), prow + col[i] / 2, true);
-        } else {                                              // the 4-byte words holding this vector's bytes
-          cp_async4(smem_u32(words + slot), prow + ((col[i] / 4) & ~3), true);
-          cp_async4(smem_u32(words + lay.slot_words + slot), prow + ((k / 4 + col[i] / 8) & ~3), true);
-        }
-        cp_async4(smem_u32(words + Slots<BITS>::kCodeWords * lay.slot_words + slot),
-                  w_scales + r * groups_a_row + (group_size ? col[i] / group_size : 0), true);
-      }
-    }
-    cp_async_commit();
-  };
-  for (int s = 0; s + 1 < lay.stages; ++s) fetch(blockIdx.x + s * gridDim.x, s);
   __syncthreads();                                            // table
 
-  int stage = 0;
-  for (int grp = blockIdx.x; grp < groups; grp += gridDim.x) {
-    const int row0 = grp * rows_per_cta;
-    const int live_rows = live_rows_at(grp);
-    cp_async_wait_pending(lay.stages - 2);                    // this group's words (this thread's) have landed
-    const uint32_t* words = ring + stage * Slots<BITS>::kWords * lay.slot_words;
-    float v[V][8];
+  float v[V][8];
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    if (row[i] >= live_rows) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
+      continue;
+    }
+    const int64_t r = row0 + row[i];
+    const uint8_t* prow = packed + r * row_bytes;
+    uint32_t code[8];
+    if constexpr (BITS == 4) {
+      const uint32_t w = __ldg(reinterpret_cast<const uint32_t*>(prow + col[i] / 2));   // 8 codes, low nibble first
+#pragma unroll
+      for (int j = 0; j < 8; ++j) code[j] = (w >> (4 * j)) & 15u;
+    } else {
+      // 2-bit plane: bytes [0, K/4), four codes a byte; 1-bit plane: bytes [K/4, 3K/8), eight a byte
+      const uint32_t lo = __ldg(prow + col[i] / 4) | (static_cast<uint32_t>(__ldg(prow + col[i] / 4 + 1)) << 8);
+      const uint32_t hi = __ldg(prow + k / 4 + col[i] / 8);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) code[j] = ((lo >> (2 * j)) & 3u) | (((hi >> j) & 1u) << 2);
+    }
+    const float s = w_scales[r * groups_a_row + (group_size ? col[i] / group_size : 0)];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(table[code[j]], s);
+  }
+
+  block_hadamard<V>(v, log_b, norm, lane, warp, staging, rows_per_cta * k);
+
+  if (channel_scale != nullptr) {
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-      if (row[i] >= live_rows) {
+      if (row[i] >= live_rows) continue;
+      float c[8];
+      load8<float>(channel_scale + col[i], c);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
-        continue;
-      }
-      const int slot = slot_of_vector + 32 * i;
-      uint32_t code[8];
-      if constexpr (BITS == 4) {
-        const uint32_t w = words[slot];                       // 8 codes, low nibble first
-#pragma unroll
-        for (int j = 0; j < 8; ++j) code[j] = (w >> (4 * j)) & 15u;
-      } else {
-        // 2-bit plane: bytes [0, K/4), four codes a byte; 1-bit plane: bytes [K/4, 3K/8), eight a byte
-        const uint32_t lo = (words[slot] >> (8 * ((col[i] / 4) & 3))) & 0xFFFFu;
-        const uint32_t hi = (words[lay.slot_words + slot] >> (8 * ((k / 4 + col[i] / 8) & 3))) & 0xFFu;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) code[j] = ((lo >> (2 * j)) & 3u) | (((hi >> j) & 1u) << 2);
-      }
-      const float s = __uint_as_float(words[Slots<BITS>::kCodeWords * lay.slot_words + slot]);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(table[code[j]], s);
+      for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], c[j]);
     }
-    // refill the stage read on the previous iteration (only this thread read its slots there)
-    fetch(grp + (lay.stages - 1) * gridDim.x, stage == 0 ? lay.stages - 1 : stage - 1);
-    stage = stage + 1 == lay.stages ? 0 : stage + 1;
-
-    block_hadamard<V>(v, log_b, norm, lane, warp, staging, rows_per_cta * k);
-
-    if (channel_scale != nullptr) {
+  }
+  if (perm != nullptr) {
+    __syncthreads();                                          // staging's last readers (butterflies) are done
 #pragma unroll
-      for (int i = 0; i < V; ++i) {
-        if (row[i] >= live_rows) continue;
-        float c[8];
-        load8<float>(channel_scale + col[i], c);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], c[j]);
-      }
+    for (int i = 0; i < V; ++i) {
+      if (row[i] >= live_rows) continue;
+      const int4 a = __ldg(reinterpret_cast<const int4*>(perm + col[i]));
+      const int4 b = __ldg(reinterpret_cast<const int4*>(perm + col[i]) + 1);
+      float* srow = staging + row[i] * k;
+      srow[a.x] = v[i][0]; srow[a.y] = v[i][1]; srow[a.z] = v[i][2]; srow[a.w] = v[i][3];
+      srow[b.x] = v[i][4]; srow[b.y] = v[i][5]; srow[b.z] = v[i][6]; srow[b.w] = v[i][7];
     }
-    if (perm != nullptr) {
-      __syncthreads();                                        // staging's last readers (earlier stages) are done
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        if (row[i] >= live_rows) continue;
-        const int4 a = __ldg(reinterpret_cast<const int4*>(perm + col[i]));
-        const int4 b = __ldg(reinterpret_cast<const int4*>(perm + col[i]) + 1);
-        float* srow = staging + row[i] * k;
-        srow[a.x] = v[i][0]; srow[a.y] = v[i][1]; srow[a.z] = v[i][2]; srow[a.w] = v[i][3];
-        srow[b.x] = v[i][4]; srow[b.y] = v[i][5]; srow[b.z] = v[i][6]; srow[b.w] = v[i][7];
-      }
-      __syncthreads();
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-        if (row[i] < live_rows) load8_shared<float>(staging + row[i] * k + col[i], v[i]);
-      __syncthreads();                                        // read back before the next group's scatter
-    }
+    __syncthreads();
 #pragma unroll
     for (int i = 0; i < V; ++i)
-      if (row[i] < live_rows) store8<T>(out + ((row0 + row[i]) * k + col[i]), v[i]);
+      if (row[i] < live_rows) load8_shared<float>(staging + row[i] * k + col[i], v[i]);
   }
-  cp_async_wait<0>();                                         // no copy outlives the CTA (empty groups only)
-}
-
-constexpr int kStages = 4;
-
-template <int BITS>
-size_t smem_bytes(int k, int block, bool permuted, const Tiling& t, RingLayout* lay) {
-  lay->stages = kStages;
-  lay->slot_words = t.threads * t.v;
-  lay->staging_offset = kStages * Slots<BITS>::kWords * lay->slot_words;
-  const bool staging = permuted || block > 256 * t.v;
-  return sizeof(float) * (16 + lay->staging_offset + (staging ? static_cast<size_t>(t.rows) * k : 0));
-}
-
-template <typename T, int V, int BITS>
-std::string launch_kernel(const UnrotateWeightArgs& a, const Tiling& t) {
-  auto kernel = unrotate_weight_kernel<T, V, BITS>;
-  RingLayout lay{};
-  const size_t smem = smem_bytes<BITS>(a.k, a.block, a.perm != nullptr, t, &lay);
-  if (smem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(unrotate_weight)", e);
-  }
-  int per_sm = 0;
-  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, t.threads, smem);
-  if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(unrotate_weight)", e);
-  const int64_t groups = (a.n + t.rows - 1) / t.rows;
-  const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
-  const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
-  kernel<<<static_cast<unsigned>(grid), t.threads, smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
-      a.packed, a.row_bytes, a.w_scales, a.group_size, a.codebook, a.perm, a.channel_scale, static_cast<T*>(a.out),
-      a.n, a.k, log2_of(a.block), t.rows, norm, lay);
-  return last_launch_error("unrotate_weight_kernel");
+#pragma unroll
+  for (int i = 0; i < V; ++i)
+    if (row[i] < live_rows) store8<T>(out + (row0 + row[i]) * k + col[i], v[i]);
 }
 
 template <typename T, int V>
 std::string launch_bits(const UnrotateWeightArgs& a, const Tiling& t) {
-  return a.bits == 4 ? launch_kernel<T, V, 4>(a, t) : launch_kernel<T, V, 3>(a, t);
+  auto kernel = a.bits == 4 ? unrotate_weight_kernel<T, V, 4> : unrotate_weight_kernel<T, V, 3>;
+  const bool staging = a.perm != nullptr || a.block > 256 * V;
+  const size_t smem = sizeof(float) * (16 + (staging ? static_cast<size_t>(t.rows) * a.k : 0));
+  if (smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(unrotate_weight)", e);
+  }
+  const int64_t grid = (a.n + t.rows - 1) / t.rows;
+  const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
+  kernel<<<static_cast<unsigned>(grid), t.threads, smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
+      a.packed, a.row_bytes, a.w_scales, a.group_size, a.codebook, a.perm, a.channel_scale, static_cast<T*>(a.out),
+      a.n, a.k, log2_of(a.block), t.rows, norm);
+  return last_launch_error("unrotate_weight_kernel");
 }
 
 template <typename T>
@@ -202,8 +135,7 @@ std::string unrotate_weight_unsupported(int k, int block, int bits, int group_si
   const Tiling t = tiling_for(k, block);
   if (t.threads > max_threads_for_v(t.v))
     return "K=" + std::to_string(k) + " needs more than " + std::to_string(max_threads_for_v(t.v)) + " threads a CTA";
-  RingLayout lay{};                                           // 3-bit codes with a permutation: the most shared memory
-  if (smem_bytes<3>(k, block, true, t, &lay) > 200 * 1024)
+  if (sizeof(float) * (16 + static_cast<size_t>(t.rows) * k) > 200 * 1024)
     return "K=" + std::to_string(k) + " needs too much shared memory";
   return "";
 }
@@ -215,9 +147,6 @@ std::string unrotate_weight(const UnrotateWeightArgs& a) {
     return "unrotate_weight: row_bytes must be the packed row of K=" + std::to_string(a.k) + ", got " +
            std::to_string(a.row_bytes);
   if (a.n == 0) return "";
-  if (static_cast<int64_t>(a.n) * a.k >= (int64_t(1) << 31) - 16 * 1024)
-    return "unrotate_weight: N * K must be below 2^31 (32-bit offsets), got N=" + std::to_string(a.n) + ", K=" +
-           std::to_string(a.k);
   if ((reinterpret_cast<uintptr_t>(a.out) | reinterpret_cast<uintptr_t>(a.perm) |
        reinterpret_cast<uintptr_t>(a.channel_scale)) % 16 || reinterpret_cast<uintptr_t>(a.packed) % 4)
     return "unrotate_weight: out, perm and channel_scale must be 16-byte aligned, packed 4-byte aligned";
