@@ -11,6 +11,8 @@
 // One-shot CTAs of R weight rows (the rows play the tokens' part in hadamard.cuh's layout). Codes come in 4-byte
 // (4-bit) or byte (3-bit) loads, are looked up in a 16-entry table in shared memory and scaled; with a permutation
 // the rotated rows are scattered into shared memory and written back in order, so every global store is 16 bytes.
+// H200, FLUX fc1 / fc2 weights: 54-64% of copy bandwidth. Persistent CTAs with a cp.async ring of the code words
+// and scales, as rotate_quant.cu has, were slower (44-50%, session 13, benchmarks/NOTES.md) and were not kept.
 #include "hadamard.cuh"
 #include "lrq.h"
 
