@@ -8,11 +8,15 @@
 // results/bench_linear.md, session 12). W = W_deq R^T is one pass over N x K instead (0.5 byte read and 2 written a
 // weight), after which cuBLAS's bf16 GEMM computes x W^T = rotate(x) W_deq^T directly.
 //
-// One-shot CTAs of R weight rows (the rows play the tokens' part in hadamard.cuh's layout). Codes come in 4-byte
-// (4-bit) or byte (3-bit) loads, are looked up in a 16-entry table in shared memory and scaled; with a permutation
-// the rotated rows are scattered into shared memory and written back in order, so every global store is 16 bytes.
-// H200, FLUX fc1 / fc2 weights: 54-64% of copy bandwidth. Persistent CTAs with a cp.async ring of the code words
-// and scales, as rotate_quant.cu has, were slower (44-50%, session 13, benchmarks/NOTES.md) and were not kept.
+// Persistent CTAs (a grid of occupancy x SMs) take groups of R weight rows in turn; the rows play the tokens' part
+// in hadamard.cuh's layout. Codes come in 4-byte (4-bit) or byte (3-bit) loads, are looked up in a 16-entry table in
+// shared memory and scaled; with a permutation the rotated rows are scattered into shared memory and written back
+// in order, so every global store is 16 bytes. Measured on the H200 (session 13, benchmarks/NOTES.md), in % of copy
+// bandwidth: one-shot CTAs 54-64% on FLUX fc1 / fc2; persistent CTAs 0.87-0.89x their time on K >= 12288 (62-67%),
+// even on K = 3072 (1.04x on 3072 x 3072, 0.7 us); persistent CTAs that also kept the next groups' codes in flight by
+// cp.async (as rotate_quant.cu does) were slower, 44-50%; a register lookup of the codes (byte permutes over the
+// e4m3 codebook, then converts) instead of the shared-memory table, 0.99x. ncu (one-shot, FLUX fc2): 33 instructions
+// a value, issue slots 63% busy: instruction-bound more than memory-bound.
 #include "hadamard.cuh"
 #include "lrq.h"
 
@@ -21,9 +25,10 @@ namespace {
 
 template <typename T, int V, int BITS>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) unrotate_weight_kernel(
-    const uint8_t* __restrict__ packed, int64_t row_bytes, const float* __restrict__ w_scales, int group_size,
-    const float* __restrict__ codebook, const int32_t* __restrict__ perm, const float* __restrict__ channel_scale,
-    T* __restrict__ out, int n, int k, int log_b, int rows_per_cta, float norm) {
+    const uint8_t* __restrict__ packed, int row_bytes, const float* __restrict__ w_scales, int scale_stride,
+    int group_shift, const float* __restrict__ codebook, const int32_t* __restrict__ perm,
+    const float* __restrict__ channel_scale, T* __restrict__ out, int n, int k, int log_b, int rows_per_cta,
+    float norm) {
   extern __shared__ __align__(16) float smem[];
   float* table = smem;                                        // [16] the codebook
   float* staging = smem + 16;                                 // [R * K] butterflies across warps; the scatter
@@ -31,86 +36,101 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) un
   if (threadIdx.x < (1 << BITS)) table[threadIdx.x] = codebook[threadIdx.x];
   int row[V], col[V];
   vector_slots<V>(k, lane, warp, row, col);
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows_per_cta;
-  const int live_rows = static_cast<int>(min(static_cast<int64_t>(rows_per_cta), n - row0));
-  const int groups_a_row = group_size ? k / group_size : 1;
+  const int groups = (n + rows_per_cta - 1) / rows_per_cta;
   __syncthreads();                                            // table
 
-  float v[V][8];
-#pragma unroll
-  for (int i = 0; i < V; ++i) {
-    if (row[i] >= live_rows) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
-      continue;
-    }
-    const int64_t r = row0 + row[i];
-    const uint8_t* prow = packed + r * row_bytes;
-    uint32_t code[8];
-    if constexpr (BITS == 4) {
-      const uint32_t w = __ldg(reinterpret_cast<const uint32_t*>(prow + col[i] / 2));   // 8 codes, low nibble first
-#pragma unroll
-      for (int j = 0; j < 8; ++j) code[j] = (w >> (4 * j)) & 15u;
-    } else {
-      // 2-bit plane: bytes [0, K/4), four codes a byte; 1-bit plane: bytes [K/4, 3K/8), eight a byte
-      const uint32_t lo = __ldg(prow + col[i] / 4) | (static_cast<uint32_t>(__ldg(prow + col[i] / 4 + 1)) << 8);
-      const uint32_t hi = __ldg(prow + k / 4 + col[i] / 8);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) code[j] = ((lo >> (2 * j)) & 3u) | (((hi >> j) & 1u) << 2);
-    }
-    const float s = w_scales[r * groups_a_row + (group_size ? col[i] / group_size : 0)];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(table[code[j]], s);
-  }
-
-  block_hadamard<V>(v, log_b, norm, lane, warp, staging, rows_per_cta * k);
-
-  if (channel_scale != nullptr) {
+  // Offsets in 32 bits (the launcher checks N * K < 2^31).
+  for (int grp = blockIdx.x; grp < groups; grp += gridDim.x) {
+    const int row0 = grp * rows_per_cta;
+    const int live_rows = min(rows_per_cta, n - row0);
+    float v[V][8];
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-      if (row[i] >= live_rows) continue;
-      float c[8];
-      load8<float>(channel_scale + col[i], c);
+      if (row[i] >= live_rows) {
 #pragma unroll
-      for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], c[j]);
-    }
-  }
-  if (perm != nullptr) {
-    __syncthreads();                                          // staging's last readers (butterflies) are done
+        for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
+        continue;
+      }
+      const int r = row0 + row[i];
+      const uint8_t* prow = packed + r * row_bytes;
+      uint32_t code[8];
+      if constexpr (BITS == 4) {
+        const uint32_t w = __ldg(reinterpret_cast<const uint32_t*>(prow + col[i] / 2));   // 8 codes, low nibble first
 #pragma unroll
-    for (int i = 0; i < V; ++i) {
-      if (row[i] >= live_rows) continue;
-      const int4 a = __ldg(reinterpret_cast<const int4*>(perm + col[i]));
-      const int4 b = __ldg(reinterpret_cast<const int4*>(perm + col[i]) + 1);
-      float* srow = staging + row[i] * k;
-      srow[a.x] = v[i][0]; srow[a.y] = v[i][1]; srow[a.z] = v[i][2]; srow[a.w] = v[i][3];
-      srow[b.x] = v[i][4]; srow[b.y] = v[i][5]; srow[b.z] = v[i][6]; srow[b.w] = v[i][7];
+        for (int j = 0; j < 8; ++j) code[j] = (w >> (4 * j)) & 15u;
+      } else {
+        // 2-bit plane: bytes [0, K/4), four codes a byte; 1-bit plane: bytes [K/4, 3K/8), eight a byte
+        const uint32_t lo = __ldg(prow + col[i] / 4) | (static_cast<uint32_t>(__ldg(prow + col[i] / 4 + 1)) << 8);
+        const uint32_t hi = __ldg(prow + k / 4 + col[i] / 8);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) code[j] = ((lo >> (2 * j)) & 3u) | (((hi >> j) & 1u) << 2);
+      }
+      const float s = __ldg(w_scales + r * scale_stride + (col[i] >> group_shift));
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(table[code[j]], s);
     }
-    __syncthreads();
+
+    block_hadamard<V>(v, log_b, norm, lane, warp, staging, rows_per_cta * k);
+
+    if (channel_scale != nullptr) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        if (row[i] >= live_rows) continue;
+        float c[8];
+        load8<float>(channel_scale + col[i], c);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], c[j]);
+      }
+    }
+    if (perm != nullptr) {
+      __syncthreads();                                        // staging's last readers (butterflies) are done
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        if (row[i] >= live_rows) continue;
+        const int4 a = __ldg(reinterpret_cast<const int4*>(perm + col[i]));
+        const int4 b = __ldg(reinterpret_cast<const int4*>(perm + col[i]) + 1);
+        float* srow = staging + row[i] * k;
+        srow[a.x] = v[i][0]; srow[a.y] = v[i][1]; srow[a.z] = v[i][2]; srow[a.w] = v[i][3];
+        srow[b.x] = v[i][4]; srow[b.y] = v[i][5]; srow[b.z] = v[i][6]; srow[b.w] = v[i][7];
+      }
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+        if (row[i] < live_rows) load8_shared<float>(staging + row[i] * k + col[i], v[i]);
+      __syncthreads();                                        // read back before the next group writes staging
+    }
 #pragma unroll
     for (int i = 0; i < V; ++i)
-      if (row[i] < live_rows) load8_shared<float>(staging + row[i] * k + col[i], v[i]);
+      if (row[i] < live_rows) store8<T>(out + ((row0 + row[i]) * k + col[i]), v[i]);
   }
-#pragma unroll
-  for (int i = 0; i < V; ++i)
-    if (row[i] < live_rows) store8<T>(out + (row0 + row[i]) * k + col[i], v[i]);
 }
 
-template <typename T, int V>
-std::string launch_bits(const UnrotateWeightArgs& a, const Tiling& t) {
-  auto kernel = a.bits == 4 ? unrotate_weight_kernel<T, V, 4> : unrotate_weight_kernel<T, V, 3>;
+template <typename T, int V, int BITS>
+std::string launch_kernel(const UnrotateWeightArgs& a, const Tiling& t) {
+  auto kernel = unrotate_weight_kernel<T, V, BITS>;
   const bool staging = a.perm != nullptr || a.block > 256 * V;
   const size_t smem = sizeof(float) * (16 + (staging ? static_cast<size_t>(t.rows) * a.k : 0));
   if (smem > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(unrotate_weight)", e);
   }
-  const int64_t grid = (a.n + t.rows - 1) / t.rows;
+  int per_sm = 0;
+  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, t.threads, smem);
+  if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(unrotate_weight)", e);
+  const int64_t groups = (a.n + t.rows - 1) / t.rows;
+  const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
+  const int scale_stride = a.group_size ? a.k / a.group_size : 1;
+  const int group_shift = a.group_size ? log2_of(a.group_size) : 30;   // col < 2^30: shifts to scale 0
   const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
   kernel<<<static_cast<unsigned>(grid), t.threads, smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
-      a.packed, a.row_bytes, a.w_scales, a.group_size, a.codebook, a.perm, a.channel_scale, static_cast<T*>(a.out),
-      a.n, a.k, log2_of(a.block), t.rows, norm);
+      a.packed, static_cast<int>(a.row_bytes), a.w_scales, scale_stride, group_shift, a.codebook, a.perm,
+      a.channel_scale, static_cast<T*>(a.out), a.n, a.k, log2_of(a.block), t.rows, norm);
   return last_launch_error("unrotate_weight_kernel");
+}
+
+template <typename T, int V>
+std::string launch_bits(const UnrotateWeightArgs& a, const Tiling& t) {
+  return a.bits == 4 ? launch_kernel<T, V, 4>(a, t) : launch_kernel<T, V, 3>(a, t);
 }
 
 template <typename T>
@@ -149,6 +169,9 @@ std::string unrotate_weight(const UnrotateWeightArgs& a) {
     return "unrotate_weight: row_bytes must be the packed row of K=" + std::to_string(a.k) + ", got " +
            std::to_string(a.row_bytes);
   if (a.n == 0) return "";
+  if (static_cast<int64_t>(a.n) * a.k >= (int64_t(1) << 31))
+    return "unrotate_weight: N * K must be below 2^31 (32-bit offsets), got N=" + std::to_string(a.n) + ", K=" +
+           std::to_string(a.k);
   if ((reinterpret_cast<uintptr_t>(a.out) | reinterpret_cast<uintptr_t>(a.perm) |
        reinterpret_cast<uintptr_t>(a.channel_scale)) % 16 || reinterpret_cast<uintptr_t>(a.packed) % 4)
     return "unrotate_weight: out, perm and channel_scale must be 16-byte aligned, packed 4-byte aligned";

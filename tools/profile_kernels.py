@@ -4,6 +4,7 @@
     ncu --set full --profile-from-start off -o rq python tools/profile_kernels.py rq
     ncu --set full --profile-from-start off -o gemm python tools/profile_kernels.py gemm
     ncu --set full --profile-from-start off -o gemm_cuda python tools/profile_kernels.py gemm_cuda
+    ncu --set full --profile-from-start off -o dq python tools/profile_kernels.py dequant --k 12288 --n 3072
 
 Warm-up calls first (they compile and autotune), then one call between cudaProfilerStart and Stop, which is what
 --profile-from-start off profiles. What to read: DRAM throughput against its peak (the GEMV and rotate+quantize
@@ -26,12 +27,12 @@ WARMUP = 3
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kernel", choices=("gemv", "rq", "gemm", "gemm_cuda"))
+    ap.add_argument("kernel", choices=("gemv", "rq", "gemm", "gemm_cuda", "dequant"))
     ap.add_argument("--bits", type=int, default=4, choices=(3, 4))
     ap.add_argument("--m", type=int, help="tokens (default: 1 for gemv, 4608 for rq and gemm)")
     ap.add_argument("--k", type=int, default=3072, help="input features (rq: the activation width)")
     ap.add_argument("--n", type=int, default=12288, help="output features (gemv, gemm)")
-    ap.add_argument("--block", type=int, default=1024, help="rq: Hadamard block")
+    ap.add_argument("--block", type=int, default=1024, help="rq, dequant: Hadamard block")
     ap.add_argument("--tma", action="store_true", help="gemm_cuda: codes in gemm_order, the TMA kernel")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -48,6 +49,9 @@ def main():
             sys.exit(f"profile_kernels: {cuda_kernels.why_unavailable()}")
         x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
         run = lambda: cuda_kernels.gemv_a16_cuda(x, packed, sw, cb, args.bits, 0, None)  # noqa: E731
+    elif args.kernel == "dequant":      # the weight-only path's dequantize_weight (the weight, rotation undone)
+        run = lambda: cuda_kernels.unrotate_weight_cuda(packed, sw, cb, args.bits, k, 0, None, None,  # noqa: E731
+                                                        args.block, torch.bfloat16)
     elif args.kernel == "rq":
         x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
         run = lambda: ops.rotate_quant(x, None, None, args.block, "fp8", 8)  # noqa: E731
