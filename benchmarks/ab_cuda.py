@@ -4,12 +4,14 @@ machine-to-machine drift between the two numbers.
     git archive OLD_COMMIT csrc CMakeLists.txt | (mkdir -p old && tar -x -C old)
     cmake -S old -B old/build -G Ninja -Dpybind11_DIR=$(python -m pybind11 --cmakedir) \
           -DLRQ_OUTPUT_DIR=$PWD/old/lrq_kernels && cmake --build old/build
-    python benchmarks/ab_cuda.py --old old/lrq_kernels/_C*.so [gemv] [rq] [--name N] [--out DIR]
+    python benchmarks/ab_cuda.py --old old/lrq_kernels/_C*.so [gemv] [rq] [dequant] [--name N] [--out DIR]
 
 "new" is the package's own build. Each time is the smaller of two medians (old, new, old, new in turn) of
 CUDA-graph replays over copies of the data larger than L2 together (timing.cold_us), as bench_cuda.py times.
   gemv: the small-M weight-only GEMM, FLUX qkv / fc1 / fc2 / proj_out, M = 1 and 16, 4-bit, 3-bit, 4-bit group 128
   rq:   rotate + per-token FP8 quantize (block of rotation.default_block), plain and with the ARS gather
+  dequant: dequantize_weight (4-bit, per-channel scales, the weight with its block Hadamard undone, bf16 out) on the
+        weights of PixArt and FLUX qkv, FLUX fc1 / fc2 / proj_out and Wan fc2 (builds from session 13 on)
 Writes NAME.json and NAME.md (default ab_cuda) with the GPU, versions, date and this command.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ from lrq_kernels.rotation.rotation import default_block  # noqa: E402
 
 GEMV_SHAPES = ((3072, 3072), (3072, 12288), (12288, 3072), (15360, 3072))
 RQ_SHAPES = ((4608, 3072), (4608, 12288), (8192, 1152), (8192, 4608), (32760, 5120), (512, 1152))
+DEQUANT_SHAPES = ((1152, 1152), (3072, 3072), (12288, 3072), (3072, 12288), (3072, 15360), (5120, 13824))   # N, K
 
 
 def load_build(path: str):
@@ -98,16 +101,33 @@ def ab_rq(old, copy):
     return rows
 
 
+def ab_dequant(old, copy):
+    rows = []
+    for n, k in DEQUANT_SHAPES:
+        block = default_block(k)
+        cb = tlq_codebook(4, TLQGrid("geometric", 2 ** 0.5)).cuda()
+        ws = [(pack_codes(torch.randint(0, 16, (n, k), device="cuda", dtype=torch.uint8), 4),
+               torch.rand(n, device="cuda") + 0.5) for _ in range(4)]
+        nbytes = n * k // 2 + 4 * n + 2 * n * k            # read codes and scales, write bf16
+        r = old_and_new(old, lambda i: (lambda p=ws[i % 4]: ck.unrotate_weight_cuda(p[0], p[1], cb, 4, k, 0, None, None,
+                                                                                   block, torch.bfloat16)), nbytes)
+        r.update(N=n, K=k, block=block, old_pct_copy=100 * nbytes / r["old"] / 1e3 / copy,
+                 new_pct_copy=100 * nbytes / r["new"] / 1e3 / copy)
+        print(r, flush=True)
+        rows.append(r)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="*", help="gemv and/or rq (default: both)")
+    ap.add_argument("what", nargs="*", help="gemv, rq and/or dequant (default: gemv and rq)")
     ap.add_argument("--old", required=True, help="path (or glob) of the other build's _C*.so")
     ap.add_argument("--name", default="ab_cuda")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
     args.what = args.what or ["gemv", "rq"]
-    if set(args.what) - {"gemv", "rq"}:
-        ap.error(f"what: gemv and/or rq, got {args.what}")
+    if set(args.what) - {"gemv", "rq", "dequant"}:
+        ap.error(f"what: gemv, rq and/or dequant, got {args.what}")
     assert ck.available(), ck.why_unavailable()
     paths = sorted(glob.glob(args.old))
     if not paths:
@@ -118,13 +138,14 @@ def main():
     copy = copy_gbps()
     gemv = ab_gemv(old) if "gemv" in args.what else []
     rq = ab_rq(old, copy) if "rq" in args.what else []
+    dequant = ab_dequant(old, copy) if "dequant" in args.what else []
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(), "copy_GBps": copy,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": " ".join(["python benchmarks/ab_cuda.py"] + sys.argv[1:])}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.name + ".json"), "w") as f:
-        json.dump({"meta": meta, "gemv_a16": gemv, "rotate_quant": rq}, f, indent=1)
+        json.dump({"meta": meta, "gemv_a16": gemv, "rotate_quant": rq, "dequantize_weight": dequant}, f, indent=1)
     md = [f"# A/B of two lrq_kernels._C builds on {meta['gpu']}", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
           f"µs, the smaller of two medians of CUDA-graph replays over copies larger than L2; copy {copy:.0f} GB/s."]
@@ -138,6 +159,11 @@ def main():
         md += [f"| {r['M']} | {r['K']} | {r['block']} | {r['old']:.1f} ({r['old_pct_copy']:.0f}%) | {r['new']:.1f} "
                f"({r['new_pct_copy']:.0f}%) | {r['new'] / r['old']:.2f} | {r['old_ars']:.1f} | {r['new_ars']:.1f} | "
                f"{r['new_ars'] / r['old_ars']:.2f} |" for r in rq]
+    if dequant:
+        md += ["", "| N | K | block | old µs (% copy) | new µs (% copy) | new / old |",
+               "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        md += [f"| {r['N']} | {r['K']} | {r['block']} | {r['old']:.1f} ({r['old_pct_copy']:.0f}%) | {r['new']:.1f} "
+               f"({r['new_pct_copy']:.0f}%) | {r['new'] / r['old']:.3f} |" for r in dequant]
     with open(os.path.join(args.out, args.name + ".md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
