@@ -58,7 +58,7 @@ CUDA_GEMM_A8_TMA_MIN_M = 64
 # (dequantize_weight, one pass over N x K) and runs cuBLAS's GEMM on it, instead of rotating every token and running
 # the Triton GEMM that decodes codes between its MMAs. The price is a transient N x K weight in x's dtype. Measured on
 # the H200 (benchmarks/bench_cuda.py --only a16, results/bench_cuda_a16.md, session 13; 4-bit, M = 64 ... 4608): the
-# weight path took 0.42-0.86x the token path's time on PixArt qkv, FLUX qkv and fc2 from M = 64, and 0.67-0.88x on
+# weight path took 0.37-0.79x the token path's time on PixArt qkv, FLUX qkv and fc2 from M = 64, and 0.67-0.89x on
 # FLUX fc1 from M = 256 (1.73x and 1.20x at M = 64 and 128); 0.37-0.67x at M = 4608.
 A16_DEQUANT_MIN_M = 256
 
