@@ -193,16 +193,12 @@ class QuantLinear(nn.Module):
         g = cfg.group_size or 0
         bias = self.bias
         if cfg.a_bits == 16:
-            y = quant_linear_a16(x2, self.perm, self.channel_scale, self._rotation_block(), self.qweight,
+            y = quant_linear_a16(x2, self.perm, self.channel_scale, self.block, self.qweight,
                                  self.w_scales, self.codebook, cfg.w_bits, g, bias)
         else:
             y = quant_linear_a8(x2, self.perm, self.channel_scale, self.block, cfg.a_format, cfg.a_bits,
                                 self.qweight, self.w_scales, self.codebook, cfg.w_bits, g, bias, x.dtype)
         return y.reshape(*lead, self.out_features)
-
-    def _rotation_block(self) -> int:
-        """The Hadamard block the forward applies: 1 (none) when the layer is not rotated."""
-        return 1 if self.rotation_kind == "none" else self.block
 
     def _row_parallel_forward(self, x2: torch.Tensor) -> torch.Tensor:
         """This rank holds input channels of the layer (nn/parallel.py). Every rank quantizes its channels of
@@ -214,7 +210,7 @@ class QuantLinear(nn.Module):
         cfg = self.config
         g = cfg.group_size or 0
         if cfg.a_bits == 16:
-            y = quant_linear_a16(x2, self.perm, self.channel_scale, self._rotation_block(), self.qweight,
+            y = quant_linear_a16(x2, self.perm, self.channel_scale, self.block, self.qweight,
                                  self.w_scales, self.codebook, cfg.w_bits, g, None).float()
         else:
             xf = x2.float()

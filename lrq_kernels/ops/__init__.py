@@ -373,8 +373,7 @@ def quant_linear_a16(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scal
     if (m >= A16_DEQUANT_MIN_M and x.dtype in (torch.bfloat16, torch.float16)
             and _pick("dequantize_weight", x.device, k=k, block=block, bits=bits, group=group_size,
                       dtype=x.dtype) == "cuda"):
-        w = cuda_kernels.unrotate_weight_cuda(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale,
-                                              block, x.dtype)
+        w = dequantize_weight(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale, block, x.dtype)
         return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
     rotated = perm is not None or channel_scale is not None or block > 1
     xr = rotate(x, perm, channel_scale, block) if rotated else x
