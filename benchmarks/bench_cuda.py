@@ -13,6 +13,12 @@
    the weight with its rotation undone, one pass over N x K, then F.linear bf16), and F.linear bf16 alone; the
    dequantize_weight pass alone in GB/s over its bytes (packed + scales read, 2 NK written). Sets
    ops.A16_DEQUANT_MIN_M.
+5. (--only a8) the two ways of the W·A8 forward (rotate + FP8 quantize, then the GEMM; 4- and 3-bit codes) from
+   M = 256 up: the kernel path (codes in the GEMM's K order, our Hopper GEMM that decodes the weight codes between
+   its MMAs) against the weight path (decode_weight_e4m3: the codes as an FP8 matrix, one pass over N x K, then
+   cuBLAS's FP8 GEMM with row-wise scales, torch._scaled_mm), with F.linear bf16 and torch._scaled_mm alone on
+   pre-quantized operands; the decode pass alone in GB/s over its bytes (packed read, NK written). Sets
+   ops.A8_DEQUANT_MIN_M.
 Every time is a median of CUDA-graph replays over copies of the data that do not fit in L2 (timing.py).
 Results: results/bench_cuda.json and results/bench_cuda.md.
 """
@@ -169,12 +175,61 @@ def bench_a16_paths(layer, k, n, m, copy_bw, bits=4):
     return r
 
 
+A8_SHAPES = [("pixart mlp fc1", 1152, 4608), ("flux attn qkv", 3072, 3072), ("flux mlp fc1", 3072, 12288),
+             ("flux mlp fc2", 12288, 3072)]
+
+
+def bench_a8_paths(layer, k, n, m, bits, copy_bw):
+    """W·A8 forward at M tokens: kernel path vs weight path vs bf16 and FP8 cuBLAS (module docstring, item 5)."""
+    torch.manual_seed(0)
+    block = default_block(k)
+    cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
+    codes = torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8)
+    w = pool_of((pack_codes(codes, bits), torch.rand(n, device="cuda") + 0.5))
+    del codes
+    wbytes = w(0)[0].numel() + 4 * n
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    r = {"layer": layer, "M": m, "K": k, "N": n, "bits": bits, "block": block}
+
+    def kernel_path(p):
+        xc, sx = cuda_kernels.rotate_quant_cuda(x, None, None, block, "fp8", 8, gemm_order=True)
+        return cuda_kernels.gemm_a8_cuda(xc, sx, p[0], p[1], cb, bits, k, 0, None, torch.bfloat16, x_gemm_order=True)
+
+    def decode(p):
+        return cuda_kernels.decode_weight_e4m3_cuda(p[0], cb, bits, k)
+
+    def weight_path(p):
+        xc, sx = cuda_kernels.rotate_quant_cuda(x, None, None, block, "fp8", 8)
+        return torch._scaled_mm(xc, decode(p).t(), scale_a=sx.reshape(-1, 1), scale_b=p[1].reshape(1, -1),
+                                out_dtype=torch.bfloat16)
+
+    r["kernel_path_us"] = cold_us(lambda i: (lambda p=w(i): kernel_path(p)), wbytes + 3 * m * k)
+    r["weight_path_us"] = cold_us(lambda i: (lambda p=w(i): weight_path(p)), wbytes + 3 * m * k)
+    r["decode_us"] = cold_us(lambda i: (lambda p=w(i): decode(p)), wbytes)
+    w8 = pool_of(decode(w(0)))
+    del w
+    xc, sx = cuda_kernels.rotate_quant_cuda(x, None, None, block, "fp8", 8)
+    sw = torch.rand(1, n, device="cuda") + 0.5
+    r["fp8_gemm_us"] = cold_us(lambda i: (lambda t=w8(i): torch._scaled_mm(xc, t.t(), scale_a=sx.reshape(-1, 1),
+                                                                            scale_b=sw, out_dtype=torch.bfloat16)),
+                               n * k)
+    del w8
+    wb = pool_of(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
+    r["bf16_us"] = cold_us(lambda i: (lambda t=wb(i): F.linear(x, t)), 2 * n * k)
+    del wb
+    torch.cuda.empty_cache()
+    r["decode_pct_copy"] = 100 * (wbytes - 4 * n + n * k) / r["decode_us"] / 1e3 / copy_bw
+    r["kernel_over_bf16"] = r["bf16_us"] / r["kernel_path_us"]
+    r["weight_over_bf16"] = r["bf16_us"] / r["weight_path_us"]
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--only", choices=("all", "gemv", "rq", "a16"), default="all",
-                    help="gemv / rq / a16: the small-M GEMV, the rotate+quantize or the weight-only paths table "
-                         "alone, into bench_cuda_<name>.*")
+    ap.add_argument("--only", choices=("all", "gemv", "rq", "a16", "a8"), default="all",
+                    help="gemv / rq / a16 / a8: the small-M GEMV, the rotate+quantize, the weight-only or the W·A8 "
+                         "paths table alone, into bench_cuda_<name>.*")
     args = ap.parse_args()
     assert cuda_kernels.available(), cuda_kernels.why_unavailable()
     with open(os.path.join(HERE, "dit_shapes.json")) as f:
@@ -201,6 +256,12 @@ def main():
         for m in (64, 128, 256, 512, 1024, 4608):
             a16.append(bench_a16_paths(layer, k, n, m, copy_bw))
             print({a: (round(b, 2) if isinstance(b, float) else b) for a, b in a16[-1].items()}, flush=True)
+    a8 = []
+    for layer, k, n in (A8_SHAPES if args.only == "a8" else []):
+        for m in (256, 512, 1024, 2048, 4608):
+            for bits in (4, 3):
+                a8.append(bench_a8_paths(layer, k, n, m, bits, copy_bw))
+                print({a: (round(b, 2) if isinstance(b, float) else b) for a, b in a8[-1].items()}, flush=True)
 
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(),
@@ -210,7 +271,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     stem = "bench_cuda" if args.only == "all" else f"bench_cuda_{args.only}"
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
-        json.dump({"meta": meta, "rotate_quant": rot, "gemv_a16": gemv, "forward_a16": fwd, "a16_paths": a16}, f,
+        json.dump({"meta": meta, "rotate_quant": rot, "gemv_a16": gemv, "forward_a16": fwd, "a16_paths": a16,
+                   "a8_paths": a8}, f,
                   indent=1)
     md = [f"# CUDA kernels (lrq_kernels._C) on {meta['gpu']}", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
@@ -249,6 +311,18 @@ def main():
         md.append(f"| {r['layer']} | {r['K']} | {r['N']} | {r['M']} | {r['bf16_us']:.1f} | {r['token_path_us']:.1f} "
                   f"({r['token_over_bf16']:.2f}×) | {r['weight_path_us']:.1f} ({r['weight_over_bf16']:.2f}×) | "
                   f"{r['dequant_us']:.1f} ({r['dequant_pct_copy']:.0f}%) |")
+    if a8:
+        md += ["", "## W·A8 forward from M = 256: kernel path vs weight path (block Hadamard, FP8 activations)", "",
+               "Kernel path: rotate + quantize (CUDA, codes in the GEMM's K order), then our Hopper GEMM. Weight path: "
+               "rotate + quantize (CUDA), decode_weight_e4m3 (CUDA), torch._scaled_mm. FP8 GEMM: torch._scaled_mm "
+               "alone on quantized operands. % copy: decode_weight_e4m3's bytes over its time.",
+               "", "| layer | K | N | M | bits | bf16 µs | FP8 GEMM alone µs | kernel path µs (× bf16) | weight path µs "
+               "(× bf16) | decode µs (% copy) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in a8:
+        md.append(f"| {r['layer']} | {r['K']} | {r['N']} | {r['M']} | {r['bits']} | {r['bf16_us']:.1f} | "
+                  f"{r['fp8_gemm_us']:.1f} | {r['kernel_path_us']:.1f} ({r['kernel_over_bf16']:.2f}×) | "
+                  f"{r['weight_path_us']:.1f} ({r['weight_over_bf16']:.2f}×) | {r['decode_us']:.1f} "
+                  f"({r['decode_pct_copy']:.0f}%) |")
     with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

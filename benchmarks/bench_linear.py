@@ -5,10 +5,13 @@
 Per shape (M tokens, K in, N out), medians of CUDA-graph replays (triton.testing.do_bench_cudagraph, so launch
 overhead is out of every number alike):
   bf16      F.linear in bf16 (cuBLAS)
-  fp8       torch._scaled_mm, FP8 e4m3 with row-wise scales (per token x per channel), GEMM alone (M % 16 == 0)
+  fp8       torch._scaled_mm, FP8 e4m3 with row-wise scales (per token x per channel), GEMM alone (any M where
+            this torch accepts it; "–" where it refuses)
   naive-q   per-token absmax -> FP8 cast in plain PyTorch ops (what a user gets without a fused kernel)
   rq        our fused rotate (block Hadamard) + per-token FP8 quantize, alone; GB/s over bytes read + written
-  gemm W4A8 / W3A8   our GEMM alone on FP8 codes in natural K order (ops.gemm_a8)
+  gemm W4A8 / W3A8   ops.gemm_a8 alone on FP8 codes in natural K order, as dispatched (from ops.A8_DEQUANT_MIN_M:
+            decode_weight_e4m3 + torch._scaled_mm)
+  kernel W4A8 / W3A8 our Hopper GEMM kernel alone (csrc/gemm_a8_sm90.cu) on the same codes, at every M
   fwd W4A8 / W3A8 / W4A16 / W3A16   the whole QuantLinear forward, bf16 in and out
 Ceilings measured in the same run: device-to-device copy bandwidth, bf16 and FP8 8192^3 GEMM rates.
 """
@@ -30,7 +33,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import triton  # noqa: E402
 from timing import bench_us, copy_gbps  # noqa: E402
 
-from lrq_kernels import QuantConfig, QuantLinear, ops  # noqa: E402
+from lrq_kernels import QuantConfig, QuantLinear, cuda as cuda_kernels, ops  # noqa: E402
 from lrq_kernels.rotation.rotation import default_block  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,12 +65,14 @@ def bench_shape(m, k, n, ceil):
     flop = 2 * m * k * n
     r = {"M": m, "K": k, "N": n}
     r["bf16_us"] = bench_us(lambda: F.linear(x, w_bf16))
-    if m % 16 == 0:
-        xf = x.to(torch.float8_e4m3fn)
-        wf = w_bf16.to(torch.float8_e4m3fn)
-        sa = torch.rand(m, 1, device="cuda")
-        sb = torch.rand(1, n, device="cuda")
+    xf = x.to(torch.float8_e4m3fn)
+    wf = w_bf16.to(torch.float8_e4m3fn)
+    sa = torch.rand(m, 1, device="cuda")
+    sb = torch.rand(1, n, device="cuda")
+    try:
         r["fp8_us"] = bench_us(lambda: torch._scaled_mm(xf, wf.t(), sa, sb, out_dtype=torch.bfloat16))
+    except RuntimeError as e:          # older torch / cuBLAS: M % 16 != 0 refused
+        print(f"torch._scaled_mm refused M={m}: {e}", flush=True)
     r["naive_q_us"] = bench_us(lambda: naive_quant(x))
     block = default_block(k)
     r["block"] = block
@@ -87,6 +92,9 @@ def bench_shape(m, k, n, ceil):
             if a_bits == 8:
                 r[f"gemm_{tag}_us"] = bench_us(lambda: ops.gemm_a8(codes, sx, q.qweight, q.w_scales, q.codebook,
                                                                     bits, k, 0, None, torch.bfloat16))
+                if not cuda_kernels.gemm_a8_unsupported(m, k, n, bits, 0, codes.dtype, codes.device):
+                    r[f"kernel_{tag}_us"] = bench_us(lambda: cuda_kernels.gemm_a8_cuda(
+                        codes, sx, q.qweight, q.w_scales, q.codebook, bits, k, 0, None, torch.bfloat16))
             r[f"fwd_{tag}_us"] = bench_us(lambda: q(x))
             if a_bits == 16:
                 wbytes = q.qweight.numel() + q.w_scales.numel() * 4
@@ -140,7 +148,8 @@ def summary(rows) -> list[str]:
     return [f"- W4A8 forward over bf16, geometric mean over FLUX.1, SD3.5 and Wan: "
             f"{geomean([r['speedup_W4A8'] for r in big]):.2f}× (PixArt-Σ 1024²: "
             f"{geomean([r['speedup_W4A8'] for r in pixart]):.2f}×)",
-            f"- W4A8 forward faster than cuBLAS FP8 GEMM alone on {sum(r['fwd_W4A8_us'] < r['fp8_us'] for r in flux)}"
+            f"- W4A8 forward faster than cuBLAS FP8 GEMM alone on "
+            f"{sum(r['fwd_W4A8_us'] < r.get('fp8_us', 0) for r in flux)}"
             f" of {len(flux)} FLUX shapes",
             f"- W3A8 forward time over W4A8: {min(w3):.2f}× to {max(w3):.2f}×",
             f"- W4A16 forward over bf16 at M ≥ 4096: {min(large):.2f}× to {max(large):.2f}×"]
@@ -158,13 +167,17 @@ def write_results(meta, rows, out):
           f"bf16 {ceil['bf16_TFLOPs']:.0f} TFLOP/s, FP8 row-wise {ceil['fp8_rowwise_TFLOPs']:.0f} TFLOP/s."
           + (f" {meta['note']}" if meta.get("note") else ""), "",
           "| model | layer | M | K | N | bf16 | fp8 GEMM | naive-q | rq (% copy) | gemm W4A8 | gemm W3A8 "
-          "| fwd W4A8 (× bf16) | fwd W3A8 (× W4A8) | fwd W4A16 (× bf16) | fwd W3A16 (× bf16) |",
-          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+          "| kernel W4A8 | kernel W3A8 | fwd W4A8 (× bf16) | fwd W3A8 (× W4A8) | fwd W4A16 (× bf16) | fwd W3A16 (× bf16) |",
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+          "| ---: |"]
+
+    def us(r, key):
+        return f"{r[key]:.1f}" if key in r else "–"
     for r in rows:
-        fp8 = f"{r['fp8_us']:.1f}" if "fp8_us" in r else "–"
-        md.append(f"| {r['model']} | {r['layer']} | {r['M']} | {r['K']} | {r['N']} | {r['bf16_us']:.1f} | {fp8} | "
-                  f"{r['naive_q_us']:.1f} | {r['rq_us']:.1f} ({r['rq_pct_copy']:.0f}%) | {r['gemm_W4A8_us']:.1f} | "
-                  f"{r['gemm_W3A8_us']:.1f} | {r['fwd_W4A8_us']:.1f} ({r['speedup_W4A8']:.2f}×) | "
+        md.append(f"| {r['model']} | {r['layer']} | {r['M']} | {r['K']} | {r['N']} | {r['bf16_us']:.1f} | "
+                  f"{us(r, 'fp8_us')} | {r['naive_q_us']:.1f} | {r['rq_us']:.1f} ({r['rq_pct_copy']:.0f}%) | "
+                  f"{r['gemm_W4A8_us']:.1f} | {r['gemm_W3A8_us']:.1f} | {us(r, 'kernel_W4A8_us')} | "
+                  f"{us(r, 'kernel_W3A8_us')} | {r['fwd_W4A8_us']:.1f} ({r['speedup_W4A8']:.2f}×) | "
                   f"{r['fwd_W3A8_us']:.1f} ({r['fwd_W3A8_us'] / r['fwd_W4A8_us']:.2f}×) | "
                   f"{r['fwd_W4A16_us']:.1f} ({r['speedup_W4A16']:.2f}×) | {r['fwd_W3A16_us']:.1f} "
                   f"({r['speedup_W3A16']:.2f}×) |")

@@ -59,6 +59,17 @@ PYBIND11_MODULE(_C, m) {
         py::arg("codebook"), py::arg("perm"), py::arg("channel_scale"), py::arg("n"), py::arg("k"), py::arg("block"),
         py::arg("out"), py::arg("out_dtype"), py::arg("device"), py::arg("stream"));
 
+  m.def("decode_weight_e4m3",
+        [](uintptr_t packed, int64_t row_bytes, int bits, uintptr_t codebook, int64_t n, int k, uintptr_t out,
+           int device, uintptr_t stream) {
+          lrq::DecodeWeightArgs a{cptr<uint8_t>(packed), row_bytes, bits, cptr<float>(codebook), n, k,
+                                  reinterpret_cast<void*>(out), device, stream};
+          py::gil_scoped_release nogil;
+          raise_if(lrq::decode_weight_e4m3(a));
+        },
+        py::arg("packed"), py::arg("row_bytes"), py::arg("bits"), py::arg("codebook"), py::arg("n"), py::arg("k"),
+        py::arg("out"), py::arg("device"), py::arg("stream"));
+
   m.def("gemv_a16",
         [](uintptr_t x, int x_dtype, int m, int k, int n, uintptr_t packed, int bits, uintptr_t w_scales,
            int group_size, uintptr_t codebook, uintptr_t bias, uintptr_t y, int device, uintptr_t stream) {
@@ -92,6 +103,8 @@ PYBIND11_MODULE(_C, m) {
         "Why rotate_quant cannot run this shape ('' if it can).");
   m.def("unrotate_weight_unsupported", &lrq::unrotate_weight_unsupported, py::arg("k"), py::arg("block"),
         py::arg("bits"), py::arg("group_size"), "Why unrotate_weight cannot run this shape ('' if it can).");
+  m.def("decode_weight_e4m3_unsupported", &lrq::decode_weight_e4m3_unsupported, py::arg("n"), py::arg("k"),
+        py::arg("bits"), "Why decode_weight_e4m3 cannot run this shape ('' if it can).");
   m.def("gemv_a16_unsupported", &lrq::gemv_a16_unsupported, py::arg("m"), py::arg("k"), py::arg("bits"),
         py::arg("group_size"), "Why gemv_a16 cannot run this shape ('' if it can).");
   m.def("gemm_a8_unsupported", &lrq::gemm_a8_unsupported, py::arg("m"), py::arg("k"), py::arg("n"), py::arg("bits"),

@@ -79,30 +79,39 @@ LRQ_HD uint32_t spread_even16(uint32_t v) {
   return (v | (v << 2)) & 0x11111111u;
 }
 
-// The 3-bit form of decode_step. A row's codes arrive as {2-bit plane bytes 0-3, 4-7, 1-bit plane bytes 0-3}
-// (formats/packing.py): code i's low two bits at bits 2i.. of the 2-bit plane, its high bit at bit i of the
-// 1-bit plane. Each 2-bit plane word holds 16 codes; masked two ways it gives the even codes' fields and the odd
-// codes' fields one a nibble, and the high bits, spread to bit 2 of each nibble, complete them. Bit 3 of every
-// nibble is clear, so one byte permute over the 8 codebook bytes in t[0], t[1] looks up four codes (in the order
-// 0, 2, 4, 6 or 1, 3, 5, 7), and one more interleaves even and odd codes into the K order. (About 30 instructions
-// for 16 codes, against about 40 when each 8 codes' fields were spread to nibbles one by one.)
+// Thirty-two 3-bit codes of a row to their codebook bytes in natural order: byte e of out[q] for code 4q + e.
+// lo0 / lo1: bytes 0-3 / 4-7 of the 2-bit plane (codes 0-15 / 16-31, two bits at 2i), hi: bytes 0-3 of the 1-bit
+// plane (code i's high bit at bit i) (formats/packing.py). Each 2-bit plane word holds 16 codes; masked two ways it
+// gives the even codes' fields and the odd codes' fields one a nibble, and the high bits, spread to bit 2 of each
+// nibble, complete them. Bit 3 of every nibble is clear, so one byte permute over the 8 codebook bytes in t[0], t[1]
+// looks up four codes (in the order 0, 2, 4, 6 or 1, 3, 5, 7), and one more interleaves even and odd codes. (About
+// 30 instructions for 16 codes, against about 40 when each 8 codes' fields were spread to nibbles one by one.)
+LRQ_HD void decode32_3bit(uint32_t lo0, uint32_t lo1, uint32_t hi, const uint32_t (&t)[4], uint32_t (&out)[8]) {
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {                       // codes 16m .. 16m + 15
+    const uint32_t lo = m == 0 ? lo0 : lo1;
+    const uint32_t h = m == 0 ? hi : hi >> 16;
+    const uint32_t even = (lo & 0x33333333u) + (spread_even16(h) << 2);          // nibble k: code 16m + 2k
+    const uint32_t odd = ((lo >> 2) & 0x33333333u) + (spread_even16(h >> 1) << 2);  // nibble k: code 16m + 2k + 1
+    const uint32_t e0 = prmt(t[0], t[1], even), e1 = prmt(t[0], t[1], even >> 16);   // codes 0, 2, 4, 6 / 8, ..
+    const uint32_t o0 = prmt(t[0], t[1], odd), o1 = prmt(t[0], t[1], odd >> 16);     // codes 1, 3, 5, 7 / 9, ..
+    out[4 * m + 0] = prmt(e0, o0, 0x5140u);           // codes 0-3
+    out[4 * m + 1] = prmt(e0, o0, 0x7362u);           //       4-7
+    out[4 * m + 2] = prmt(e1, o1, 0x5140u);           //       8-11
+    out[4 * m + 3] = prmt(e1, o1, 0x7362u);           //       12-15
+  }
+}
+
+// The 3-bit form of decode_step. A row's codes arrive as {2-bit plane bytes 0-3, 4-7, 1-bit plane bytes 0-3}; its
+// natural-order bytes, four codes a word, go to the A registers of their chunk and half.
 LRQ_HD void decode_step3(const uint4& r0, const uint4& r1, const uint32_t (&t)[4], uint32_t (&a)[16]) {
   const uint4 rows[2] = {r0, r1};
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
+    uint32_t codes[8];
+    decode32_3bit(rows[r].x, rows[r].y, rows[r].z, t, codes);
 #pragma unroll
-    for (int m = 0; m < 2; ++m) {                     // codes 16m .. 16m + 15: chunks j = 2m and 2m + 1
-      const uint32_t lo = m == 0 ? rows[r].x : rows[r].y;
-      const uint32_t hi = m == 0 ? rows[r].z : rows[r].z >> 16;
-      const uint32_t even = (lo & 0x33333333u) + (spread_even16(hi) << 2);          // nibble k: code 16m + 2k
-      const uint32_t odd = ((lo >> 2) & 0x33333333u) + (spread_even16(hi >> 1) << 2);  // nibble k: code 16m + 2k + 1
-      const uint32_t e0 = prmt(t[0], t[1], even), e1 = prmt(t[0], t[1], even >> 16);   // codes 0, 2, 4, 6 / 8, ..
-      const uint32_t o0 = prmt(t[0], t[1], odd), o1 = prmt(t[0], t[1], odd >> 16);     // codes 1, 3, 5, 7 / 9, ..
-      a[8 * m + 0 + r] = prmt(e0, o0, 0x5140u);      // chunk 2m:     codes 0-3
-      a[8 * m + 2 + r] = prmt(e0, o0, 0x7362u);      //               codes 4-7
-      a[8 * m + 4 + r] = prmt(e1, o1, 0x5140u);      // chunk 2m + 1: codes 8-11
-      a[8 * m + 6 + r] = prmt(e1, o1, 0x7362u);      //               codes 12-15
-    }
+    for (int q = 0; q < 8; ++q) a[2 * q + r] = codes[q];     // codes 4q..4q+3: chunk q / 2, half q % 2
   }
 }
 

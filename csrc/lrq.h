@@ -66,7 +66,18 @@ struct UnrotateWeightArgs {
   int device; uintptr_t stream;
 };
 
+// The weight's codebook values as FP8 e4m3 bytes (decode_weight.cu): out[n, k] = e4m3(codebook[code(n, k)]), no
+// scales (cuBLAS's FP8 GEMM applies the channel scales as its row-wise scales).
+struct DecodeWeightArgs {
+  const uint8_t* packed; int64_t row_bytes; int bits;   // [N, row_bytes] contiguous (formats/packing.py), 16-byte aligned
+  const float* codebook;                  // [2^bits] float32, e4m3-exact values
+  int64_t n; int k;                       // K % 64 == 0
+  void* out;                              // [N, K] bytes, contiguous, 16-byte aligned
+  int device; uintptr_t stream;
+};
+
 std::string rotate_quant(const RotateQuantArgs& a);
+std::string decode_weight_e4m3(const DecodeWeightArgs& a);
 std::string unrotate_weight(const UnrotateWeightArgs& a);
 std::string gemv_a16(const GemvA16Args& a);
 std::string gemm_a8(const GemmA8Args& a);
@@ -74,6 +85,7 @@ std::string gemm_a8(const GemmA8Args& a);
 // Requirements, so that Python can ask before it dispatches (the same rules the launchers check).
 std::string rotate_quant_unsupported(int64_t k, int block);
 std::string unrotate_weight_unsupported(int k, int block, int bits, int group_size);
+std::string decode_weight_e4m3_unsupported(int64_t n, int k, int bits);
 std::string gemv_a16_unsupported(int m, int k, int bits, int group_size);
 std::string gemm_a8_unsupported(int m, int k, int n, int bits, int group_size);
 

@@ -17,7 +17,7 @@ from lrq_kernels.formats.packing import pack_codes
 from lrq_kernels.formats.weight import dequantize_packed
 from lrq_kernels.reference import rotate_quantize_ref
 from lrq_kernels.reference.act_quant import rotate_ref
-from lrq_kernels.reference.gemm import gemm_a16_ref, unrotate_weight_ref
+from lrq_kernels.reference.gemm import decode_weight_e4m3_ref, gemm_a16_ref, unrotate_weight_ref
 from lrq_kernels.rotation.rotation import default_block
 
 HAS_GPU = torch.cuda.is_available()
@@ -67,6 +67,12 @@ def test_extension_refuses_unsupported_shapes_with_a_message():
     assert "N % 8 == 0, got N=100" in _C.gemm_a8_unsupported(64, 3072, 100, 4, 0)
     with pytest.raises(RuntimeError, match="K % 128 == 0, got K=200"):
         _C.gemm_a8(16, 200, 16, 4, 200, 8, 16, 112, 4, 16, 0, 16, 0, 16, 0, 0, 0)   # refused before any device call
+    assert _C.decode_weight_e4m3_unsupported(3072, 1152, 3) == ""
+    assert "K % 64 == 0, got K=96" in _C.decode_weight_e4m3_unsupported(8, 96, 4)
+    assert "3- or 4-bit codes, got bits=2" in _C.decode_weight_e4m3_unsupported(8, 128, 2)
+    assert "N * K / 32 < 2^31" in _C.decode_weight_e4m3_unsupported(1 << 26, 2048, 4)
+    with pytest.raises(RuntimeError, match="packed rows must be contiguous \\(64 bytes\\), got a stride of 80"):
+        _C.decode_weight_e4m3(16, 80, 4, 16, 8, 128, 16, 0, 0)     # refused before any device call
 
 
 @pytest.mark.skipif(HAS_GPU or not cuda_kernels.available(), reason="checks the no-GPU error")
@@ -392,6 +398,83 @@ def test_w4a8_quantlinear_on_cuda_gemm_graph_and_compile(monkeypatch):
     torch.manual_seed(0)
     q = QuantLinear.from_linear(torch.nn.Linear(1152, 1152).cuda(), QuantConfig(w_bits=4, a_format="fp8"))
     assert_compile_and_cuda_graph_match_eager(q, torch.randn(2, 40, 1152, device="cuda", dtype=torch.bfloat16))
+
+
+# --- GPU: the W·A8 layer at large M (decode_weight_e4m3, then cuBLAS's FP8 GEMM) --------------------------------
+
+@gpu
+@pytest.mark.parametrize("bits", [4, 3])
+@pytest.mark.parametrize("n,k", [(1, 64), (7, 1152), (333, 2432), (40, 15360), (3072, 3072), (5, 192)], ids=str)
+def test_cuda_decode_weight_e4m3_equals_reference(n, k, bits, monkeypatch):
+    monkeypatch.setenv("LRQ_BACKEND", "cuda")
+    packed, sw, cb = _weights(n, k, bits, 0, "nf" if n % 2 else "tlq")
+    got = ops.decode_weight_e4m3(packed, cb, bits, k)
+    assert got.dtype == torch.float8_e4m3fn and got.shape == (n, k)
+    assert torch.equal(got.view(torch.uint8), decode_weight_e4m3_ref(packed, cb, bits, k).view(torch.uint8))
+
+
+def _spy(monkeypatch, name):
+    calls, real = [], getattr(cuda_kernels, name)
+    monkeypatch.setattr(cuda_kernels, name, lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    return calls
+
+
+@pytest.mark.skipif(not (HAS_GPU and cuda_kernels.available() and torch.cuda.get_device_capability() >= (8, 9)),
+                    reason="FP8 GEMMs need a GPU of compute capability >= 8.9 and lrq_kernels._C")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("bits", [4, 3])
+@pytest.mark.parametrize("m,k,n", [(1, 128, 16), (7, 1152, 4608), (333, 2432, 2432), (1030, 12288, 3072),
+                                   (4608, 3072, 12288)], ids=str)
+def test_gemm_a8_weight_path_matches_oracle(m, k, n, bits, dtype, monkeypatch):
+    """From ops.A8_DEQUANT_MIN_M tokens (here lowered to 1, so that awkward M run it too) gemm_a8 with bf16 or fp16
+    output decodes the weight to FP8 and runs torch._scaled_mm: within the 16-bit bound of the float64 oracle; fp32
+    output keeps our GEMM."""
+    monkeypatch.setattr(ops, "A8_DEQUANT_MIN_M", 1)
+    decoded = _spy(monkeypatch, "decode_weight_e4m3_cuda")
+    x, sx = _fp8_tokens(m, k, m + k)
+    packed, sw, cb = _weights(n, k, bits, 0)
+    bias = None if m == 7 else torch.randn(n, device="cuda")
+    y = ops.gemm_a8(x, sx, packed, sw, cb, bits, k, 0, bias, dtype)
+    assert decoded and y.dtype == dtype and y.shape == (m, n)
+    # the bias is rounded to the output dtype before cuBLAS adds it (bf16: 2^-9 of it), the output too
+    assert rel_err(y.double(), _a8_oracle(x, sx, packed, sw, cb, k, bias, bits)) <= 5e-3
+    decoded.clear()
+    y32 = ops.gemm_a8(x, sx, packed, sw, cb, bits, k, 0, bias, torch.float32)
+    assert not decoded and rel_err(y.double(), y32.double()) <= 5e-3
+
+
+@pytest.mark.skipif(not (HAS_GPU and cuda_kernels.available() and torch.cuda.get_device_capability() >= (8, 9)),
+                    reason="FP8 GEMMs need a GPU of compute capability >= 8.9 and lrq_kernels._C")
+def test_a8_weight_path_nan_token_stays_in_its_row_and_quantlinear_takes_it(monkeypatch):
+    from lrq_kernels.ops import A8_DEQUANT_MIN_M
+    decoded = _spy(monkeypatch, "decode_weight_e4m3_cuda")
+    m = A8_DEQUANT_MIN_M + 3
+    x, sx = _fp8_tokens(m, 256, 0)
+    x[3, 17] = float("nan")
+    packed, sw, cb = _weights(64, 256, 4, 0)
+    y = ops.gemm_a8(x, sx, packed, sw, cb, 4, 256, 0, None, torch.bfloat16)
+    assert decoded
+    assert torch.isnan(y[3]).all() and torch.isfinite(y[torch.arange(m, device="cuda") != 3]).all()
+    # QuantLinear's W4A8 forward (quant_linear_a8) takes the same path at this M, and matches the reference backend
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(torch.nn.Linear(1152, 1152).cuda(), QuantConfig(w_bits=4, a_format="fp8"))
+    xb = torch.randn(m, 1152, device="cuda", dtype=torch.bfloat16)
+    decoded.clear()
+    y = q(xb)
+    assert decoded
+    monkeypatch.setenv("LRQ_BACKEND", "reference")
+    assert rel_err(y.double(), q(xb).double()) <= 5e-3
+
+
+@pytest.mark.skipif(not (HAS_GPU and cuda_kernels.available() and torch.cuda.get_device_capability() >= (8, 9)),
+                    reason="FP8 GEMMs need a GPU of compute capability >= 8.9 and lrq_kernels._C")
+def test_w4a8_quantlinear_weight_path_graph_and_compile(monkeypatch):
+    monkeypatch.setattr(ops, "A8_DEQUANT_MIN_M", 64)
+    decoded = _spy(monkeypatch, "decode_weight_e4m3_cuda")
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(torch.nn.Linear(1152, 1152).cuda(), QuantConfig(w_bits=3, a_format="fp8"))
+    assert_compile_and_cuda_graph_match_eager(q, torch.randn(2, 40, 1152, device="cuda", dtype=torch.bfloat16))
+    assert decoded
 
 
 # --- GPU: the weight-only layer at large M (dequantize_weight, then cuBLAS) -------------------------------------

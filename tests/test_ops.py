@@ -119,3 +119,34 @@ def test_quant_linear_a16_is_rotate_then_gemm_a16(m):
     assert torch.allclose(y, gemm_a16_ref(rotate_ref(x, perm, cs, 32), w, bias), rtol=1e-5, atol=1e-5)
     y1 = ops.quant_linear_a16(x, None, None, 1, packed, ws, cb, 4, 64, None)      # block 1: no rotation
     assert torch.allclose(y1, gemm_a16_ref(x, w), rtol=1e-5, atol=1e-5)
+
+
+# --- the W·A8 weight path: the codes as an FP8 matrix ------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [4, 3])
+def test_decode_weight_e4m3_is_the_codebook_value_of_every_code(bits):
+    packed, ws, cb = _weight(k=136, bits=bits)
+    w8 = ops.decode_weight_e4m3(packed, cb, bits, 136)
+    assert w8.dtype == torch.float8_e4m3fn and w8.shape == (48, 136)
+    # times the channel scales it is the dequantized weight (the codebooks are e4m3-exact)
+    assert torch.equal(w8.float() * ws[:, None], dequantize_packed(packed, ws, cb, bits, 136, None))
+    torch.library.opcheck(torch.ops.lrq.decode_weight_e4m3.default, (packed, cb, bits, 136),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_decode_weight_e4m3_refuses_bad_input_by_name():
+    packed, _, cb = _weight(k=128, bits=4)
+    with pytest.raises(ValueError, match="packed must have 64 bytes a row for K=128, bits=4; got shape"):
+        ops.decode_weight_e4m3(packed[:, :60], cb, 4, 128)
+    with pytest.raises(ValueError, match="codebook must have 16 entries for bits=4, got 8"):
+        ops.decode_weight_e4m3(packed, cb[:8], 4, 128)
+    with pytest.raises(ValueError, match="k must be a positive int, got 0"):
+        ops.decode_weight_e4m3(packed, cb, 4, 0)
+    with pytest.raises(TypeError, match="codebook must have dtype in \\(float32\\), got float64"):
+        ops.decode_weight_e4m3(packed, cb.double(), 4, 128)
+
+
+def test_a8_weight_path_is_never_taken_off_the_gpu():
+    from lrq_kernels.ops import A8_DEQUANT_MIN_M, _a8_weight_path
+    assert not _a8_weight_path(torch.device("cpu"), 10 * A8_DEQUANT_MIN_M, 3072, 3072, 4, 0, torch.float8_e4m3fn,
+                               torch.bfloat16)

@@ -17,6 +17,7 @@ from lrq_kernels.formats.codebooks import nf_codebook  # noqa: E402
 from lrq_kernels.formats.packing import pack_codes  # noqa: E402
 from lrq_kernels.formats.weight import dequantize_packed  # noqa: E402
 from lrq_kernels.reference import rotate_quantize_ref, unrotate_weight_ref  # noqa: E402
+from lrq_kernels.reference.gemm import decode_weight_e4m3_ref  # noqa: E402
 
 
 def main():
@@ -69,6 +70,14 @@ def main():
                                                     block, torch.bfloat16)
             assert torch.equal(got.cpu(), unrotate_weight_ref(w, p, c, block).to(torch.bfloat16)), (n, k, block)
             n_cases += 1
+    # the codes as FP8 bytes: both widths, two pieces a row (K = 64, 32 codes a thread), N * K / 32 not a multiple
+    # of the 256-thread CTA, and more pieces than the grid's threads (8 CTAs an SM), so the grid-stride loop wraps
+    for n, k, bits in ((3, 64, 4), (7, 1152, 3), (5, 192, 4), (4500, 2432, 4), (4500, 2432, 3)):
+        packed = pack_codes(torch.randint(0, 2 ** bits, (n, k), generator=g, dtype=torch.uint8), bits)
+        cb = nf_codebook(bits)
+        got = cuda_kernels.decode_weight_e4m3_cuda(packed.cuda(), cb.cuda(), bits, k)
+        assert torch.equal(got.cpu().view(torch.uint8), decode_weight_e4m3_ref(packed, cb, bits, k).view(torch.uint8))
+        n_cases += 1
     # W4A8 / W3A8 GEMM (Hopper only): M = 1, a partial token tile, N not a multiple of the 128-row tile, bias or
     # none; natural-order codes (the copying kernel) and gemm_order codes (the TMA kernel); 141 tiles, more than
     # an H100's or H200's 132 CTAs, so that some CTAs of the persistent kernel take a second tile

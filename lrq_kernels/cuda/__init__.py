@@ -53,6 +53,13 @@ def unrotate_weight_unsupported(k: int, block: int, bits: int, group_size: int, 
     return _C.unrotate_weight_unsupported(k, block, bits, group_size)
 
 
+def decode_weight_e4m3_unsupported(n: int, k: int, bits: int) -> str:
+    """'' when decode_weight_e4m3_cuda runs this N, K and bit width, else why not."""
+    if _C is None:
+        return why_unavailable()
+    return _C.decode_weight_e4m3_unsupported(n, k, bits)
+
+
 def gemv_a16_unsupported(m: int, k: int, bits: int, group_size: int, dtype: torch.dtype) -> str:
     if _C is None:
         return why_unavailable()
@@ -137,6 +144,19 @@ def unrotate_weight_cuda(packed, w_scales, codebook, bits: int, k: int, group_si
                            codebook.data_ptr(), 0 if perm is None else perm.data_ptr(),
                            0 if cs is None else cs.data_ptr(), n, k, block, out.data_ptr(), _DTYPE[dtype],
                            packed.device.index, _stream(packed.device))
+    return out
+
+
+def decode_weight_e4m3_cuda(packed, codebook, bits: int, k: int) -> torch.Tensor:
+    """[N, K] float8_e4m3fn: the codebook value of every code (no scales), from the packed codes in one pass
+    (csrc/decode_weight.cu; reference: decode_weight_e4m3_ref)."""
+    n = packed.shape[0]
+    packed = _aligned(packed)
+    codebook = codebook.float().contiguous()
+    out = torch.empty((n, k), dtype=torch.float8_e4m3fn, device=packed.device)
+    with torch.cuda.device(packed.device):
+        _C.decode_weight_e4m3(packed.data_ptr(), packed.stride(0), bits, codebook.data_ptr(), n, k, out.data_ptr(),
+                              packed.device.index, _stream(packed.device))
     return out
 
 

@@ -12,6 +12,7 @@ graphs see them as single ops.
                                                                         W_deq with the rotation undone
     lrq::quant_linear_a16(x, perm, channel_scale, block, packed, w_scales, codebook, bits, group_size, bias)
                                                                         rotate then gemm_a16, as one op
+    lrq::decode_weight_e4m3(packed, codebook, bits, k)                  the codebook value of every code, FP8 e4m3
 
 Each op validates its inputs (ops/checks.py; the fake impl runs the same checks) and then runs the
 implementation that `_pick` selects: the CUDA kernels (lrq_kernels._C via lrq_kernels/cuda) or the Triton
@@ -28,11 +29,11 @@ import torch
 from .. import cuda as cuda_kernels
 from ..formats.weight import dequantize_packed
 from ..reference.act_quant import code_dtype, rotate_quantize_ref, rotate_ref
-from ..reference.gemm import gemm_a8_ref, gemm_a16_ref, unrotate_weight_ref
+from ..reference.gemm import decode_weight_e4m3_ref, gemm_a8_ref, gemm_a16_ref, unrotate_weight_ref
 from ..reference.hadamard import hadamard_transform_ref
 from .backend import requested_backend
-from .checks import (FLOAT_IN, check_dequantize_weight, check_gemm_a8, check_gemm_a16, check_rotate_quant,
-                     check_rotation)
+from .checks import (FLOAT_IN, check_decode_weight_e4m3, check_dequantize_weight, check_gemm_a8, check_gemm_a16,
+                     check_rotate_quant, check_rotation)
 
 _LIB = "lrq"
 
@@ -41,7 +42,7 @@ MAX_ROW_REGISTERS = 16384   # Triton's rotate_quant holds a whole token (K padde
 MAX_GEMV_M = 16             # the CUDA GEMV's mma tile has 16 rows
 # Each op's kernels in order of preference.
 BACKENDS = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",), "gemm_a16": ("cuda", "triton"),
-            "gemm_a8": ("cuda", "triton"), "dequantize_weight": ("cuda",)}
+            "gemm_a8": ("cuda", "triton"), "dequantize_weight": ("cuda",), "decode_weight_e4m3": ("cuda",)}
 # Tokens from which the CUDA W·A8 GEMM (csrc/gemm_a8_sm90.cu, 128-token tiles; 4- and 3-bit codes) runs instead of
 # Triton's (16- and 64-token tiles at small M). Measured on 4-bit codes (the 3-bit kernel shares the thresholds):
 # H100, benchmarks/bench_gemm_a8_cuda.py on FLUX fc1, fc2, qkv and PixArt fc1 (results/gemm_a8_cuda_sweep.md,
@@ -61,6 +62,14 @@ CUDA_GEMM_A8_TMA_MIN_M = 64
 # weight path took 0.37-0.79x the token path's time on PixArt qkv, FLUX qkv and fc2 from M = 64, and 0.67-0.89x on
 # FLUX fc1 from M = 256 (1.73x and 1.20x at M = 64 and 128); 0.37-0.67x at M = 4608.
 A16_DEQUANT_MIN_M = 256
+# Tokens from which gemm_a8 (and so quant_linear_a8) decodes the weight's codes to an FP8 matrix (decode_weight_e4m3,
+# one pass over N x K) and runs cuBLAS's FP8 GEMM with row-wise scales (torch._scaled_mm) on it, instead of our GEMM
+# that decodes codes between its MMAs. Where: LRQ_BACKEND=auto, FP8 codes, per-channel scales, bf16 or fp16 output, a
+# GPU of compute capability >= 8.9, N and K multiples of 16. The price is a transient N x K byte matrix. Measured on
+# the H200 (benchmarks/bench_cuda.py --only a8, results/bench_cuda_a8.md, session 14; whole forward, 4- and 3-bit,
+# PixArt fc1 and FLUX qkv, fc1, fc2): at M = 1024 the weight path took 0.92-1.02x the kernel path's time; at 512,
+# 1.09-1.27x on the FLUX shapes (0.92x on PixArt fc1); from 2048, 0.77-0.95x.
+A8_DEQUANT_MIN_M = 1024
 
 
 def _interpreting() -> bool:
@@ -92,6 +101,8 @@ def _cuda_why_not(op: str, device: torch.device, shape: dict) -> str:
     if op == "dequantize_weight":
         return cuda_kernels.unrotate_weight_unsupported(shape["k"], shape["block"], shape["bits"], shape["group"],
                                                         shape["dtype"])
+    if op == "decode_weight_e4m3":
+        return cuda_kernels.decode_weight_e4m3_unsupported(shape["n"], shape["k"], shape["bits"])
     if op == "gemm_a8":
         return cuda_kernels.gemm_a8_unsupported(shape["m"], shape["k"], shape["n"], shape["bits"], shape["group"],
                                                 shape["dtype"], device)
@@ -123,7 +134,9 @@ def _pick(op: str, device: torch.device, **shape) -> str:
     | gemm_a16     | cuda if M <= 16 and K % 128 == 0, else triton         | reference |
     | gemm_a8      | cuda if sm_90, per-channel, K % 128 == 0, M >= 256 (64 with tma), else triton | reference |
     | dequantize_weight | cuda (K % 8 == 0)                                | reference |
-    quant_linear_a16 takes dequantize_weight + cuBLAS from M = A16_DEQUANT_MIN_M where that runs in CUDA.
+    | decode_weight_e4m3 | cuda (K % 64 == 0)                              | reference |
+    quant_linear_a16 takes dequantize_weight + cuBLAS from M = A16_DEQUANT_MIN_M where that runs in CUDA; gemm_a8
+    takes decode_weight_e4m3 + cuBLAS FP8 from M = A8_DEQUANT_MIN_M (auto only; _a8_weight_path says where).
 
     Why this order: benchmarks/bench_cuda.py measures CUDA against Triton on the H100 (results in
     benchmarks/results/bench_cuda.md). LRQ_BACKEND=reference|triton|cuda forces one, and raises where it cannot
@@ -260,7 +273,12 @@ def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor,
             codebook: torch.Tensor, bits: int, k: int, group_size: int, bias: Optional[torch.Tensor],
             out_dtype: torch.dtype) -> torch.Tensor:
     """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias, in out_dtype (group_size 0: per-channel scales)."""
-    check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
+    n = check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
+    if _a8_weight_path(x_codes.device, x_codes.shape[0], k, n, bits, group_size, x_codes.dtype, out_dtype):
+        w8 = decode_weight_e4m3(packed, codebook, bits, k)
+        return torch._scaled_mm(x_codes.contiguous(), w8.t(), scale_a=x_scales.reshape(-1, 1),
+                                scale_b=w_scales.reshape(1, -1), bias=None if bias is None else bias.to(out_dtype),
+                                out_dtype=out_dtype)
     backend = _pick("gemm_a8", x_codes.device, fp8=x_codes.dtype == torch.float8_e4m3fn, m=x_codes.shape[0], k=k,
                     n=packed.shape[0], bits=bits, group=group_size, dtype=x_codes.dtype)
     if backend == "cuda":
@@ -271,6 +289,17 @@ def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor,
         return gemm_a8_triton(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
     w = dequantize_packed(packed, w_scales, codebook, bits, k, group_size or None)
     return gemm_a8_ref(x_codes, x_scales, w, bias).to(out_dtype)
+
+
+def _a8_weight_path(device: torch.device, m: int, k: int, n: int, bits: int, group_size: int, codes_dtype: torch.dtype,
+                    out_dtype: torch.dtype) -> bool:
+    """Whether gemm_a8 runs as decode_weight_e4m3 + torch._scaled_mm (see A8_DEQUANT_MIN_M): only under
+    LRQ_BACKEND=auto, so that LRQ_BACKEND=cuda|triton still name the GEMM kernel that runs."""
+    if (requested_backend() != "auto" or m < A8_DEQUANT_MIN_M or codes_dtype != torch.float8_e4m3fn or group_size
+            or out_dtype not in (torch.bfloat16, torch.float16) or k % 16 or n % 16 or device.type != "cuda"
+            or torch.cuda.get_device_capability(device) < (8, 9)):
+        return False
+    return _pick("decode_weight_e4m3", device, n=n, k=k, bits=bits) == "cuda"
 
 
 @gemm_a8.register_fake
@@ -306,7 +335,8 @@ def _(x, packed, w_scales, codebook, bits, group_size, bias):
 def quant_linear_a8(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor], block: int,
                     a_format: str, a_bits: int, packed: torch.Tensor, w_scales: torch.Tensor, codebook: torch.Tensor,
                     bits: int, group_size: int, bias: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
-    """y [M, N] = gemm_a8(*rotate_quant(x, ...), ...): QuantLinear's W·A8 forward. Where both run in CUDA, the
+    """y [M, N] = gemm_a8(*rotate_quant(x, ...), ...): QuantLinear's W·A8 forward. Where both run in CUDA (and
+    gemm_a8 does not take the decoded weight to cuBLAS, from A8_DEQUANT_MIN_M), the
     codes pass between them in the GEMM's K order (cuda.gemm_order), which lets the GEMM load them by TMA: FLUX
     fc1, M = 4608: 491 us against 551 with natural-order codes (results/gemm_a8_cuda_sweep.md). The result is the
     same either way: the permutation is applied to both operands of the dot product."""
@@ -314,7 +344,8 @@ def quant_linear_a8(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale
     m, k = x.shape
     n = packed.shape[0] if packed.dim() == 2 else 0
     fp8 = a_format == "fp8"
-    if (fp8 and _pick("rotate_quant", x.device, k=k, block=block, dtype=x.dtype) == "cuda"
+    if (fp8 and not _a8_weight_path(x.device, m, k, n, bits, group_size, torch.float8_e4m3fn, out_dtype)
+            and _pick("rotate_quant", x.device, k=k, block=block, dtype=x.dtype) == "cuda"
             and _pick("gemm_a8", x.device, fp8=True, m=m, k=k, n=n, bits=bits, group=group_size,
                       dtype=torch.float8_e4m3fn, tma=True) == "cuda"):
         codes, scales = cuda_kernels.rotate_quant_cuda(x, perm, channel_scale, block, a_format, a_bits,
@@ -387,5 +418,23 @@ def _(x, perm, channel_scale, block, packed, w_scales, codebook, bits, group_siz
     return x.new_empty((x.shape[0], n))
 
 
+# --- the weight's codes as an FP8 matrix (the W·A8 weight path) ---------------------------------------------------
+
+@torch.library.custom_op(f"{_LIB}::decode_weight_e4m3", mutates_args=())
+def decode_weight_e4m3(packed: torch.Tensor, codebook: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """[N, K] float8_e4m3fn: codebook[code(n, k)] for every packed code, no scales (W_deq = this * w_scales[:, None]
+    with per-channel scales). gemm_a8's cuBLAS path multiplies it by FP8 activation codes with row-wise scales."""
+    check_decode_weight_e4m3(packed, codebook, bits, k)
+    if _pick("decode_weight_e4m3", packed.device, n=packed.shape[0], k=k, bits=bits) == "cuda":
+        return cuda_kernels.decode_weight_e4m3_cuda(packed, codebook, bits, k)
+    return decode_weight_e4m3_ref(packed, codebook, bits, k)
+
+
+@decode_weight_e4m3.register_fake
+def _(packed, codebook, bits, k):
+    n = check_decode_weight_e4m3(packed, codebook, bits, k)
+    return packed.new_empty((n, k), dtype=torch.float8_e4m3fn)
+
+
 __all__ = ["hadamard_transform", "hadamard_quant", "rotate", "rotate_quant", "gemm_a8", "gemm_a16",
-           "quant_linear_a8", "dequantize_weight", "quant_linear_a16"]
+           "quant_linear_a8", "dequantize_weight", "quant_linear_a16", "decode_weight_e4m3"]

@@ -34,7 +34,8 @@ def check_rotation(x, perm, channel_scale, block):
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
 
-def check_weight(packed, w_scales, codebook, bits, k, group_size, bias):
+def check_codes(packed, codebook, bits, k):
+    """The packed codes and their codebook; returns N."""
     check_choice("bits", bits, (3, 4))
     check_tensor("packed", packed, ndim=2, dtypes=(torch.uint8,))
     n = packed.shape[0]
@@ -44,6 +45,13 @@ def check_weight(packed, w_scales, codebook, bits, k, group_size, bias):
     check_tensor("codebook", codebook, ndim=1, dtypes=(torch.float32,))
     if codebook.numel() != 2 ** bits:
         raise ValueError(f"codebook must have {2 ** bits} entries for bits={bits}, got {codebook.numel()}")
+    if codebook.device != packed.device:
+        raise ValueError(f"codebook is on {codebook.device} but packed is on {packed.device}")
+    return n
+
+
+def check_weight(packed, w_scales, codebook, bits, k, group_size, bias):
+    n = check_codes(packed, codebook, bits, k)
     check_tensor("w_scales", w_scales, dtypes=(torch.float32,))
     if group_size:
         if k % group_size:
@@ -57,7 +65,7 @@ def check_weight(packed, w_scales, codebook, bits, k, group_size, bias):
         check_tensor("bias", bias, ndim=1, dtypes=FLOAT_IN)
         if bias.numel() != n:
             raise ValueError(f"bias must have N={n} entries, got {bias.numel()}")
-    for name, t in (("w_scales", w_scales), ("codebook", codebook), ("bias", bias)):
+    for name, t in (("w_scales", w_scales), ("bias", bias)):
         if t is not None and t.device != packed.device:
             raise ValueError(f"{name} is on {t.device} but packed is on {packed.device}")
     return n
@@ -91,3 +99,10 @@ def check_dequantize_weight(packed, w_scales, codebook, bits, k, group_size, per
     check_rotation(packed.new_empty((0, k), dtype=torch.float32), perm, channel_scale, block)
     check_choice("dtype", dtype, OUT_DTYPES)
     return n
+
+
+
+def check_decode_weight_e4m3(packed, codebook, bits, k):
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    return check_codes(packed, codebook, bits, k)

@@ -8,12 +8,15 @@ with W_deq = QuantizedWeight.dequantize() (codebook value times its channel or g
 
 The weight-only layer computes rotate(x) @ W_deq^T (rotate_ref: x[:, perm] * channel_scale, then the block
 Hadamard). The same product is x @ W^T with W = unrotate_weight_ref(W_deq): the weight with the rotation undone,
-which lets a plain GEMM (cuBLAS) run the layer without rotating every token.
+which lets a plain GEMM (cuBLAS) run the layer without rotating every token. Likewise the W·A8 product with
+per-channel scales is an FP8 GEMM of x_codes and decode_weight_e4m3_ref(...) with row-wise scales x_scales and
+w_scales (what torch._scaled_mm computes).
 """
 from __future__ import annotations
 
 import torch
 
+from ..formats.packing import unpack_codes
 from .hadamard import block_hadamard_ref
 
 
@@ -21,6 +24,13 @@ def gemm_a8_ref(x_codes: torch.Tensor, x_scales: torch.Tensor, w_deq: torch.Tens
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     y = (x_codes.float() @ w_deq.float().t()) * x_scales.float()[:, None]
     return y + bias.float() if bias is not None else y
+
+
+def decode_weight_e4m3_ref(packed: torch.Tensor, codebook: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """[N, K] float8_e4m3fn: codebook[code(n, k)] rounded to e4m3 (exact for the codebooks the kernels take), the
+    scales left out. With per-channel scales W_deq = decode_weight_e4m3_ref(...).float() * w_scales[:, None]."""
+    codes = unpack_codes(packed, bits, k).long()
+    return codebook.float().to(torch.float8_e4m3fn)[codes]
 
 
 def gemm_a16_ref(x: torch.Tensor, w_deq: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
