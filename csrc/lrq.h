@@ -69,7 +69,7 @@ struct UnrotateWeightArgs {
 // The weight's codebook values as FP8 e4m3 bytes (decode_weight.cu): out[n, k] = e4m3(codebook[code(n, k)]), no
 // scales (cuBLAS's FP8 GEMM applies the channel scales as its row-wise scales).
 struct DecodeWeightArgs {
-  const uint8_t* packed; int64_t row_bytes; int bits;   // [N, row_bytes] contiguous (formats/packing.py), 16-byte aligned
+  const uint8_t* packed; int64_t row_bytes; int bits;   // [N, row_bytes] contiguous, 16-byte aligned
   const float* codebook;                  // [2^bits] float32, e4m3-exact values
   int64_t n; int k;                       // K % 64 == 0
   void* out;                              // [N, K] bytes, contiguous, 16-byte aligned

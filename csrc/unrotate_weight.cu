@@ -4,8 +4,8 @@
 // one float32 multiply for the dequantization, the butterflies of hadamard.cuh, one multiply by cs.
 //
 // Why: the weight-only forward at large M. There y = rotate(x) W_deq^T costs the rotation of every token (2 x 2MK
-// bytes) plus a GEMM that decodes codes between its MMAs (Triton: 0.36-0.62x of bf16 at M >= 4096,
-// results/bench_linear.md, session 12). W = W_deq R^T is one pass over N x K instead (0.5 byte read and 2 written a
+// bytes) plus a GEMM that decodes codes between its MMAs (Triton: 0.36-0.62x of bf16 at M >= 4096, session 12,
+// results/bench_linear_h200_0053.md). W = W_deq R^T is one pass over N x K instead (0.5 byte read and 2 written a
 // weight), after which cuBLAS's bf16 GEMM computes x W^T = rotate(x) W_deq^T directly.
 //
 // Persistent CTAs (a grid of occupancy x SMs) take groups of R weight rows in turn; the rows play the tokens' part

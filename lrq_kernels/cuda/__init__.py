@@ -97,8 +97,8 @@ def _aligned16(t: torch.Tensor) -> torch.Tensor:
 
 def _int32_perm(perm):
     """perm as contiguous, 16-byte aligned int32 (the kernels read it in 16-byte loads). An int64 one is converted:
-    with it the ARS gather took 1.13-1.14x the time on K >= 12288 (H200, results/bench_linear.md, session 12) and
-    56.0 against 34.7 us on 4608 x 3072 (H100, session 8)."""
+    with it the ARS gather took 1.13-1.14x the time on K >= 12288 (H200, results/bench_linear_h200_0053.md, session
+    12) and 56.0 against 34.7 us on 4608 x 3072 (H100, session 8)."""
     if perm is None:
         return None
     return _aligned16(perm.to(torch.int32).contiguous())
