@@ -87,11 +87,12 @@ __device__ __forceinline__ void vector_slots(int k, int lane, int warp, int row[
   }
 }
 
-// v <- v H_B / sqrt(B) for every block of B = 2^log_b values (norm = 1/sqrt(B); log_b = 0 leaves v as it is). Butterflies bit 0
-// first (the reference's order): lower = a + b, upper = a - b (a the lower element). Stages across warps go
-// through `exchange` (R * K floats of shared memory, cta_elems = R * K) with two CTA barriers each, so every
-// thread of the CTA must call this.
-template <int V>
+// v <- v H_B / sqrt(B) for every block of B = 2^log_b values (norm = 1/sqrt(B); log_b = 0 leaves v as it is).
+// Butterflies bit 0 first (the reference's order): lower = a + b, upper = a - b (a the lower element). Stages
+// across warps go through `exchange` (R * K floats of shared memory, cta_elems = R * K) with two CTA barriers each,
+// so every thread of the CTA must call this. kNormalize = false leaves out the final multiply by norm, for a caller
+// that folds an exact power-of-two norm into a later multiply.
+template <int V, bool kNormalize = true>
 __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, float norm, int lane, int warp,
                                                float* exchange, int cta_elems) {
 #pragma unroll
@@ -147,7 +148,7 @@ __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, floa
     }
     __syncthreads();
   }
-  if (log_b > 0) {
+  if (kNormalize && log_b > 0) {
 #pragma unroll
     for (int i = 0; i < V; ++i)
 #pragma unroll

@@ -153,7 +153,14 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     fetch(grp + (lay.stages - 1) * gridDim.x, slot == 0 ? lay.stages - 1 : slot - 1);
     slot = slot + 1 == lay.stages ? 0 : slot + 1;
 
-    block_hadamard<V>(v, log_b, norm, lane, warp, exchange, cta_elems);
+    // Codes from a block of 4^n values (norm = 2^-n, exact): the butterflies' sums quantized with the inverse scale
+    // times norm give the reference's codes (v * norm rounds to nothing, so (v * norm) * inv == v * (inv * norm)
+    // unless v * norm is subnormal), and one multiply a value fewer. The amax of the unnormalised values times norm
+    // is the reference's amax. With the one-token amax below: 0.92-0.93x the time on the block-1024 shapes
+    // (4608 x 12288: 76% -> 83% of copy; 32760 x 5120: 80% -> 87%), 0.97x on 8192 x 4608 (the amax path alone),
+    // H200, results/ab_rq_fold.md (session 14).
+    constexpr bool kFoldNorm = FMT != kSame && LOG_B > 0 && LOG_B % 2 == 0;
+    block_hadamard<V, !kFoldNorm>(v, log_b, norm, lane, warp, exchange, cta_elems);
 
     if constexpr (FMT == kSame) {
 #pragma unroll
@@ -162,17 +169,29 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     } else {
       // Per-token absmax. The bit patterns of |v| order like the values, and a NaN's (0x7FC00000) sorts above
       // +inf, so an integer max keeps NaN as the reference's amax does (fmaxf would drop it).
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
+      if (tokens_per_cta == 1) {
+        // Every slot of the CTA is token 0's or past it (zeros: their blocks never mix with token 0's), so one
+        // reduction and one atomic a warp (the per-vector vote below cost ~6 instructions a vector: ncu, session 12).
         unsigned mx = 0u;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
-        const bool one_token = __all_sync(0xffffffffu, tok[i] == __shfl_sync(0xffffffffu, tok[i], 0));
-        if (one_token) {
-          mx = __reduce_max_sync(0xffffffffu, mx);
-          if (lane == 0 && live[i]) atomicMax(&amax_bits[tok[i]], mx);   // lane 0's slot is the warp's first
-        } else if (live[i]) {
-          atomicMax(&amax_bits[tok[i]], mx);
+        for (int i = 0; i < V; ++i)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
+        mx = __reduce_max_sync(0xffffffffu, mx);
+        if (lane == 0) atomicMax(&amax_bits[0], mx);
+      } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          unsigned mx = 0u;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
+          const bool one_token = __all_sync(0xffffffffu, tok[i] == __shfl_sync(0xffffffffu, tok[i], 0));
+          if (one_token) {
+            mx = __reduce_max_sync(0xffffffffu, mx);
+            if (lane == 0 && live[i]) atomicMax(&amax_bits[tok[i]], mx);   // lane 0's slot is the warp's first
+          } else if (live[i]) {
+            atomicMax(&amax_bits[tok[i]], mx);
+          }
         }
       }
       __syncthreads();
@@ -181,10 +200,12 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
       // before this group's first barrier, and the next group's atomics come after this group's second.
       float* inv_scale = reinterpret_cast<float*>(amax_bits);
       if (threadIdx.x < tokens_per_cta) {
-        const float amax = __uint_as_float(amax_bits[threadIdx.x]);
+        float amax = __uint_as_float(amax_bits[threadIdx.x]);
+        if (kFoldNorm) amax = __fmul_rn(amax, norm);
         const int64_t row = row0 + threadIdx.x;
         if (row < m) scales[row] = __fdiv_rn(amax, qmax);
-        inv_scale[threadIdx.x] = amax > 0.f ? __fdiv_rn(qmax, amax) : 0.f;
+        const float inv = amax > 0.f ? __fdiv_rn(qmax, amax) : 0.f;
+        inv_scale[threadIdx.x] = kFoldNorm ? __fmul_rn(inv, norm) : inv;
         amax_sets[(parity ^ 1) * kMaxTokensPerCta + threadIdx.x] = 0u;
       }
       __syncthreads();

@@ -44,17 +44,15 @@ MAX_GEMV_M = 16             # the CUDA GEMV's mma tile has 16 rows
 BACKENDS = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",), "gemm_a16": ("cuda", "triton"),
             "gemm_a8": ("cuda", "triton"), "dequantize_weight": ("cuda",), "decode_weight_e4m3": ("cuda",)}
 # Tokens from which the CUDA W·A8 GEMM (csrc/gemm_a8_sm90.cu, 128-token tiles; 4- and 3-bit codes) runs instead of
-# Triton's (16- and 64-token tiles at small M). Measured on 4-bit codes (the 3-bit kernel shares the thresholds):
-# H100, benchmarks/bench_gemm_a8_cuda.py on FLUX fc1, fc2, qkv and PixArt fc1 (results/gemm_a8_cuda_sweep.md,
-# session 9): on natural-order codes (ops.gemm_a8) it was faster on all four from M = 256 (1.15-1.9x) but 16%
-# slower on fc2 at M = 128; on codes in its K order, loaded by TMA (quant_linear_a8), faster on all four from
-# M = 64 (1.09-1.42x), 2-4% slower on fc2 at M <= 16. The 3-bit kernel on the H200 (gemm_a8_cuda_sweep_w3.md,
-# session 10): 1.21-1.71x faster from M = 256; by TMA at M = 64-128, 7-8% slower on fc2, 1.09-1.79x faster on
-# fc1 and PixArt fc1. Session 11's kernel (TMA-staged weights, persistent) is 1.33-1.93x faster than Triton's at
-# M = 256 and 4608 (gemm_a8_cuda_sweep_s11.md); below 256 the thresholds were not measured again. LRQ_BACKEND=cuda
-# runs it at any M.
+# Triton's (16- and 64-token tiles at small M). On natural-order codes (ops.gemm_a8) the CUDA kernel's producer copies
+# them in 4-byte pieces: on the H100 (results/gemm_a8_cuda_sweep.md, session 9) it was faster on FLUX fc1, fc2, qkv
+# and PixArt fc1 from M = 256 (1.15-1.9x) but 16% slower on fc2 at M = 128; on the H200 with session 11's kernel
+# (results/gemm_a8_cuda_sweep_s14.md, session 14) still 1.10-1.25x Triton's time on fc2 at M = 1-128 and up to 1.14x on
+# qkv at M <= 16. On codes in its K order, loaded by TMA (quant_linear_a8), the same H200 sweep has it faster than
+# Triton's on all four shapes at every M from 1 to 128, both bit widths: 1.04-1.25x on fc2, 1.05-2.32x on the rest
+# (session 10's 7-8% loss on fc2 at M = 64-128 is gone). Hence TMA_MIN_M = 1. LRQ_BACKEND=cuda runs it at any M.
 CUDA_GEMM_A8_MIN_M = 256
-CUDA_GEMM_A8_TMA_MIN_M = 64
+CUDA_GEMM_A8_TMA_MIN_M = 1
 # Tokens from which the weight-only forward (quant_linear_a16) dequantizes the weight with its rotation undone
 # (dequantize_weight, one pass over N x K) and runs cuBLAS's GEMM on it, instead of rotating every token and running
 # the Triton GEMM that decodes codes between its MMAs. The price is a transient N x K weight in x's dtype. Measured on
@@ -132,7 +130,7 @@ def _pick(op: str, device: torch.device, **shape) -> str:
     | rotate_quant | cuda (K % 8 == 0), then triton                        | reference |
     | rotate       | cuda (K % 8 == 0)                                     | reference |
     | gemm_a16     | cuda if M <= 16 and K % 128 == 0, else triton         | reference |
-    | gemm_a8      | cuda if sm_90, per-channel, K % 128 == 0, M >= 256 (64 with tma), else triton | reference |
+    | gemm_a8      | cuda if sm_90, per-channel, K % 128 == 0, M >= 256 (any M with tma), else triton | reference |
     | dequantize_weight | cuda (K % 8 == 0)                                | reference |
     | decode_weight_e4m3 | cuda (K % 64 == 0)                              | reference |
     quant_linear_a16 takes dequantize_weight + cuBLAS from M = A16_DEQUANT_MIN_M where that runs in CUDA; gemm_a8
