@@ -66,7 +66,7 @@ A16_DEQUANT_MIN_M = 256
 # GPU of compute capability >= 8.9, N and K multiples of 16. The price is a transient N x K byte matrix. Measured on
 # the H200 (benchmarks/bench_cuda.py --only a8, results/bench_cuda_a8.md, session 14; whole forward, 4- and 3-bit,
 # PixArt fc1 and FLUX qkv, fc1, fc2): at M = 1024 the weight path took 0.92-1.02x the kernel path's time; at 512,
-# 1.09-1.27x on the FLUX shapes (0.92x on PixArt fc1); from 2048, 0.77-0.95x.
+# 1.09-1.26x on the FLUX shapes (0.92x on PixArt fc1); from 2048, 0.77-0.95x.
 A8_DEQUANT_MIN_M = 1024
 
 
