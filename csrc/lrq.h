@@ -16,7 +16,7 @@ enum OutFormat : int { kFP8 = 0, kINT = 1, kSame = 2 };
 struct RotateQuantArgs {
   const void* x; int64_t stride_x;       // [M, K] row stride in elements
   int x_dtype;                            // DType
-  const void* perm; bool perm_is_int64;   // optional gather x[:, perm] (nullptr: none)
+  const int32_t* perm;                    // optional gather x[:, perm], 16-byte aligned (nullptr: none)
   const float* channel_scale;             // optional multiplier after the gather (nullptr: none)
   void* out; int64_t stride_out;          // codes [M, K] (int8/e4m3) or rotated values (x's dtype)
   float* scales;                          // [M] float32 (ignored for kSame)

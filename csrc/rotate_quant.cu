@@ -16,22 +16,14 @@ namespace {
 
 constexpr int kMaxTokensPerCta = kMaxRowsPerCta;
 
-// perm[col .. col + 7] as ints, in 16-byte loads (col is a multiple of 8 and perm is 16-byte aligned; the
-// launcher checks the pointer). The same indices serve every token, so these loads hit L1 after the first warp.
-__device__ __forceinline__ void load_perm8(const void* perm, bool perm_is_int64, int col, int idx[8]) {
-  if (perm_is_int64) {
-    const longlong2* p = reinterpret_cast<const longlong2*>(static_cast<const int64_t*>(perm) + col);
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const longlong2 t = __ldg(p + q);
-      idx[2 * q] = static_cast<int>(t.x);
-      idx[2 * q + 1] = static_cast<int>(t.y);
-    }
-  } else {
-    const int4* p = reinterpret_cast<const int4*>(static_cast<const int32_t*>(perm) + col);
-    const int4 a = __ldg(p), b = __ldg(p + 1);
-    idx[0] = a.x; idx[1] = a.y; idx[2] = a.z; idx[3] = a.w; idx[4] = b.x; idx[5] = b.y; idx[6] = b.z; idx[7] = b.w;
-  }
+// perm[col .. col + 7], in two 16-byte loads (col is a multiple of 8 and perm is 16-byte aligned; the launcher
+// checks the pointer). The same indices serve every token, so these loads hit L1 after the first warp. int32 only:
+// Python converts an int64 permutation (lrq_kernels/cuda: _int32_perm; with int64 indices the gather took
+// 1.13-1.14x the time on K >= 12288, session 12).
+__device__ __forceinline__ void load_perm8(const int32_t* perm, int col, int idx[8]) {
+  const int4* p = reinterpret_cast<const int4*>(perm + col);
+  const int4 a = __ldg(p), b = __ldg(p + 1);
+  idx[0] = a.x; idx[1] = a.y; idx[2] = a.z; idx[3] = a.w; idx[4] = b.x; idx[5] = b.y; idx[6] = b.z; idx[7] = b.w;
 }
 
 // Two code bytes (element 0 in the low byte). fp8: the hardware's round-to-nearest-even cast with .satfinite,
@@ -67,7 +59,7 @@ struct Layout { int stages, ring_offset, exchange_offset; int64_t stage_elems; }
 // threads' pieces and waits at a barrier first.
 template <typename T, int V, int FMT, int LOG_B>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(
-    const T* __restrict__ x, int64_t stride_x, const void* __restrict__ perm, bool perm_is_int64,
+    const T* __restrict__ x, int64_t stride_x, const int32_t* __restrict__ perm,
     const float* __restrict__ channel_scale, void* __restrict__ out, int64_t stride_out,
     float* __restrict__ scales, int64_t m, int k, int log_b_arg, int tokens_per_cta, Layout lay, float norm,
     float qmax, bool gemm_order) {
@@ -136,7 +128,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         load8_shared<T>(stage + tok[i] * k + col[i], v[i]);
       } else {
         int idx[8];
-        load_perm8(perm, perm_is_int64, col[i], idx);
+        load_perm8(perm, col[i], idx);
         const T* srow = stage + tok[i] * k;
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[i][j] = to_float<T>(srow[idx[j]]);
@@ -276,7 +268,7 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
     return "rotate_quant: M=" + std::to_string(a.m) + " is too large (token groups must fit in 31 bits)";
   const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
   kernel<<<static_cast<unsigned>(grid), p.threads, p.smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
-      static_cast<const T*>(a.x), a.stride_x, a.perm, a.perm_is_int64, a.channel_scale, a.out, a.stride_out,
+      static_cast<const T*>(a.x), a.stride_x, a.perm, a.channel_scale, a.out, a.stride_out,
       a.scales, a.m, a.k, log_b, p.tokens, p.layout, norm, a.qmax, a.gemm_order);
   return last_launch_error("rotate_quant_kernel");
 }

@@ -79,7 +79,7 @@ def test_extension_refuses_unsupported_shapes_with_a_message():
 def test_extension_launch_without_gpu_raises_not_crashes():
     from lrq_kernels import _C
     with pytest.raises(RuntimeError, match="cuda"):
-        _C.rotate_quant(16, 1152, 0, 0, False, 0, 32, 1152, 48, 1, 1152, 128, 0, 448.0, 0, 0)
+        _C.rotate_quant(16, 1152, 0, 0, 0, 32, 1152, 48, 1, 1152, 128, 0, 448.0, 0, 0)
 
 
 def test_dispatch_on_cpu_is_the_reference_and_forced_cuda_says_why(monkeypatch):

@@ -122,7 +122,7 @@ def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format
     cs = None if channel_scale is None else _aligned16(channel_scale.contiguous())
     with torch.cuda.device(x.device):
         _C.rotate_quant(x.data_ptr(), x.stride(0), _DTYPE[x.dtype], 0 if perm is None else perm.data_ptr(),
-                        perm is not None and perm.dtype == torch.int64, 0 if cs is None else cs.data_ptr(),
+                        0 if cs is None else cs.data_ptr(),
                         out.data_ptr(), out.stride(0), scales.data_ptr(), m, k, block, fmt, qmax,
                         x.device.index, _stream(x.device), gemm_order)
     return out, scales
