@@ -143,8 +143,9 @@ A16_SHAPES = [("pixart attn qkv/o", 1152, 1152), ("flux attn qkv", 3072, 3072), 
               ("flux mlp fc2", 12288, 3072)]
 
 
-def bench_a16_paths(layer, k, n, m, copy_bw, bits=4):
-    """Weight-only forward at M tokens: token path vs weight path vs bf16 (see the module docstring, item 4)."""
+def path_inputs(layer, k, n, m, bits):
+    """The inputs of the path comparisons (items 4 and 5): a TLQ codebook, a pool of random packed N x K weights with
+    per-channel scales, its bytes, bf16 tokens [M, K], and the result row's keys."""
     torch.manual_seed(0)
     block = default_block(k)
     cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
@@ -153,7 +154,12 @@ def bench_a16_paths(layer, k, n, m, copy_bw, bits=4):
     del codes
     wbytes = w(0)[0].numel() + 4 * n
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    r = {"layer": layer, "M": m, "K": k, "N": n, "bits": bits, "block": block}
+    return block, cb, w, wbytes, x, {"layer": layer, "M": m, "K": k, "N": n, "bits": bits, "block": block}
+
+
+def bench_a16_paths(layer, k, n, m, copy_bw, bits=4):
+    """Weight-only forward at M tokens: token path vs weight path vs bf16 (see the module docstring, item 4)."""
+    block, cb, w, wbytes, x, r = path_inputs(layer, k, n, m, bits)
 
     def token_path(p):
         return gemm_a16_triton(ops.rotate(x, None, None, block), p[0], p[1], cb, bits, 0, None)
@@ -181,15 +187,7 @@ A8_SHAPES = [("pixart mlp fc1", 1152, 4608), ("flux attn qkv", 3072, 3072), ("fl
 
 def bench_a8_paths(layer, k, n, m, bits, copy_bw):
     """W·A8 forward at M tokens: kernel path vs weight path vs bf16 and FP8 cuBLAS (module docstring, item 5)."""
-    torch.manual_seed(0)
-    block = default_block(k)
-    cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
-    codes = torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8)
-    w = pool_of((pack_codes(codes, bits), torch.rand(n, device="cuda") + 0.5))
-    del codes
-    wbytes = w(0)[0].numel() + 4 * n
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    r = {"layer": layer, "M": m, "K": k, "N": n, "bits": bits, "block": block}
+    block, cb, w, wbytes, x, r = path_inputs(layer, k, n, m, bits)
 
     def kernel_path(p):
         xc, sx = cuda_kernels.rotate_quant_cuda(x, None, None, block, "fp8", 8, gemm_order=True)

@@ -28,16 +28,22 @@ int code3(const uint4& r, int i) {
   return lo2 | (hi << 2);
 }
 
+// A random codebook: 16 e4m3 bytes, sign bit included (a permute's sign-replicate mode would show up as 0x00 /
+// 0xFF), and the first 2^bits of them as the decoders' four words.
+void random_table(int bits, uint8_t (&table_bytes)[16], uint32_t (&t)[4]) {
+  for (auto& w : t) w = 0;
+  for (int e = 0; e < 16; ++e) {
+    table_bytes[e] = static_cast<uint8_t>(rand32());
+    if (e < (1 << bits)) t[e / 4] |= static_cast<uint32_t>(table_bytes[e]) << (8 * (e % 4));
+  }
+}
+
 int check(int bits, int trials) {
   int bad = 0;
   for (int trial = 0; trial < trials; ++trial) {
     uint8_t table_bytes[16];
-    uint32_t t[4] = {0, 0, 0, 0};
-    for (int e = 0; e < 16; ++e) {
-      // random e4m3 bytes, sign bit included (a permute's sign-replicate mode would show up as 0x00 / 0xFF)
-      table_bytes[e] = static_cast<uint8_t>(rand32());
-      if (e < (1 << bits)) t[e / 4] |= static_cast<uint32_t>(table_bytes[e]) << (8 * (e % 4));
-    }
+    uint32_t t[4];
+    random_table(bits, table_bytes, t);
     uint4 rows[2];
     for (auto& r : rows) r = make_uint4(rand32(), rand32(), rand32(), bits == 4 ? rand32() : 0u);
     if (trial == 0) rows[0] = make_uint4(0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, bits == 4 ? 0xFFFFFFFFu : 0u);
@@ -64,11 +70,8 @@ int check_natural(int bits, int trials) {
   int bad = 0;
   for (int trial = 0; trial < trials; ++trial) {
     uint8_t table_bytes[16];
-    uint32_t t[4] = {0, 0, 0, 0};
-    for (int e = 0; e < 16; ++e) {
-      table_bytes[e] = static_cast<uint8_t>(rand32());
-      if (e < (1 << bits)) t[e / 4] |= static_cast<uint32_t>(table_bytes[e]) << (8 * (e % 4));
-    }
+    uint32_t t[4];
+    random_table(bits, table_bytes, t);
     const uint4 row = make_uint4(rand32(), rand32(), rand32(), bits == 4 ? rand32() : 0u);
     uint32_t out[8];
     if (bits == 4) {
