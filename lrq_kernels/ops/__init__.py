@@ -274,9 +274,9 @@ def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor,
     n = check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
     if _a8_weight_path(x_codes.device, x_codes.shape[0], k, n, bits, group_size, x_codes.dtype, out_dtype):
         w8 = decode_weight_e4m3(packed, codebook, bits, k)
-        return torch._scaled_mm(x_codes.contiguous(), w8.t(), scale_a=x_scales.reshape(-1, 1),
-                                scale_b=w_scales.reshape(1, -1), bias=None if bias is None else bias.to(out_dtype),
-                                out_dtype=out_dtype)
+        return torch._scaled_mm(x_codes.contiguous(), w8.t(), scale_a=x_scales.contiguous().reshape(-1, 1),
+                                scale_b=w_scales.contiguous().reshape(1, -1),
+                                bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype)
     backend = _pick("gemm_a8", x_codes.device, fp8=x_codes.dtype == torch.float8_e4m3fn, m=x_codes.shape[0], k=k,
                     n=packed.shape[0], bits=bits, group=group_size, dtype=x_codes.dtype)
     if backend == "cuda":
