@@ -270,7 +270,9 @@ def hadamard_quant(x: torch.Tensor, rotation=None, a_format: str = "fp8", a_bits
 def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor, w_scales: torch.Tensor,
             codebook: torch.Tensor, bits: int, k: int, group_size: int, bias: Optional[torch.Tensor],
             out_dtype: torch.dtype) -> torch.Tensor:
-    """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias, in out_dtype (group_size 0: per-channel scales)."""
+    """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias, in out_dtype (group_size 0: per-channel scales). From
+    A8_DEQUANT_MIN_M tokens on a GPU (_a8_weight_path) it is cuBLAS's FP8 GEMM on decode_weight_e4m3's matrix with
+    x_scales and w_scales as row-wise scales; else the GEMM kernel that decodes codes between its MMAs."""
     n = check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
     if _a8_weight_path(x_codes.device, x_codes.shape[0], k, n, bits, group_size, x_codes.dtype, out_dtype):
         w8 = decode_weight_e4m3(packed, codebook, bits, k)
@@ -278,7 +280,7 @@ def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor,
                                 scale_b=w_scales.contiguous().reshape(1, -1),
                                 bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype)
     backend = _pick("gemm_a8", x_codes.device, fp8=x_codes.dtype == torch.float8_e4m3fn, m=x_codes.shape[0], k=k,
-                    n=packed.shape[0], bits=bits, group=group_size, dtype=x_codes.dtype)
+                    n=n, bits=bits, group=group_size, dtype=x_codes.dtype)
     if backend == "cuda":
         return cuda_kernels.gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias,
                                          out_dtype)
