@@ -4,6 +4,7 @@
 // logic and K order on a machine without a GPU (tests/test_cuda_decode_host.py builds and runs it).
 #pragma once
 #include <cstdint>
+#include <cuda_fp8.h>
 #include <vector_types.h>    // uint4
 
 #if defined(__CUDACC__)
@@ -33,6 +34,18 @@ LRQ_HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   }
   return r;
 #endif
+}
+
+// Word w (0..3) of the decoders' table: codebook entries 4w .. 4w + 3 as e4m3 bytes (entries past 2^kBits are 0).
+template <int kBits> LRQ_HD uint32_t codebook_e4m3_word(const float* codebook, int w) {
+  uint32_t word = 0;
+#pragma unroll
+  for (int b = 0; b < 4; ++b) {
+    const int e = 4 * w + b;
+    const float v = e < (1 << kBits) ? codebook[e] : 0.f;
+    word |= static_cast<uint32_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3)) << (8 * b);
+  }
+  return word;
 }
 
 // (a & kMask) | c as one lop3 with c in a register (written in C, nvcc spent two instructions on it: the two

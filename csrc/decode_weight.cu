@@ -17,7 +17,6 @@
 #include "lrq.h"
 
 #include <algorithm>
-#include <cuda_fp8.h>
 
 namespace lrq {
 namespace {
@@ -30,15 +29,7 @@ __global__ void __launch_bounds__(kThreads) decode_weight_e4m3_kernel(
     const uint8_t* __restrict__ packed, int64_t row_bytes, const float* __restrict__ codebook, int k,
     uint32_t pieces_per_row, uint32_t pieces, uint8_t* __restrict__ out) {
   __shared__ uint32_t table[4];
-  if (threadIdx.x < 4) {
-    uint32_t word = 0;
-    for (int b = 0; b < 4; ++b) {
-      const int e = 4 * threadIdx.x + b;
-      const float v = e < (1 << kBits) ? codebook[e] : 0.f;
-      word |= static_cast<uint32_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3)) << (8 * b);
-    }
-    table[threadIdx.x] = word;
-  }
+  if (threadIdx.x < 4) table[threadIdx.x] = codebook_e4m3_word<kBits>(codebook, threadIdx.x);
   __syncthreads();
   const uint32_t t[4] = {table[0], table[1], table[2], table[3]};
 

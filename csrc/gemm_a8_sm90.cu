@@ -263,16 +263,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   // lane, or read from one address, the words are provably the same in a warp, and ptxas kept them in uniform
   // registers and copied one into a vector register for every byte permute: 32 IMAD a step.)
   uint32_t* const table_smem = reinterpret_cast<uint32_t*>(smem_out + M::kOutBytes + 2 * kStages * 8);
-  if (ctid < 32) {
-    uint32_t word = 0;
-#pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      const int e = 4 * (ctid & 3) + b;
-      const float v = e < (1 << kBits) ? codebook[e] : 0.f;
-      word |= static_cast<uint32_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3)) << (8 * b);
-    }
-    table_smem[ctid] = word;
-  }
+  if (ctid < 32) table_smem[ctid] = codebook_e4m3_word<kBits>(codebook, ctid & 3);
   consumer_barrier();
   uint32_t table[4];
 #pragma unroll
