@@ -1,14 +1,20 @@
 // The block Hadamard of the rotation kernels (rotate_quant.cu on activations, unrotate_weight.cu on weights):
-// the thread layout, the 16-byte load/store helpers, and the butterflies in the reference's order
+// the thread layouts, the 16-byte load/store helpers, and the butterflies in the reference's order
 // (lrq_kernels/reference/hadamard.py: bit 0 of the index first, lower = a + b, upper = a - b, then one float32
 // multiply by 1/sqrt(B)), so that both kernels are bit-equal to the reference.
 //
-// Layout. A CTA owns R whole rows (tokens, or weight rows), flattened to e = r * K + c. Thread (warp w, lane l)
-// holds V vectors of 8 contiguous values, vector i at e = ((w * V + i) * 32 + l) * 8 + j (j = 0..7), so every load
-// and store is 16 bytes wide and a warp's accesses are contiguous. The Hadamard block B is a power of two dividing
-// K, so the bits of e below log2(B) are the index inside the block, and each butterfly stage pairs elements whose
-// e differs in one bit:  bits 0-2 -> inside a vector (registers),  bits 3-7 -> lanes (__shfl_xor_sync),
-// bits 8.. -> vectors of the same thread (registers), then warps (shared memory, only for B > 256 * V).
+// A CTA owns R whole rows (tokens, or weight rows), flattened to e = r * K + c. The Hadamard block B is a power of
+// two dividing K, so the bits of e below log2(B) are the index inside the block, and each butterfly stage pairs
+// elements whose e differs in one bit. Two layouts of the values on the threads:
+// - Strided vectors (unrotate_weight.cu; block_hadamard). Thread (warp w, lane l) holds V vectors of 8 contiguous
+//   values, vector i at e = ((w * V + i) * 32 + l) * 8 + j (j = 0..7), so a warp's 16-byte accesses are
+//   contiguous. Stages: bits 0-2 inside a vector (registers), bits 3-7 lanes (__shfl_xor_sync), bits 8.. vectors
+//   of the same thread (registers), then warps (shared memory, only for B > 256 * V).
+// - Contiguous chunks (rotate_quant.cu; chunk_hadamard). Thread t holds the 8V values e = t * 8V + n (n = 0..8V-1),
+//   vector i = values 8i..8i+7. Stages: bits 0..2+log2(V) in registers, the next 5 bits lanes, then warps. A chunk
+//   never straddles two rows when 8V divides K, so a thread has one row, one column, one address, where a strided
+//   thread had V of each (the per-vector row, liveness and address work was about 13 of rotate_quant's 31.5
+//   instructions a value: ncu, session 12).
 #pragma once
 #include "common.cuh"
 #include <algorithm>
@@ -25,7 +31,7 @@ template <> struct Bounds<4> { static constexpr int kThreads = 512, kMinBlocks =
 template <> struct Bounds<8> { static constexpr int kThreads = 256, kMinBlocks = 2; };
 
 inline int max_threads_for_v(int v) {
-  return v == 2 ? Bounds<2>::kThreads : (v == 4 ? Bounds<4>::kThreads : Bounds<8>::kThreads);
+  return v <= 2 ? Bounds<2>::kThreads : (v == 4 ? Bounds<4>::kThreads : Bounds<8>::kThreads);
 }
 
 // Eight values as floats from 16-byte loads: load8 from global memory (read-only path), load8_shared from shared
@@ -156,6 +162,73 @@ __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, floa
   }
 }
 
+// The same transform on the contiguous-chunk layout: v[i][j] is value n = 8i + j of the thread's chunk at e0 (e0 =
+// t * 8V). Bits 0..2+log2(V) of e are n (registers), the next 5 the lane, the rest the warp (through `exchange`,
+// with two CTA barriers a stage, so every thread of the CTA must call this). The stages run bit 0 first, as in
+// block_hadamard, so the sums are the same floats.
+template <int V, bool kNormalize = true>
+__device__ __forceinline__ void chunk_hadamard(float (&v)[V][8], int log_b, float norm, int lane, int e0,
+                                               float* exchange, int cta_elems) {
+  constexpr int kLogV = V == 1 ? 0 : V == 2 ? 1 : V == 4 ? 2 : 3;
+  static_assert((1 << kLogV) == V, "V must be 1, 2, 4 or 8");
+#pragma unroll
+  for (int s = 0; s < 3; ++s) {
+    if (s >= log_b) break;
+    const int h = 1 << s;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (!(j & h)) { float a = v[i][j], b = v[i][j + h]; v[i][j] = a + b; v[i][j + h] = a - b; }
+  }
+#pragma unroll
+  for (int s = 3; s < 3 + kLogV; ++s) {
+    if (s >= log_b) break;
+    const int hv = 1 << (s - 3);
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      if (!(i & hv))
+#pragma unroll
+        for (int j = 0; j < 8; ++j) { float a = v[i][j], b = v[i + hv][j]; v[i][j] = a + b; v[i + hv][j] = a - b; }
+  }
+#pragma unroll
+  for (int s = 3 + kLogV; s < 8 + kLogV; ++s) {
+    if (s >= log_b) break;
+    const int h = 1 << (s - 3 - kLogV);
+    // lower: v + p, upper: p - v, as one fma by +-1 (exact multiply, one rounding: the same float as the add)
+    const float sign = (lane & h) ? -1.f : 1.f;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], __shfl_xor_sync(0xffffffffu, v[i][j], h));
+  }
+  for (int s = 8 + kLogV; s < log_b; ++s) {          // across warps: one shared-memory round trip a stage
+    const int h = 1 << s;                            // > 8V: the partner chunk starts at e0 ^ h
+    const bool owner = e0 < cta_elems;
+    if (owner)
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) exchange[e0 + 8 * i + j] = v[i][j];
+    __syncthreads();
+    if (owner) {
+      const float sign = (e0 & h) ? -1.f : 1.f;
+      const float* partner = exchange + (e0 ^ h);
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], partner[8 * i + j]);
+    }
+    __syncthreads();
+  }
+  if (kNormalize && log_b > 0) {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], norm);
+  }
+}
+
 // Vectors a thread (V) and rows a CTA (R) for width K and block B, with the CTA's thread count. V, from two runs
 // of bench_cuda.py on the H100 (V = 2 everywhere, then V = 4):
 //   blocks <= 512 with K <= 8192: V = 2 (8192 x 4608: 71% of copy at V = 2, 59% at V = 4; 8858 x 2432: 70%, 57%);
@@ -164,9 +237,10 @@ __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, floa
 // Rows a CTA: about 128 threads' worth of work, then more while over 1/16 of the last warp's lanes would idle
 // (K = 1152 at V = 2: 72 slots a row, 3 rows fill 7 warps where 1 row left a quarter of 3 warps idle).
 struct Tiling { int v, rows, threads; };
-inline Tiling tiling_for(int64_t k, int block) {
+inline int default_v(int64_t k, int block) { return block >= 2048 ? 8 : (block <= 512 && k <= 8192 ? 2 : 4); }
+inline Tiling tiling_with_v(int64_t k, int v) {
   Tiling t{};
-  t.v = block >= 2048 ? 8 : (block <= 512 && k <= 8192 ? 2 : 4);
+  t.v = v;
   const int64_t per_row = (k + 8 * t.v - 1) / (8 * t.v);       // thread slots a row needs
   const auto threads_for = [&](int64_t rows) { return ((rows * k + 8 * t.v - 1) / (8 * t.v) + 31) / 32 * 32; };
   int64_t rows = std::max<int64_t>(1, std::min<int64_t>(kMaxRowsPerCta, 128 / per_row));
@@ -178,6 +252,7 @@ inline Tiling tiling_for(int64_t k, int block) {
   t.threads = static_cast<int>(threads_for(rows));
   return t;
 }
+inline Tiling tiling_for(int64_t k, int block) { return tiling_with_v(k, default_v(k, block)); }
 
 inline int log2_of(int block) {
   int log_b = 0;

@@ -47,31 +47,46 @@ __device__ __forceinline__ uint32_t quantize_pair(float y0, float y1, float qmax
 //   [exchange_offset, ...)     R * K floats for butterfly stages across warps (blocks over 256 * V only).
 struct Layout { int stages, ring_offset, exchange_offset; int64_t stage_elems; };
 
+// Where piece q (16 bytes) of a thread's chunk sits in the ring: piece q ^ swizzle of the chunk's place. The 8
+// lanes of a 16-byte shared-memory phase then hit 8 different 16-byte bank groups; unswizzled, chunks of 32, 64 or
+// 128 bytes would put 2, 4 or 8 of them on one group. P: pieces a chunk (a power of two).
+template <int P>
+__device__ __forceinline__ int piece_swizzle(int t) {
+  if constexpr (P >= 8) return t & 7;
+  else return (t * P >> 3) & (P - 1);
+}
+
 // LOG_B: log2 of the Hadamard block, fixed at compile time for the blocks and V that dispatch_v lists (0: read
 // from log_b_arg). With it fixed, the stage loops have no exits, so the butterflies need no branches and no register
 // copies back to the loop's registers (ncu, session 6: branches and copies were ~5 of 36 instructions a value).
+//
+// Layout: contiguous chunks (hadamard.cuh). Thread t owns the 8V values e = t * 8V ... of its CTA's R tokens, all in
+// one token (the launcher picks V with 8V dividing K): one token, one column, one address a thread.
 //
 // The grid is persistent: CTA b takes the token groups b, b + gridDim.x, ... and keeps the input of the next
 // `stages - 1` groups in flight (cp.async into a shared-memory ring) while it rotates and quantizes the current
 // one. One-shot CTAs (session 6-11 kernel) had no load in flight while they computed: 56-73% of copy bandwidth
 // on the H200, long-scoreboard stalls 33% (ncu, session 11). Every thread copies exactly the 16-byte pieces it
 // later reads, so the plain path needs no barrier between a copy and its use; the ARS gather reads other
-// threads' pieces and waits at a barrier first.
+// threads' pieces (unswizzled) and waits at a barrier first.
 template <typename T, int V, int FMT, int LOG_B>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(
     const T* __restrict__ x, int64_t stride_x, const int32_t* __restrict__ perm,
     const float* __restrict__ channel_scale, void* __restrict__ out, int64_t stride_out,
     float* __restrict__ scales, int64_t m, int k, int log_b_arg, int tokens_per_cta, Layout lay, float norm,
     float qmax, bool gemm_order) {
+  constexpr int kVals = 8 * V;                                // values a thread
+  constexpr int kPer = 16 / sizeof(T);                        // values a 16-byte piece
+  constexpr int kPieces = kVals / kPer;                       // pieces a chunk
   const int log_b = LOG_B ? LOG_B : log_b_arg;
   extern __shared__ __align__(16) float smem[];
   unsigned* amax_sets = reinterpret_cast<unsigned*>(smem);   // [2][kMaxTokensPerCta]
   T* ring = reinterpret_cast<T*>(smem + lay.ring_offset);     // [stages][R * K]
   float* exchange = smem + lay.exchange_offset;               // [R * K]
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
   const int cta_elems = tokens_per_cta * k;
   const int groups = static_cast<int>((m + tokens_per_cta - 1) / tokens_per_cta);   // < 2^31 (launcher)
-  constexpr int kPieces = 8 * sizeof(T) / 16;                 // 16-byte pieces of a vector of 8 values
+  const int stage_elems = static_cast<int>(lay.stage_elems);
   // Tokens of the group starting at row0 that exist (the last group may be partial).
   const auto live_tokens_at = [&](int64_t row0) {
     return static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), m - row0));
@@ -79,24 +94,25 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
 
   if (threadIdx.x < 2 * kMaxTokensPerCta) amax_sets[threadIdx.x] = 0u;
 
-  // A slot past the CTA's R * K elements has tok >= R, so `tok < live tokens` tells the slots to compute.
-  int tok[V], col[V];
-  vector_slots<V>(k, lane, warp, tok, col);
+  // This thread's chunk: values e0 .. e0 + 8V - 1 of the CTA's tokens, token `tok`, columns col ... A thread past
+  // the CTA's R * K elements gets tok >= R, so `tok < live tokens` tells the threads that compute.
+  const int e0 = threadIdx.x * kVals;
+  const int tok = e0 / k, col = e0 - tok * k;
+  const int swizzle = perm != nullptr ? 0 : piece_swizzle<kPieces>(threadIdx.x);
+  const T* x_chunk = x + tok * stride_x + col;
+  // A warp whose 32 chunks are one token's reduces its amax in registers and takes one shared atomic.
+  const bool warp_one_token = __all_sync(0xffffffffu, tok == __shfl_sync(0xffffffffu, tok, 0));
 
   // Copies group `grp`'s input into ring stage `slot` (nothing past the last group: an empty commit group keeps
-  // the count of groups in flight the same on every iteration). Slot e of a stage is element e = tok * K + col.
+  // the count of groups in flight the same on every iteration).
   auto fetch = [&](int grp, int slot) {
     if (grp < groups) {
       const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
-      const int live_tokens = live_tokens_at(row0);
-      T* stage = ring + slot * lay.stage_elems;
+      if (tok < live_tokens_at(row0)) {
+        const T* src = x_chunk + row0 * stride_x;
+        T* dst = ring + slot * stage_elems + e0;
 #pragma unroll
-      for (int i = 0; i < V; ++i) {
-        if (tok[i] >= live_tokens) continue;
-        const T* src = x + (row0 + tok[i]) * stride_x + col[i];
-        T* dst = stage + tok[i] * k + col[i];
-#pragma unroll
-        for (int q = 0; q < kPieces; ++q) cp_async16(dst + q * (16 / sizeof(T)), src + q * (16 / sizeof(T)));
+        for (int q = 0; q < kPieces; ++q) cp_async16(dst + (q ^ swizzle) * kPer, src + q * kPer);
       }
     }
     cp_async_commit();
@@ -107,37 +123,47 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   int slot = 0, parity = 0;
   for (int grp = blockIdx.x; grp < groups; grp += gridDim.x) {
     const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
-    const int live_tokens = live_tokens_at(row0);
+    const bool live = tok < live_tokens_at(row0);
     unsigned* amax_bits = amax_sets + parity * kMaxTokensPerCta;
-    bool live[V];
-#pragma unroll
-    for (int i = 0; i < V; ++i) live[i] = tok[i] < live_tokens;
 
     cp_async_wait_pending(lay.stages - 2);                    // this group's copies (this thread's) have landed
     if (perm != nullptr) __syncthreads();                     // ... and every thread's, for the gather
-    const T* stage = ring + slot * lay.stage_elems;
+    const T* stage = ring + slot * stage_elems;
     float v[V][8];
+    if (!live) {
 #pragma unroll
-    for (int i = 0; i < V; ++i) {
-      if (!live[i]) {
+      for (int i = 0; i < V; ++i)
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
-        continue;
-      }
+    } else {
       if (perm == nullptr) {
-        load8_shared<T>(stage + tok[i] * k + col[i], v[i]);
-      } else {
-        int idx[8];
-        load_perm8(perm, col[i], idx);
-        const T* srow = stage + tok[i] * k;
+        const uint4* chunk = reinterpret_cast<const uint4*>(stage + e0);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) v[i][j] = to_float<T>(srow[idx[j]]);
+        for (int i = 0; i < V; ++i) {
+          constexpr int kVecPieces = 8 / kPer;
+          uint4 u[kVecPieces];
+#pragma unroll
+          for (int q = 0; q < kVecPieces; ++q) u[q] = chunk[(i * kVecPieces + q) ^ swizzle];
+          unpack8<T>(u, v[i]);
+        }
+      } else {
+        const T* srow = stage + tok * k;
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          int idx[8];
+          load_perm8(perm, col + 8 * i, idx);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) v[i][j] = to_float<T>(srow[idx[j]]);
+        }
       }
       if (channel_scale != nullptr) {
-        float s[8];
-        load8<float>(channel_scale + col[i], s);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], s[j]);
+        for (int i = 0; i < V; ++i) {
+          float s[8];
+          load8<float>(channel_scale + col + 8 * i, s);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], s[j]);
+        }
       }
     }
     // Refill the stage read on the previous iteration. Plain path: only this thread read it, and its values were
@@ -152,39 +178,27 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     // (4608 x 12288: 76% -> 83% of copy; 32760 x 5120: 80% -> 87%), 0.97x on 8192 x 4608 (the amax path alone),
     // H200, results/ab_rq_fold.md (session 14).
     constexpr bool kFoldNorm = FMT != kSame && LOG_B > 0 && LOG_B % 2 == 0;
-    block_hadamard<V, !kFoldNorm>(v, log_b, norm, lane, warp, exchange, cta_elems);
+    chunk_hadamard<V, !kFoldNorm>(v, log_b, norm, lane, e0, exchange, cta_elems);
 
     if constexpr (FMT == kSame) {
+      if (live) {
+        T* dst = static_cast<T*>(out) + (row0 + tok) * stride_out + col;
 #pragma unroll
-      for (int i = 0; i < V; ++i)
-        if (live[i]) store8<T>(static_cast<T*>(out) + (row0 + tok[i]) * stride_out + col[i], v[i]);
+        for (int i = 0; i < V; ++i) store8<T>(dst + 8 * i, v[i]);
+      }
     } else {
       // Per-token absmax. The bit patterns of |v| order like the values, and a NaN's (0x7FC00000) sorts above
       // +inf, so an integer max keeps NaN as the reference's amax does (fmaxf would drop it).
-      if (tokens_per_cta == 1) {
-        // Every slot of the CTA is token 0's or past it (zeros: their blocks never mix with token 0's), so one
-        // reduction and one atomic a warp (the per-vector vote below cost ~6 instructions a vector: ncu, session 12).
-        unsigned mx = 0u;
+      unsigned mx = 0u;
 #pragma unroll
-        for (int i = 0; i < V; ++i)
+      for (int i = 0; i < V; ++i)
 #pragma unroll
-          for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
+        for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
+      if (warp_one_token) {
         mx = __reduce_max_sync(0xffffffffu, mx);
-        if (lane == 0) atomicMax(&amax_bits[0], mx);
-      } else {
-#pragma unroll
-        for (int i = 0; i < V; ++i) {
-          unsigned mx = 0u;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
-          const bool one_token = __all_sync(0xffffffffu, tok[i] == __shfl_sync(0xffffffffu, tok[i], 0));
-          if (one_token) {
-            mx = __reduce_max_sync(0xffffffffu, mx);
-            if (lane == 0 && live[i]) atomicMax(&amax_bits[tok[i]], mx);   // lane 0's slot is the warp's first
-          } else if (live[i]) {
-            atomicMax(&amax_bits[tok[i]], mx);
-          }
-        }
+        if (lane == 0 && live) atomicMax(&amax_bits[tok], mx);
+      } else if (live) {
+        atomicMax(&amax_bits[tok], mx);
       }
       __syncthreads();
       // One IEEE division a token (not a vector). The inverse scale replaces the amax bits in place. The other
@@ -201,23 +215,25 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         amax_sets[(parity ^ 1) * kMaxTokensPerCta + threadIdx.x] = 0u;
       }
       __syncthreads();
+      if (live) {
+        const float inv = inv_scale[tok];
+        uint8_t* dst = static_cast<uint8_t*>(out) + (row0 + tok) * stride_out;
 #pragma unroll
-      for (int i = 0; i < V; ++i) {
-        if (!live[i]) continue;
-        const float inv = inv_scale[tok[i]];
-        uint32_t w[4];
+        for (int i = 0; i < V; ++i) {
+          uint32_t w[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-          w[j] = quantize_pair<FMT>(__fmul_rn(v[i][2 * j], inv), __fmul_rn(v[i][2 * j + 1], inv), qmax);
-        const uint32_t lo = w[0] | (w[1] << 16), hi = w[2] | (w[3] << 16);
-        uint8_t* dst = static_cast<uint8_t*>(out) + (row0 + tok[i]) * stride_out;
-        if (gemm_order) {
-          // the W4A8 GEMM's K order (gemm_a8_sm90.cu): K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in its 128
-          const int c = col[i] & 127, base = col[i] - c + 32 * ((c >> 3) & 3) + 4 * (c >> 5);
-          *reinterpret_cast<uint32_t*>(dst + base) = lo;
-          *reinterpret_cast<uint32_t*>(dst + base + 16) = hi;
-        } else {
-          *reinterpret_cast<uint2*>(dst + col[i]) = make_uint2(lo, hi);
+          for (int j = 0; j < 4; ++j)
+            w[j] = quantize_pair<FMT>(__fmul_rn(v[i][2 * j], inv), __fmul_rn(v[i][2 * j + 1], inv), qmax);
+          const uint32_t lo = w[0] | (w[1] << 16), hi = w[2] | (w[3] << 16);
+          const int c = col + 8 * i;
+          if (gemm_order) {
+            // the W4A8 GEMM's K order (gemm_a8_sm90.cu): K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in its 128
+            const int r = c & 127, base = c - r + 32 * ((r >> 3) & 3) + 4 * (r >> 5);
+            *reinterpret_cast<uint32_t*>(dst + base) = lo;
+            *reinterpret_cast<uint32_t*>(dst + base + 16) = hi;
+          } else {
+            *reinterpret_cast<uint2*>(dst + c) = make_uint2(lo, hi);
+          }
         }
       }
       parity ^= 1;
@@ -228,14 +244,16 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
 
 struct Plan { int v, tokens, threads; size_t smem; Layout layout; };
 
-// V, tokens a CTA and threads: tiling_for (hadamard.cuh).
+// V, tokens a CTA and threads: tiling_with_v (hadamard.cuh) at the default V, halved until 8V divides K.
 // Ring stages: 4 where they fit in kRingBudget, down to 2 (the least a ring can be). With the ARS gather, 2: its
 // scattered shared-memory reads want more CTAs an SM rather than more groups in flight (4 stages took 1.05-1.09x
 // the time of the one-shot kernel on 3 of 6 shapes, session 12). x_bytes is x's element size.
 constexpr size_t kRingBudget = 96 * 1024;
 Plan plan_for(int64_t k, int block, int x_bytes, bool gather) {
   Plan p{};
-  const Tiling t = tiling_for(k, block);
+  int v = default_v(k, block);
+  while (k % (8 * v)) v /= 2;                                    // a chunk of 8V values inside one token
+  const Tiling t = tiling_with_v(k, v);
   p.v = t.v;
   p.tokens = t.rows;
   p.threads = t.threads;
@@ -283,6 +301,7 @@ template <typename T, int FMT>
 std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
   const int log_b = log2_of(a.block);
   switch (p.v) {
+    case 1: return launch<T, 1, FMT, 0>(a, p, log_b);
     case 2:
       if (log_b == 7) return launch<T, 2, FMT, 7>(a, p, log_b);
       if (log_b == 9) return launch<T, 2, FMT, 9>(a, p, log_b);
