@@ -44,51 +44,40 @@ __device__ __forceinline__ uint32_t quantize_pair(float y0, float y1, float qmax
 //   [0, 2 * kMaxTokensPerCta)  per-token |value| bits (max-reduced), then the inverse scales, two sets used by
 //                              alternate groups so that one group's readers never race the next group's writers;
 //   [ring_offset, ...)         `stages` copies of a group's R * K input values (x's dtype), filled by cp.async;
-//   [exchange_offset, ...)     R * K floats: the gathered, channel-scaled inputs (ARS), and the butterfly stages
-//                              across warps (blocks over 256 * V); absent when neither runs;
-//   [out_offset, ...)          the group's outputs (codes, or values in x's dtype), staged for the warps' stores:
-//                              warp w's at byte out_stride * (first element of w), so that where they share
-//                              `exchange` (out_stride 4) each warp's outputs stay inside its own values' floats.
-struct Layout { int stages, ring_offset, exchange_offset, out_offset, out_stride; int64_t stage_elems; };
+//   [exchange_offset, ...)     R * K floats for butterfly stages across warps (blocks over 256 * V only).
+struct Layout { int stages, ring_offset, exchange_offset; int64_t stage_elems; };
 
-// Where piece q (16 bytes) of thread t's chunk of P pieces sits: piece q ^ swizzle of the chunk's place. The 8
-// lanes of a 16-byte shared-memory phase then hit 8 different 16-byte bank groups; unswizzled, chunks of 32, 64 or
-// 128 bytes would put 2, 4 or 8 of them on one group. In pieces from the buffer's start.
+// Where piece q (16 bytes) of a lane's chunk of P pieces sits: piece q ^ swizzle(lane) of the chunk's place. The 8
+// lanes of a 16-byte shared-memory phase then hit 8 different 16-byte bank groups; unswizzled, chunks of 32 or 64
+// bytes put 2 or 4 of them on one group.
 template <int P>
-__device__ __forceinline__ int swizzled_piece(int t, int q) {
-  const int swizzle = P >= 8 ? (t & 7) : ((t * P >> 3) & (P - 1));
-  return t * P + (q ^ swizzle);
+__device__ __forceinline__ int piece_swizzle(int lane) {
+  return P >= 8 ? (lane & 7) : ((lane * P >> 3) & (P - 1));
 }
 
 // LOG_B: log2 of the Hadamard block, fixed at compile time for the blocks and V that dispatch_v lists (0: read
 // from log_b_arg). With it fixed, the stage loops have no exits, so the butterflies need no branches and no register
 // copies back to the loop's registers (ncu, session 6: branches and copies were ~5 of 36 instructions a value).
 //
-// Layout: contiguous chunks (hadamard.cuh). Thread t computes the 8V values e = t * 8V ... of its CTA's R tokens,
-// all in one token (the launcher picks V with 8V dividing K): one token, one column a thread. Global memory is
-// moved by warps, not threads: warp w copies in and stores out the elements of its 32 chunks, 16 bytes a lane,
-// consecutive lanes at consecutive addresses. (Each thread moving its own chunk took 1.09-1.27x the time of the
-// strided-vector kernel on the block-1024 shapes: half-used sectors on every load and store, results/ab_rq_chunk.md.)
-//
 // The grid is persistent: CTA b takes the token groups b, b + gridDim.x, ... and keeps the input of the next
 // `stages - 1` groups in flight (cp.async into a shared-memory ring) while it rotates and quantizes the current
 // one. One-shot CTAs (session 6-11 kernel) had no load in flight while they computed: 56-73% of copy bandwidth
-// on the H200, long-scoreboard stalls 33% (ncu, session 11). A warp's copies are read by the same warp only
-// (a warp barrier after the wait), but for the ARS gather, which reads the token's whole row (a CTA barrier).
+// on the H200, long-scoreboard stalls 33% (ncu, session 11). Every thread copies exactly the 16-byte pieces it
+// later reads, so the plain path needs no barrier between a copy and its use; the ARS gather reads other
+// threads' pieces and waits at a barrier first.
+//
+// Chunks of 16 values (L = 1, hadamard.cuh) where V >= 2: a chunk's two vectors share a token and a column, so the
+// per-vector bookkeeping halves, and blocks up to 256 take one lane stage fewer.
 template <typename T, int V, int FMT, int LOG_B>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(
     const T* __restrict__ x, int64_t stride_x, const int32_t* __restrict__ perm,
-    const float* __restrict__ channel_scale, void* __restrict__ out, float* __restrict__ scales, int64_t m, int k,
-    int log_b_arg, int tokens_per_cta, Layout lay, float norm, float qmax, bool gemm_order) {
-  constexpr int kVals = 8 * V;                                // values a thread
-  constexpr int kPer = 16 / sizeof(T);                        // values a 16-byte piece of x
-  constexpr int kPieces = kVals / kPer;                       // pieces a chunk of x
-  constexpr int kLogVals = V == 1 ? 3 : V == 2 ? 4 : V == 4 ? 5 : 6;
-  constexpr int kLogPer = sizeof(T) == 4 ? 2 : 3;
-  using OutT = typename std::conditional<FMT == kSame, T, uint8_t>::type;
-  constexpr int kOutPiece = kVals * sizeof(OutT) < 16 ? kVals * sizeof(OutT) : 16;   // bytes a lane stores at once
-  constexpr int kOutPieces = 32 * kVals * sizeof(OutT) / kOutPiece;                  // a warp's
-  using OutPiece = typename std::conditional<kOutPiece == 16, uint4, uint2>::type;
+    const float* __restrict__ channel_scale, void* __restrict__ out, int64_t stride_out,
+    float* __restrict__ scales, int64_t m, int k, int log_b_arg, int tokens_per_cta, Layout lay, float norm,
+    float qmax, bool gemm_order) {
+  constexpr int L = V >= 2 ? 1 : 0;                           // 2^L vectors a chunk
+  constexpr int kPer = 16 / sizeof(T);                        // values a 16-byte piece
+  constexpr int kVecPieces = 8 / kPer;                        // pieces a vector
+  constexpr int kChunkPieces = kVecPieces << L;
   const int log_b = LOG_B ? LOG_B : log_b_arg;
   extern __shared__ __align__(16) float smem[];
   unsigned* amax_sets = reinterpret_cast<unsigned*>(smem);   // [2][kMaxTokensPerCta]
@@ -97,40 +86,37 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int cta_elems = tokens_per_cta * k;
   const int groups = static_cast<int>((m + tokens_per_cta - 1) / tokens_per_cta);   // < 2^31 (launcher)
-  const int stage_elems = static_cast<int>(lay.stage_elems);
-  const bool remap = perm != nullptr || channel_scale != nullptr;   // ARS: gather and/or channel scales
-  const bool x_rows_packed = stride_x == k;
-  // Elements of the group starting at row0 that exist (the last group may be partial).
-  const auto live_elems_at = [&](int64_t row0) {
-    return static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), m - row0)) * k;
+  // Tokens of the group starting at row0 that exist (the last group may be partial).
+  const auto live_tokens_at = [&](int64_t row0) {
+    return static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), m - row0));
   };
 
   if (threadIdx.x < 2 * kMaxTokensPerCta) amax_sets[threadIdx.x] = 0u;
 
-  // This thread's chunk: values e0 .. e0 + 8V - 1 of the CTA's tokens, token `tok`, columns col ... A thread past
-  // the CTA's R * K elements gets tok >= R, so `tok < live tokens` tells the threads that compute. The warp's
-  // elements start at warp_e0.
-  const int e0 = threadIdx.x * kVals, warp_e0 = warp * 32 * kVals;
-  const int tok = e0 / k, col = e0 - tok * k;
-  OutT* warp_staged = reinterpret_cast<OutT*>(reinterpret_cast<char*>(smem + lay.out_offset) + warp_e0 * lay.out_stride);
-  // A warp whose 32 chunks are one token's reduces its amax in registers and takes one shared atomic.
-  const bool warp_one_token = __all_sync(0xffffffffu, tok == __shfl_sync(0xffffffffu, tok, 0));
+  // A slot past the CTA's R * K elements has tok >= R, so `tok < live tokens` tells the slots to compute.
+  int tok[V], col[V];
+  vector_slots<V, L>(k, lane, warp, tok, col);
+  // Element offset in a ring stage of piece q of vector u: swizzled inside its chunk on the plain path; in place for
+  // the gather, which reads the stage by column.
+  const int swizzle = perm != nullptr ? 0 : piece_swizzle<kChunkPieces>(lane);
+  const auto piece_at = [&](int u, int q) {
+    const int h = u & ((1 << L) - 1);
+    return tok[u] * k + col[u] - 8 * h + (((h * kVecPieces + q) ^ swizzle) * kPer);
+  };
 
-  // Copies group `grp`'s input into ring stage `slot`: piece p = lane + 32 j of the warp's elements, swizzled for
-  // the chunk reads on the plain path, in place for the gather (nothing past the last group: an empty commit group
-  // keeps the count of groups in flight the same on every iteration).
+  // Copies group `grp`'s input into ring stage `slot` (nothing past the last group: an empty commit group keeps
+  // the count of groups in flight the same on every iteration). Slot e of a stage is element e = tok * K + col.
   auto fetch = [&](int grp, int slot) {
     if (grp < groups) {
       const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
-      const int live_elems = live_elems_at(row0);
-      T* stage = ring + slot * stage_elems;
+      const int live_tokens = live_tokens_at(row0);
+      T* stage = ring + slot * lay.stage_elems;
 #pragma unroll
-      for (int j = 0; j < kPieces; ++j) {
-        const int e = warp_e0 + (lane + 32 * j) * kPer;
-        if (e >= live_elems) continue;
-        const T* src = x_rows_packed ? x + row0 * k + e : x + (row0 + e / k) * stride_x + e % k;
-        const int at = remap ? e : swizzled_piece<kPieces>(e >> kLogVals, (e >> kLogPer) & (kPieces - 1)) * kPer;
-        cp_async16(stage + at, src);
+      for (int i = 0; i < V; ++i) {
+        if (tok[i] >= live_tokens) continue;
+        const T* src = x + (row0 + tok[i]) * stride_x + col[i];
+#pragma unroll
+        for (int q = 0; q < kVecPieces; ++q) cp_async16(stage + piece_at(i, q), src + q * kPer);
       }
     }
     cp_async_commit();
@@ -141,75 +127,43 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   int slot = 0, parity = 0;
   for (int grp = blockIdx.x; grp < groups; grp += gridDim.x) {
     const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
-    const int live_elems = live_elems_at(row0);
-    const bool live = e0 < live_elems;
+    const int live_tokens = live_tokens_at(row0);
     unsigned* amax_bits = amax_sets + parity * kMaxTokensPerCta;
+    bool live[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) live[i] = tok[i] < live_tokens;
 
-    cp_async_wait_pending(lay.stages - 2);                    // this thread's copies of this group have landed
-    const T* stage = ring + slot * stage_elems;
+    cp_async_wait_pending(lay.stages - 2);                    // this group's copies (this thread's) have landed
+    if (perm != nullptr) __syncthreads();                     // ... and every thread's, for the gather
+    const T* stage = ring + slot * lay.stage_elems;
     float v[V][8];
-    if (!remap) {
-      __syncwarp();                                           // ... and its warp's
-      if (live) {
-        const uint4* pieces = reinterpret_cast<const uint4*>(stage);
 #pragma unroll
-        for (int i = 0; i < V; ++i) {
-          constexpr int kVecPieces = 8 / kPer;
-          uint4 u[kVecPieces];
-#pragma unroll
-          for (int q = 0; q < kVecPieces; ++q) u[q] = pieces[swizzled_piece<kPieces>(threadIdx.x, i * kVecPieces + q)];
-          unpack8<T>(u, v[i]);
-        }
-      }
-    } else {
-      // The gather, by the warp over its elements in coalesced vectors of 8 (perm and channel scales read 16 bytes
-      // a lane, consecutive lanes at consecutive columns), into `exchange` as float32, swizzled for the chunk reads.
-      __syncthreads();                                        // every warp's copies: a token's row is read whole
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const int e = warp_e0 + 8 * (lane + 32 * i);
-        if (e >= live_elems) continue;
-        const int t = e / k, c = e - t * k;
-        float g[8];
-        if (perm != nullptr) {
-          int idx[8];
-          load_perm8(perm, c, idx);
-          const T* srow = stage + t * k;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) g[j] = to_float<T>(srow[idx[j]]);
-        } else {
-          load8_shared<T>(stage + e, g);
-        }
-        if (channel_scale != nullptr) {
-          float s[8];
-          load8<float>(channel_scale + c, s);
-#pragma unroll
-          for (int j = 0; j < 8; ++j) g[j] = __fmul_rn(g[j], s[j]);
-        }
-        float4* dst = reinterpret_cast<float4*>(exchange);
-        const int q = (e & (kVals - 1)) >> 2;                 // 4-float piece of chunk e / kVals
-        dst[swizzled_piece<2 * V>(e >> kLogVals, q)] = make_float4(g[0], g[1], g[2], g[3]);
-        dst[swizzled_piece<2 * V>(e >> kLogVals, q + 1)] = make_float4(g[4], g[5], g[6], g[7]);
-      }
-      __syncwarp();
-      if (live) {
-        const float4* src = reinterpret_cast<const float4*>(exchange);
-#pragma unroll
-        for (int i = 0; i < V; ++i) {
-          const float4 lo = src[swizzled_piece<2 * V>(threadIdx.x, 2 * i)];
-          const float4 hi = src[swizzled_piece<2 * V>(threadIdx.x, 2 * i + 1)];
-          v[i][0] = lo.x; v[i][1] = lo.y; v[i][2] = lo.z; v[i][3] = lo.w;
-          v[i][4] = hi.x; v[i][5] = hi.y; v[i][6] = hi.z; v[i][7] = hi.w;
-        }
-      }
-    }
-    if (!live) {
-#pragma unroll
-      for (int i = 0; i < V; ++i)
+    for (int i = 0; i < V; ++i) {
+      if (!live[i]) {
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
+        continue;
+      }
+      if (perm == nullptr) {
+        uint4 u[kVecPieces];
+#pragma unroll
+        for (int q = 0; q < kVecPieces; ++q) u[q] = *reinterpret_cast<const uint4*>(stage + piece_at(i, q));
+        unpack8<T>(u, v[i]);
+      } else {
+        int idx[8];
+        load_perm8(perm, col[i], idx);
+        const T* srow = stage + tok[i] * k;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[i][j] = to_float<T>(srow[idx[j]]);
+      }
+      if (channel_scale != nullptr) {
+        float s[8];
+        load8<float>(channel_scale + col[i], s);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], s[j]);
+      }
     }
-    // Refill the stage read on the previous iteration. Plain path: only this warp read it, and its values were
+    // Refill the stage read on the previous iteration. Plain path: only this thread read it, and its values were
     // consumed then. Gather: every thread's reads of it came before this iteration's barrier.
     fetch(grp + (lay.stages - 1) * gridDim.x, slot == 0 ? lay.stages - 1 : slot - 1);
     slot = slot + 1 == lay.stages ? 0 : slot + 1;
@@ -221,26 +175,39 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     // (4608 x 12288: 76% -> 83% of copy; 32760 x 5120: 80% -> 87%), 0.97x on 8192 x 4608 (the amax path alone),
     // H200, results/ab_rq_fold.md (session 14).
     constexpr bool kFoldNorm = FMT != kSame && LOG_B > 0 && LOG_B % 2 == 0;
-    chunk_hadamard<V, !kFoldNorm>(v, log_b, norm, lane, e0, exchange, cta_elems);
+    block_hadamard<V, !kFoldNorm, L>(v, log_b, norm, lane, warp, exchange, cta_elems);
 
-    __syncwarp();                                             // the warp's stores of the previous group are done
     if constexpr (FMT == kSame) {
-      if (live)
 #pragma unroll
-        for (int i = 0; i < V; ++i) store8<T>(warp_staged + (e0 - warp_e0) + 8 * i, v[i]);
+      for (int i = 0; i < V; ++i)
+        if (live[i]) store8<T>(static_cast<T*>(out) + (row0 + tok[i]) * stride_out + col[i], v[i]);
     } else {
       // Per-token absmax. The bit patterns of |v| order like the values, and a NaN's (0x7FC00000) sorts above
       // +inf, so an integer max keeps NaN as the reference's amax does (fmaxf would drop it).
-      unsigned mx = 0u;
+      if (tokens_per_cta == 1) {
+        // Every slot of the CTA is token 0's or past it (zeros: their blocks never mix with token 0's), so one
+        // reduction and one atomic a warp (the per-vector vote below cost ~6 instructions a vector: ncu, session 12).
+        unsigned mx = 0u;
 #pragma unroll
-      for (int i = 0; i < V; ++i)
+        for (int i = 0; i < V; ++i)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
-      if (warp_one_token) {
+          for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
         mx = __reduce_max_sync(0xffffffffu, mx);
-        if (lane == 0 && live) atomicMax(&amax_bits[tok], mx);
-      } else if (live) {
-        atomicMax(&amax_bits[tok], mx);
+        if (lane == 0) atomicMax(&amax_bits[0], mx);
+      } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          unsigned mx = 0u;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
+          const bool one_token = __all_sync(0xffffffffu, tok[i] == __shfl_sync(0xffffffffu, tok[i], 0));
+          if (one_token) {
+            mx = __reduce_max_sync(0xffffffffu, mx);
+            if (lane == 0 && live[i]) atomicMax(&amax_bits[tok[i]], mx);   // lane 0's slot is the warp's first
+          } else if (live[i]) {
+            atomicMax(&amax_bits[tok[i]], mx);
+          }
+        }
       }
       __syncthreads();
       // One IEEE division a token (not a vector). The inverse scale replaces the amax bits in place. The other
@@ -257,42 +224,26 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         amax_sets[(parity ^ 1) * kMaxTokensPerCta + threadIdx.x] = 0u;
       }
       __syncthreads();
-      if (live) {
-        const float inv = inv_scale[tok];
 #pragma unroll
-        for (int i = 0; i < V; ++i) {
-          uint32_t w[4];
+      for (int i = 0; i < V; ++i) {
+        if (!live[i]) continue;
+        const float inv = inv_scale[tok[i]];
+        uint32_t w[4];
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
-            w[j] = quantize_pair<FMT>(__fmul_rn(v[i][2 * j], inv), __fmul_rn(v[i][2 * j + 1], inv), qmax);
-          const uint32_t lo = w[0] | (w[1] << 16), hi = w[2] | (w[3] << 16);
-          const int e = e0 - warp_e0 + 8 * i;                 // in the warp's elements (a multiple of 256)
-          if (gemm_order) {
-            // the W4A8 GEMM's K order (gemm_a8_sm90.cu): K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in its 128
-            // (a block of 128 columns is one of 128 elements: K % 128 == 0)
-            const int r = e & 127, base = e - r + 32 * ((r >> 3) & 3) + 4 * (r >> 5);
-            *reinterpret_cast<uint32_t*>(warp_staged + base) = lo;
-            *reinterpret_cast<uint32_t*>(warp_staged + base + 16) = hi;
-          } else {
-            *reinterpret_cast<uint2*>(warp_staged + e) = make_uint2(lo, hi);
-          }
+        for (int j = 0; j < 4; ++j)
+          w[j] = quantize_pair<FMT>(__fmul_rn(v[i][2 * j], inv), __fmul_rn(v[i][2 * j + 1], inv), qmax);
+        const uint32_t lo = w[0] | (w[1] << 16), hi = w[2] | (w[3] << 16);
+        uint8_t* dst = static_cast<uint8_t*>(out) + (row0 + tok[i]) * stride_out;
+        if (gemm_order) {
+          // the W4A8 GEMM's K order (gemm_a8_sm90.cu): K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in its 128
+          const int c = col[i] & 127, base = col[i] - c + 32 * ((c >> 3) & 3) + 4 * (c >> 5);
+          *reinterpret_cast<uint32_t*>(dst + base) = lo;
+          *reinterpret_cast<uint32_t*>(dst + base + 16) = hi;
+        } else {
+          *reinterpret_cast<uint2*>(dst + col[i]) = make_uint2(lo, hi);
         }
       }
       parity ^= 1;
-    }
-    // The warp stores its elements' outputs, coalesced; out's rows are packed (K apart), so element e of the group
-    // is out[row0 * K + e].
-    __syncwarp();
-    {
-      char* dst = reinterpret_cast<char*>(static_cast<OutT*>(out) + row0 * k + warp_e0);
-      const char* src = reinterpret_cast<const char*>(warp_staged);
-      const int live_bytes = (live_elems - warp_e0) * static_cast<int>(sizeof(OutT));
-#pragma unroll
-      for (int j = 0; j < (kOutPieces + 31) / 32; ++j) {
-        const int p = lane + 32 * j;
-        if ((kOutPieces % 32 == 0 || p < kOutPieces) && p * kOutPiece < live_bytes)
-          *reinterpret_cast<OutPiece*>(dst + p * kOutPiece) = *reinterpret_cast<const OutPiece*>(src + p * kOutPiece);
-      }
     }
   }
   cp_async_wait<0>();                                         // no copy outlives the CTA (empty groups only)
@@ -300,38 +251,29 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
 
 struct Plan { int v, tokens, threads; size_t smem; Layout layout; };
 
-// V, tokens a CTA and threads: tiling_with_v (hadamard.cuh) at the default V, halved until 8V divides K.
+// V, tokens a CTA and threads: tiling_for (hadamard.cuh).
 // Ring stages: 4 where they fit in kRingBudget, down to 2 (the least a ring can be). With the ARS gather, 2: its
 // scattered shared-memory reads want more CTAs an SM rather than more groups in flight (4 stages took 1.05-1.09x
-// the time of the one-shot kernel on 3 of 6 shapes, session 12). x_bytes and out_bytes: element sizes of x and of
-// the output (1 for codes).
+// the time of the one-shot kernel on 3 of 6 shapes, session 12). x_bytes is x's element size.
 constexpr size_t kRingBudget = 96 * 1024;
-Plan plan_for(int64_t k, int block, int x_bytes, int out_bytes, bool remap) {
+Plan plan_for(int64_t k, int block, int x_bytes, bool gather) {
   Plan p{};
   int v = default_v(k, block);
-  while (k % (8 * v)) v /= 2;                                    // a chunk of 8V values inside one token
+  if (k % 16) v = 1;                                             // V >= 2 takes chunks of 16 values (L = 1)
   const Tiling t = tiling_with_v(k, v);
   p.v = t.v;
   p.tokens = t.rows;
   p.threads = t.threads;
-  const bool exchange = remap || block > 256 * p.v;
+  const bool cross_warp = block > 256 * p.v;
   Layout& l = p.layout;
   l.stage_elems = p.tokens * k;
   const size_t stage_bytes = static_cast<size_t>(l.stage_elems) * x_bytes;
-  l.stages = remap ? 2 : 4;
+  l.stages = gather ? 2 : 4;
   while (l.stages > 2 && l.stages * stage_bytes > kRingBudget) --l.stages;
-  const auto floats = [](size_t bytes) { return static_cast<int>((bytes + 15) / 16 * 4); };   // 16-byte aligned
-  l.ring_offset = 2 * kMaxTokensPerCta;                          // 64 floats
-  l.exchange_offset = l.ring_offset + floats(l.stages * stage_bytes);
-  if (exchange) {
-    l.out_offset = l.exchange_offset;
-    l.out_stride = 4;
-    p.smem = sizeof(float) * (l.exchange_offset + l.stage_elems);
-  } else {
-    l.out_offset = l.exchange_offset;
-    l.out_stride = out_bytes;
-    p.smem = sizeof(float) * (l.out_offset + floats(static_cast<size_t>(l.stage_elems) * out_bytes));
-  }
+  l.ring_offset = 2 * kMaxTokensPerCta;                          // 16-byte aligned: 64 floats
+  const int64_t ring_floats = (l.stages * stage_bytes + 15) / 16 * 4;
+  l.exchange_offset = static_cast<int>(l.ring_offset + ring_floats);
+  p.smem = sizeof(float) * (l.exchange_offset + (cross_warp ? l.stage_elems : 0));
   return p;
 }
 
@@ -351,8 +293,8 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
     return "rotate_quant: M=" + std::to_string(a.m) + " is too large (token groups must fit in 31 bits)";
   const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
   kernel<<<static_cast<unsigned>(grid), p.threads, p.smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
-      static_cast<const T*>(a.x), a.stride_x, a.perm, a.channel_scale, a.out, a.scales, a.m, a.k, log_b, p.tokens,
-      p.layout, norm, a.qmax, a.gemm_order);
+      static_cast<const T*>(a.x), a.stride_x, a.perm, a.channel_scale, a.out, a.stride_out,
+      a.scales, a.m, a.k, log_b, p.tokens, p.layout, norm, a.qmax, a.gemm_order);
   return last_launch_error("rotate_quant_kernel");
 }
 
@@ -397,13 +339,11 @@ std::string rotate_quant_unsupported(int64_t k, int block) {
   if (block < 1 || (block & (block - 1)) || k % block)
     return "block must be a power of two dividing K=" + std::to_string(k) + ", got " + std::to_string(block);
   if (block > 16384) return "block must be <= 16384, got " + std::to_string(block);
-  for (bool remap : {false, true}) {                                 // fp32 in and out: the most shared memory
-    const Plan p = plan_for(k, block, /*x_bytes=*/4, /*out_bytes=*/4, remap);
-    const int max_threads = max_threads_for_v(p.v);
-    if (p.threads > max_threads)
-      return "K=" + std::to_string(k) + " needs more than " + std::to_string(max_threads) + " threads a CTA";
-    if (p.smem > 200 * 1024) return "K=" + std::to_string(k) + " needs too much shared memory";
-  }
+  const Plan p = plan_for(k, block, /*x_bytes=*/4, /*gather=*/false);   // fp32 x: the most shared memory
+  const int max_threads = max_threads_for_v(p.v);
+  if (p.threads > max_threads)
+    return "K=" + std::to_string(k) + " needs more than " + std::to_string(max_threads) + " threads a CTA";
+  if (p.smem > 200 * 1024) return "K=" + std::to_string(k) + " needs too much shared memory";
   return "";
 }
 
@@ -420,14 +360,10 @@ std::string rotate_quant(const RotateQuantArgs& a) {
   if (reinterpret_cast<uintptr_t>(a.perm) % 16) return "rotate_quant: perm must be 16-byte aligned";
   if (a.stride_x % 8 || a.stride_x < a.k)
     return "rotate_quant: x's row stride must be a multiple of 8 elements and >= K, got " + std::to_string(a.stride_x);
-  if (a.stride_out != a.k)
-    return "rotate_quant: out's rows must be packed (row stride K=" + std::to_string(a.k) + "), got " +
-           std::to_string(a.stride_out);
   why = set_device(a.device);
   if (!why.empty()) return why;
   const int x_bytes = a.x_dtype == kF32 ? 4 : 2;
-  const int out_bytes = a.out_format == kSame ? x_bytes : 1;
-  const Plan p = plan_for(a.k, a.block, x_bytes, out_bytes, a.perm != nullptr || a.channel_scale != nullptr);
+  const Plan p = plan_for(a.k, a.block, x_bytes, a.perm != nullptr);
   switch (a.x_dtype) {
     case kBF16: return dispatch_fmt<__nv_bfloat16>(a, p);
     case kF16: return dispatch_fmt<__half>(a, p);
