@@ -4,15 +4,11 @@
 // multiply by 1/sqrt(B)), so that both kernels are bit-equal to the reference.
 //
 // Layout. A CTA owns R whole rows (tokens, or weight rows), flattened to e = r * K + c. Thread (warp w, lane l)
-// holds V vectors of 8 contiguous values in V / 2^L chunks of 2^L vectors (C = 8 * 2^L contiguous values):
-// vector u = 2^L * i + h (chunk i, h-th vector in it) at e = ((w * V / 2^L + i) * 32 + l) * C + 8 h + j
-// (j = 0..7), so every load and store is 8 or 16 bytes wide and a warp's accesses cover a contiguous range. The
-// Hadamard block B is a power of two dividing K, so the bits of e below log2(B) are the index inside the block, and
-// each butterfly stage pairs elements whose e differs in one bit: bits 0-2 -> inside a vector, the next L bits ->
-// vectors of a chunk (registers), the next 5 -> lanes (__shfl_xor_sync), the next log2(V) - L -> chunks of the
-// same thread (registers), then warps (shared memory, only for B > 256 * V). L = 0 (unrotate_weight.cu) has one
-// vector a chunk; rotate_quant.cu takes L = 1 where 16 divides K: one lane stage fewer for blocks up to 256 * 2^L
-// ... / 2 and one row and column a chunk instead of a vector.
+// holds V vectors of 8 contiguous values, vector i at e = ((w * V + i) * 32 + l) * 8 + j (j = 0..7), so every load
+// and store is 16 bytes wide and a warp's accesses are contiguous. The Hadamard block B is a power of two dividing
+// K, so the bits of e below log2(B) are the index inside the block, and each butterfly stage pairs elements whose
+// e differs in one bit:  bits 0-2 -> inside a vector (registers),  bits 3-7 -> lanes (__shfl_xor_sync),
+// bits 8.. -> vectors of the same thread (registers), then warps (shared memory, only for B > 256 * V).
 #pragma once
 #include "common.cuh"
 #include <algorithm>
@@ -29,7 +25,7 @@ template <> struct Bounds<4> { static constexpr int kThreads = 512, kMinBlocks =
 template <> struct Bounds<8> { static constexpr int kThreads = 256, kMinBlocks = 2; };
 
 inline int max_threads_for_v(int v) {
-  return v <= 2 ? Bounds<2>::kThreads : (v == 4 ? Bounds<4>::kThreads : Bounds<8>::kThreads);
+  return v == 2 ? Bounds<2>::kThreads : (v == 4 ? Bounds<4>::kThreads : Bounds<8>::kThreads);
 }
 
 // Eight values as floats from 16-byte loads: load8 from global memory (read-only path), load8_shared from shared
@@ -78,30 +74,17 @@ __device__ __forceinline__ void store8(T* p, const float v[8]) {
 // Row and column of each of a thread's V vectors inside its CTA's R rows: one division for the first, then steps of
 // 256 elements (a division a vector cost ~15 instructions each, a tenth of rotate_quant's issue slots: ncu,
 // session 6). A slot past the CTA's R * K elements gets row >= R.
-// With L > 0 the vectors of a chunk share a row (C divides K, the launcher's condition).
-template <int V, int L = 0>
+template <int V>
 __device__ __forceinline__ void vector_slots(int k, int lane, int warp, int row[V], int col[V]) {
-  constexpr int kChunk = 8 << L, kPerChunk = 1 << L;
-  const int e0 = (warp * (V / kPerChunk) * 32 + lane) * kChunk;
+  const int e0 = ((warp * V) * 32 + lane) * 8;
   row[0] = e0 / k;
   col[0] = e0 - row[0] * k;
 #pragma unroll
-  for (int u = 1; u < V; ++u) {
-    if (u % kPerChunk) {                              // the next vector of the same chunk
-      row[u] = row[u - 1];
-      col[u] = col[u - 1] + 8;
-    } else {                                          // the next chunk: 32 chunks on
-      row[u] = row[u - kPerChunk];
-      col[u] = col[u - kPerChunk] + 32 * kChunk;
-      while (col[u] >= k) { col[u] -= k; ++row[u]; }
-    }
+  for (int i = 1; i < V; ++i) {
+    row[i] = row[i - 1];
+    col[i] = col[i - 1] + 256;
+    while (col[i] >= k) { col[i] -= k; ++row[i]; }
   }
-}
-
-// Element e of vector u of (warp, lane), in the layout above.
-template <int V, int L>
-__device__ __forceinline__ int vector_element(int u, int lane, int warp) {
-  return ((warp * (V >> L) + (u >> L)) * 32 + lane) * (8 << L) + 8 * (u & ((1 << L) - 1));
 }
 
 // v <- v H_B / sqrt(B) for every block of B = 2^log_b values (norm = 1/sqrt(B); log_b = 0 leaves v as it is).
@@ -109,11 +92,9 @@ __device__ __forceinline__ int vector_element(int u, int lane, int warp) {
 // across warps go through `exchange` (R * K floats of shared memory, cta_elems = R * K) with two CTA barriers each,
 // so every thread of the CTA must call this. kNormalize = false leaves out the final multiply by norm, for a caller
 // that folds an exact power-of-two norm into a later multiply.
-template <int V, bool kNormalize = true, int L = 0>
+template <int V, bool kNormalize = true>
 __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, float norm, int lane, int warp,
                                                float* exchange, int cta_elems) {
-  constexpr int kLogV = V == 1 ? 0 : V == 2 ? 1 : V == 4 ? 2 : 3;
-  static_assert((1 << kLogV) == V && L <= kLogV, "V must be 1, 2, 4 or 8, with 2^L vectors a chunk at most V");
 #pragma unroll
   for (int s = 0; s < 3; ++s) {
     if (s >= log_b) break;
@@ -124,24 +105,10 @@ __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, floa
       for (int j = 0; j < 8; ++j)
         if (!(j & h)) { float a = v[i][j], b = v[i][j + h]; v[i][j] = a + b; v[i][j + h] = a - b; }
   }
-  // vectors of a chunk (bits 3 .. 2 + L) and chunks of the thread (bits 8 + L .. 7 + log2 V): vector bit s - 3
-  // and s - 8 respectively
-  const auto vector_stage = [&](int hv) {
 #pragma unroll
-    for (int i = 0; i < V; ++i)
-      if (!(i & hv))
-#pragma unroll
-        for (int j = 0; j < 8; ++j) { float a = v[i][j], b = v[i + hv][j]; v[i][j] = a + b; v[i + hv][j] = a - b; }
-  };
-#pragma unroll
-  for (int s = 3; s < 3 + L; ++s) {
+  for (int s = 3; s < 8; ++s) {
     if (s >= log_b) break;
-    vector_stage(1 << (s - 3));
-  }
-#pragma unroll
-  for (int s = 3 + L; s < 8 + L; ++s) {
-    if (s >= log_b) break;
-    const int h = 1 << (s - 3 - L);
+    const int h = 1 << (s - 3);
     // lower: v + p, upper: p - v, as one fma by +-1 (exact multiply, one rounding: the same float as the add)
     const float sign = (lane & h) ? -1.f : 1.f;
 #pragma unroll
@@ -150,15 +117,21 @@ __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, floa
       for (int j = 0; j < 8; ++j) v[i][j] = __fmaf_rn(sign, v[i][j], __shfl_xor_sync(0xffffffffu, v[i][j], h));
   }
 #pragma unroll
-  for (int s = 8 + L; s < 8 + kLogV; ++s) {
-    if (s >= log_b) break;
-    vector_stage(1 << (s - 8));
+  for (int hv = 1; hv < V; hv <<= 1) {
+    if (8 + __ffs(hv) - 1 >= log_b) break;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      if (!(i & hv))
+#pragma unroll
+        for (int j = 0; j < 8; ++j) { float a = v[i][j], b = v[i + hv][j]; v[i][j] = a + b; v[i + hv][j] = a - b; }
   }
-  for (int s = 8 + kLogV; s < log_b; ++s) {          // across warps: one shared-memory round trip a stage
+  int log_v = 0;
+  while ((1 << log_v) < V) ++log_v;
+  for (int s = 8 + log_v; s < log_b; ++s) {          // across warps: one shared-memory round trip a stage
     const int h = 1 << s;
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-      const int e = vector_element<V, L>(i, lane, warp);
+      const int e = ((warp * V + i) * 32 + lane) * 8;
       if (e < cta_elems)
 #pragma unroll
         for (int j = 0; j < 8; ++j) exchange[e + j] = v[i][j];
@@ -166,7 +139,7 @@ __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, floa
     __syncthreads();
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-      const int e = vector_element<V, L>(i, lane, warp);
+      const int e = ((warp * V + i) * 32 + lane) * 8;
       if (e < cta_elems) {
         const float sign = (e & h) ? -1.f : 1.f;
 #pragma unroll
@@ -191,10 +164,9 @@ __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, floa
 // Rows a CTA: about 128 threads' worth of work, then more while over 1/16 of the last warp's lanes would idle
 // (K = 1152 at V = 2: 72 slots a row, 3 rows fill 7 warps where 1 row left a quarter of 3 warps idle).
 struct Tiling { int v, rows, threads; };
-inline int default_v(int64_t k, int block) { return block >= 2048 ? 8 : (block <= 512 && k <= 8192 ? 2 : 4); }
-inline Tiling tiling_with_v(int64_t k, int v) {
+inline Tiling tiling_for(int64_t k, int block) {
   Tiling t{};
-  t.v = v;
+  t.v = block >= 2048 ? 8 : (block <= 512 && k <= 8192 ? 2 : 4);
   const int64_t per_row = (k + 8 * t.v - 1) / (8 * t.v);       // thread slots a row needs
   const auto threads_for = [&](int64_t rows) { return ((rows * k + 8 * t.v - 1) / (8 * t.v) + 31) / 32 * 32; };
   int64_t rows = std::max<int64_t>(1, std::min<int64_t>(kMaxRowsPerCta, 128 / per_row));
@@ -206,7 +178,6 @@ inline Tiling tiling_with_v(int64_t k, int v) {
   t.threads = static_cast<int>(threads_for(rows));
   return t;
 }
-inline Tiling tiling_for(int64_t k, int block) { return tiling_with_v(k, default_v(k, block)); }
 
 inline int log2_of(int block) {
   int log_b = 0;

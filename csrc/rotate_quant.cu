@@ -47,14 +47,6 @@ __device__ __forceinline__ uint32_t quantize_pair(float y0, float y1, float qmax
 //   [exchange_offset, ...)     R * K floats for butterfly stages across warps (blocks over 256 * V only).
 struct Layout { int stages, ring_offset, exchange_offset; int64_t stage_elems; };
 
-// Where piece q (16 bytes) of a lane's chunk of P pieces sits: piece q ^ swizzle(lane) of the chunk's place. The 8
-// lanes of a 16-byte shared-memory phase then hit 8 different 16-byte bank groups; unswizzled, chunks of 32 or 64
-// bytes put 2 or 4 of them on one group.
-template <int P>
-__device__ __forceinline__ int piece_swizzle(int lane) {
-  return P >= 8 ? (lane & 7) : ((lane * P >> 3) & (P - 1));
-}
-
 // LOG_B: log2 of the Hadamard block, fixed at compile time for the blocks and V that dispatch_v lists (0: read
 // from log_b_arg). With it fixed, the stage loops have no exits, so the butterflies need no branches and no register
 // copies back to the loop's registers (ncu, session 6: branches and copies were ~5 of 36 instructions a value).
@@ -65,19 +57,12 @@ __device__ __forceinline__ int piece_swizzle(int lane) {
 // on the H200, long-scoreboard stalls 33% (ncu, session 11). Every thread copies exactly the 16-byte pieces it
 // later reads, so the plain path needs no barrier between a copy and its use; the ARS gather reads other
 // threads' pieces and waits at a barrier first.
-//
-// Chunks of 16 values (L = 1, hadamard.cuh) where V >= 2: a chunk's two vectors share a token and a column, so the
-// per-vector bookkeeping halves, and blocks up to 256 take one lane stage fewer.
 template <typename T, int V, int FMT, int LOG_B>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(
     const T* __restrict__ x, int64_t stride_x, const int32_t* __restrict__ perm,
     const float* __restrict__ channel_scale, void* __restrict__ out, int64_t stride_out,
     float* __restrict__ scales, int64_t m, int k, int log_b_arg, int tokens_per_cta, Layout lay, float norm,
     float qmax, bool gemm_order) {
-  constexpr int L = V >= 2 ? 1 : 0;                           // 2^L vectors a chunk
-  constexpr int kPer = 16 / sizeof(T);                        // values a 16-byte piece
-  constexpr int kVecPieces = 8 / kPer;                        // pieces a vector
-  constexpr int kChunkPieces = kVecPieces << L;
   const int log_b = LOG_B ? LOG_B : log_b_arg;
   extern __shared__ __align__(16) float smem[];
   unsigned* amax_sets = reinterpret_cast<unsigned*>(smem);   // [2][kMaxTokensPerCta]
@@ -86,6 +71,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int cta_elems = tokens_per_cta * k;
   const int groups = static_cast<int>((m + tokens_per_cta - 1) / tokens_per_cta);   // < 2^31 (launcher)
+  constexpr int kPieces = 8 * sizeof(T) / 16;                 // 16-byte pieces of a vector of 8 values
   // Tokens of the group starting at row0 that exist (the last group may be partial).
   const auto live_tokens_at = [&](int64_t row0) {
     return static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), m - row0));
@@ -95,14 +81,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
 
   // A slot past the CTA's R * K elements has tok >= R, so `tok < live tokens` tells the slots to compute.
   int tok[V], col[V];
-  vector_slots<V, L>(k, lane, warp, tok, col);
-  // Element offset in a ring stage of piece q of vector u: swizzled inside its chunk on the plain path; in place for
-  // the gather, which reads the stage by column.
-  const int swizzle = perm != nullptr ? 0 : piece_swizzle<kChunkPieces>(lane);
-  const auto piece_at = [&](int u, int q) {
-    const int h = u & ((1 << L) - 1);
-    return tok[u] * k + col[u] - 8 * h + (((h * kVecPieces + q) ^ swizzle) * kPer);
-  };
+  vector_slots<V>(k, lane, warp, tok, col);
 
   // Copies group `grp`'s input into ring stage `slot` (nothing past the last group: an empty commit group keeps
   // the count of groups in flight the same on every iteration). Slot e of a stage is element e = tok * K + col.
@@ -115,8 +94,9 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
       for (int i = 0; i < V; ++i) {
         if (tok[i] >= live_tokens) continue;
         const T* src = x + (row0 + tok[i]) * stride_x + col[i];
+        T* dst = stage + tok[i] * k + col[i];
 #pragma unroll
-        for (int q = 0; q < kVecPieces; ++q) cp_async16(stage + piece_at(i, q), src + q * kPer);
+        for (int q = 0; q < kPieces; ++q) cp_async16(dst + q * (16 / sizeof(T)), src + q * (16 / sizeof(T)));
       }
     }
     cp_async_commit();
@@ -145,10 +125,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         continue;
       }
       if (perm == nullptr) {
-        uint4 u[kVecPieces];
-#pragma unroll
-        for (int q = 0; q < kVecPieces; ++q) u[q] = *reinterpret_cast<const uint4*>(stage + piece_at(i, q));
-        unpack8<T>(u, v[i]);
+        load8_shared<T>(stage + tok[i] * k + col[i], v[i]);
       } else {
         int idx[8];
         load_perm8(perm, col[i], idx);
@@ -175,7 +152,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     // (4608 x 12288: 76% -> 83% of copy; 32760 x 5120: 80% -> 87%), 0.97x on 8192 x 4608 (the amax path alone),
     // H200, results/ab_rq_fold.md (session 14).
     constexpr bool kFoldNorm = FMT != kSame && LOG_B > 0 && LOG_B % 2 == 0;
-    block_hadamard<V, !kFoldNorm, L>(v, log_b, norm, lane, warp, exchange, cta_elems);
+    block_hadamard<V, !kFoldNorm>(v, log_b, norm, lane, warp, exchange, cta_elems);
 
     if constexpr (FMT == kSame) {
 #pragma unroll
@@ -258,9 +235,7 @@ struct Plan { int v, tokens, threads; size_t smem; Layout layout; };
 constexpr size_t kRingBudget = 96 * 1024;
 Plan plan_for(int64_t k, int block, int x_bytes, bool gather) {
   Plan p{};
-  int v = default_v(k, block);
-  if (k % 16) v = 1;                                             // V >= 2 takes chunks of 16 values (L = 1)
-  const Tiling t = tiling_with_v(k, v);
+  const Tiling t = tiling_for(k, block);
   p.v = t.v;
   p.tokens = t.rows;
   p.threads = t.threads;
@@ -308,7 +283,6 @@ template <typename T, int FMT>
 std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
   const int log_b = log2_of(a.block);
   switch (p.v) {
-    case 1: return launch<T, 1, FMT, 0>(a, p, log_b);
     case 2:
       if (log_b == 7) return launch<T, 2, FMT, 7>(a, p, log_b);
       if (log_b == 9) return launch<T, 2, FMT, 9>(a, p, log_b);
