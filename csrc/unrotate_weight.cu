@@ -23,12 +23,18 @@
 namespace lrq {
 namespace {
 
-template <typename T, int V, int BITS>
+// LOG_B: log2 of the Hadamard block where it is fixed at compile time (the blocks dispatch_block lists; 0: log_b_arg),
+// as in rotate_quant.cu: stage loops without exits. Blocks of 4^n (norm = 2^-n, exact) fold the norm into the scale:
+// (c * (s * 2^-n)) is (c * s) * 2^-n exactly, and so is every butterfly sum of such values, so the reference's
+// final multiply by norm is already done (one multiply a value fewer, the same floats).
+template <typename T, int V, int BITS, int LOG_B>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) unrotate_weight_kernel(
     const uint8_t* __restrict__ packed, int row_bytes, const float* __restrict__ w_scales, int scale_stride,
     int group_shift, const float* __restrict__ codebook, const int32_t* __restrict__ perm,
-    const float* __restrict__ channel_scale, T* __restrict__ out, int n, int k, int log_b, int rows_per_cta,
+    const float* __restrict__ channel_scale, T* __restrict__ out, int n, int k, int log_b_arg, int rows_per_cta,
     float norm) {
+  const int log_b = LOG_B ? LOG_B : log_b_arg;
+  constexpr bool kFoldNorm = LOG_B > 0 && LOG_B % 2 == 0;
   extern __shared__ __align__(16) float smem[];
   float* table = smem;                                        // [16] the codebook
   float* staging = smem + 16;                                 // [R * K] butterflies across warps; the scatter
@@ -65,12 +71,13 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) un
 #pragma unroll
         for (int j = 0; j < 8; ++j) code[j] = ((lo >> (2 * j)) & 3u) | (((hi >> j) & 1u) << 2);
       }
-      const float s = __ldg(w_scales + r * scale_stride + (col[i] >> group_shift));
+      float s = __ldg(w_scales + r * scale_stride + (col[i] >> group_shift));
+      if (kFoldNorm) s = __fmul_rn(s, norm);
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(table[code[j]], s);
     }
 
-    block_hadamard<V>(v, log_b, norm, lane, warp, staging, rows_per_cta * k);
+    block_hadamard<V, !kFoldNorm>(v, log_b, norm, lane, warp, staging, rows_per_cta * k);
 
     if (channel_scale != nullptr) {
 #pragma unroll
@@ -105,9 +112,9 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) un
   }
 }
 
-template <typename T, int V, int BITS>
+template <typename T, int V, int BITS, int LOG_B>
 std::string launch_kernel(const UnrotateWeightArgs& a, const Tiling& t) {
-  auto kernel = unrotate_weight_kernel<T, V, BITS>;
+  auto kernel = unrotate_weight_kernel<T, V, BITS, LOG_B>;
   const bool staging = a.perm != nullptr || a.block > 256 * V;
   const size_t smem = sizeof(float) * (16 + (staging ? static_cast<size_t>(t.rows) * a.k : 0));
   if (smem > 48 * 1024) {
@@ -128,17 +135,35 @@ std::string launch_kernel(const UnrotateWeightArgs& a, const Tiling& t) {
   return last_launch_error("unrotate_weight_kernel");
 }
 
-template <typename T, int V>
+template <typename T, int V, int LOG_B>
 std::string launch_bits(const UnrotateWeightArgs& a, const Tiling& t) {
-  return a.bits == 4 ? launch_kernel<T, V, 4>(a, t) : launch_kernel<T, V, 3>(a, t);
+  return a.bits == 4 ? launch_kernel<T, V, 4, LOG_B>(a, t) : launch_kernel<T, V, 3, LOG_B>(a, t);
+}
+
+// Blocks with kernels of their own: rotate_quant.cu's list (every block of dit_shapes.json but 64), for bf16 and
+// fp16 weights (the GEMM's dtypes; float32 takes the run-time block).
+template <typename T, int V>
+std::string dispatch_block(const UnrotateWeightArgs& a, const Tiling& t) {
+  if constexpr (!std::is_same<T, float>::value) {
+    const int log_b = log2_of(a.block);
+    if constexpr (V == 2) {
+      if (log_b == 7) return launch_bits<T, V, 7>(a, t);
+      if (log_b == 9) return launch_bits<T, V, 9>(a, t);
+    }
+    if constexpr (V == 4) {
+      if (log_b == 9) return launch_bits<T, V, 9>(a, t);
+      if (log_b == 10) return launch_bits<T, V, 10>(a, t);
+    }
+  }
+  return launch_bits<T, V, 0>(a, t);
 }
 
 template <typename T>
 std::string launch_v(const UnrotateWeightArgs& a, const Tiling& t) {
   switch (t.v) {
-    case 2: return launch_bits<T, 2>(a, t);
-    case 4: return launch_bits<T, 4>(a, t);
-    case 8: return launch_bits<T, 8>(a, t);
+    case 2: return dispatch_block<T, 2>(a, t);
+    case 4: return dispatch_block<T, 4>(a, t);
+    case 8: return dispatch_block<T, 8>(a, t);
   }
   return "unrotate_weight: no kernel for V=" + std::to_string(t.v);
 }
