@@ -13,6 +13,8 @@ overhead is out of every number alike):
             decode_weight_e4m3 + torch._scaled_mm)
   kernel W4A8 / W3A8 our Hopper GEMM kernel alone (csrc/gemm_a8_sm90.cu) on the same codes, at every M
   fwd W4A8 / W3A8 / W4A16 / W3A16   the whole QuantLinear forward, bf16 in and out
+  fwd W4A8 fast-accum   the W4A8 forward with the opt-in ops.A8_FAST_ACCUM (only where the weight path runs,
+            M >= ops.A8_DEQUANT_MIN_M; its error: benchmarks/fast_accum.py)
 Ceilings measured in the same run: device-to-device copy bandwidth, bf16 and FP8 8192^3 GEMM rates.
 """
 from __future__ import annotations
@@ -96,6 +98,12 @@ def bench_shape(m, k, n, ceil):
                     r[f"kernel_{tag}_us"] = bench_us(lambda: cuda_kernels.gemm_a8_cuda(
                         codes, sx, q.qweight, q.w_scales, q.codebook, bits, k, 0, None, torch.bfloat16))
             r[f"fwd_{tag}_us"] = bench_us(lambda: q(x))
+            if tag == "W4A8" and m >= ops.A8_DEQUANT_MIN_M:
+                ops.A8_FAST_ACCUM = True
+                try:
+                    r["fwd_W4A8_fast_us"] = bench_us(lambda: q(x))
+                finally:
+                    ops.A8_FAST_ACCUM = False
             if a_bits == 16:
                 wbytes = q.qweight.numel() + q.w_scales.numel() * 4
                 r[f"fwd_{tag}_weight_GBps"] = (wbytes + m * k * 2 + m * n * 2) / r[f"fwd_{tag}_us"] / 1e3
@@ -103,8 +111,9 @@ def bench_shape(m, k, n, ceil):
             del q
     r["bf16_TFLOPs"] = flop / r["bf16_us"] / 1e6
     r["gemm_W4A8_TFLOPs"] = flop / r["gemm_W4A8_us"] / 1e6
-    for tag in ("W4A8", "W3A8", "W4A16", "W3A16"):
-        r[f"speedup_{tag}"] = r["bf16_us"] / r[f"fwd_{tag}_us"]
+    for tag in ("W4A8", "W3A8", "W4A16", "W3A16", "W4A8_fast"):
+        if f"fwd_{tag}_us" in r:
+            r[f"speedup_{tag}"] = r["bf16_us"] / r[f"fwd_{tag}_us"]
     return r
 
 
@@ -151,6 +160,11 @@ def summary(rows) -> list[str]:
             f"- W4A8 forward faster than cuBLAS FP8 GEMM alone on "
             f"{sum(r['fwd_W4A8_us'] < r.get('fp8_us', 0) for r in flux)}"
             f" of {len(flux)} FLUX shapes",
+            f"- with ops.A8_FAST_ACCUM (opt-in): geometric mean "
+            f"{geomean([r['speedup_W4A8_fast'] for r in big if 'speedup_W4A8_fast' in r]):.2f}× (PixArt-Σ 1024²: "
+            f"{geomean([r['speedup_W4A8_fast'] for r in pixart if 'speedup_W4A8_fast' in r]):.2f}×); faster than "
+            f"cuBLAS FP8 GEMM alone (without fast accumulation) on "
+            f"{sum(r.get('fwd_W4A8_fast_us', 1e30) < r.get('fp8_us', 0) for r in flux)} of {len(flux)} FLUX shapes",
             f"- W3A8 forward time over W4A8: {min(w3):.2f}× to {max(w3):.2f}×",
             f"- W4A16 forward over bf16 at M ≥ 4096: {min(large):.2f}× to {max(large):.2f}×"]
 
@@ -167,9 +181,10 @@ def write_results(meta, rows, out):
           f"bf16 {ceil['bf16_TFLOPs']:.0f} TFLOP/s, FP8 row-wise {ceil['fp8_rowwise_TFLOPs']:.0f} TFLOP/s."
           + (f" {meta['note']}" if meta.get("note") else ""), "",
           "| model | layer | M | K | N | bf16 | fp8 GEMM | naive-q | rq (% copy) | gemm W4A8 | gemm W3A8 "
-          "| kernel W4A8 | kernel W3A8 | fwd W4A8 (× bf16) | fwd W3A8 (× W4A8) | fwd W4A16 (× bf16) | fwd W3A16 (× bf16) |",
+          "| kernel W4A8 | kernel W3A8 | fwd W4A8 (× bf16) | fwd W3A8 (× W4A8) | fwd W4A16 (× bf16) | fwd W3A16 (× bf16) "
+          "| fwd W4A8 fast-accum (× bf16) |",
           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-          "| ---: |"]
+          "| ---: | ---: |"]
 
     def us(r, key):
         return f"{r[key]:.1f}" if key in r else "–"
@@ -180,7 +195,9 @@ def write_results(meta, rows, out):
                   f"{us(r, 'kernel_W3A8_us')} | {r['fwd_W4A8_us']:.1f} ({r['speedup_W4A8']:.2f}×) | "
                   f"{r['fwd_W3A8_us']:.1f} ({r['fwd_W3A8_us'] / r['fwd_W4A8_us']:.2f}×) | "
                   f"{r['fwd_W4A16_us']:.1f} ({r['speedup_W4A16']:.2f}×) | {r['fwd_W3A16_us']:.1f} "
-                  f"({r['speedup_W3A16']:.2f}×) |")
+                  f"({r['speedup_W3A16']:.2f}×) | "
+                  + (f"{r['fwd_W4A8_fast_us']:.1f} ({r['speedup_W4A8_fast']:.2f}×) |" if "fwd_W4A8_fast_us" in r
+                     else "– |"))
     md += [""] + summary(rows)
     with open(os.path.join(out, "bench_linear.md"), "w") as f:
         f.write("\n".join(md) + "\n")

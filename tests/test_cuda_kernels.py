@@ -444,6 +444,25 @@ def test_gemm_a8_weight_path_matches_oracle(m, k, n, bits, dtype, monkeypatch):
 
 @pytest.mark.skipif(not (HAS_GPU and cuda_kernels.available() and torch.cuda.get_device_capability() >= (8, 9)),
                     reason="FP8 GEMMs need a GPU of compute capability >= 8.9 and lrq_kernels._C")
+def test_a8_weight_path_fast_accum_is_opt_in(monkeypatch):
+    """ops.A8_FAST_ACCUM (off by default) asks cuBLAS for fast accumulation; both stay within the 16-bit output bound
+    of the float64 oracle at K = 12288 (the fast one's error grows with K: results/fast_accum.md)."""
+    monkeypatch.setattr(ops, "A8_DEQUANT_MIN_M", 1)
+    asked, real = [], torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **kw: asked.append(kw.get("use_fast_accum")) or real(*a, **kw))
+    m, k, n = 333, 12288, 256
+    x, sx = _fp8_tokens(m, k, 3)
+    packed, sw, cb = _weights(n, k, 4, 0)
+    want = _a8_oracle(x, sx, packed, sw, cb, k, None, 4)
+    y = ops.gemm_a8(x, sx, packed, sw, cb, 4, k, 0, None, torch.bfloat16)
+    monkeypatch.setattr(ops, "A8_FAST_ACCUM", True)
+    y_fast = ops.gemm_a8(x, sx, packed, sw, cb, 4, k, 0, None, torch.bfloat16)
+    assert asked == [False, True]
+    assert rel_err(y.double(), want) <= 5e-3 and rel_err(y_fast.double(), want) <= 5e-3
+
+
+@pytest.mark.skipif(not (HAS_GPU and cuda_kernels.available() and torch.cuda.get_device_capability() >= (8, 9)),
+                    reason="FP8 GEMMs need a GPU of compute capability >= 8.9 and lrq_kernels._C")
 def test_a8_weight_path_nan_token_stays_in_its_row_and_quantlinear_takes_it(monkeypatch):
     from lrq_kernels.ops import A8_DEQUANT_MIN_M
     decoded = _spy(monkeypatch, "decode_weight_e4m3_cuda")

@@ -68,6 +68,13 @@ A16_DEQUANT_MIN_M = 256
 # PixArt fc1 and FLUX qkv, fc1, fc2): at M = 1024 the weight path took 0.92-1.02x the kernel path's time; at 512,
 # 1.09-1.26x on the FLUX shapes (0.92x on PixArt fc1); from 2048, 0.77-0.95x.
 A8_DEQUANT_MIN_M = 1024
+# Opt-in: the weight path's cuBLAS FP8 GEMM with use_fast_accum=True (the tensor cores' partial sums chained over K,
+# not promoted to float32; torchao's float8 inference default). Measured on the H200 (benchmarks/fast_accum.py,
+# results/fast_accum.md, session 15; the M >= 1024 shapes of dit_shapes.json): the GEMM alone 1.05-1.19x faster, its
+# relative error against the float64 product of the same codes 0.6e-3-3.0e-3 in float32 out (1.3e-4 without), above
+# this library's 1e-3 bound from K = 3072 on; in bf16 out 1.8e-3-3.4e-3 (1.7e-3 without, the rounding to bf16). Off
+# by default for that reason.
+A8_FAST_ACCUM = False
 
 
 def _interpreting() -> bool:
@@ -272,13 +279,15 @@ def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor,
             out_dtype: torch.dtype) -> torch.Tensor:
     """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias, in out_dtype (group_size 0: per-channel scales). From
     A8_DEQUANT_MIN_M tokens on a GPU (_a8_weight_path) it is cuBLAS's FP8 GEMM on decode_weight_e4m3's matrix with
-    x_scales and w_scales as row-wise scales; else the GEMM kernel that decodes codes between its MMAs."""
+    x_scales and w_scales as row-wise scales (with fast accumulation if A8_FAST_ACCUM); else the GEMM kernel that
+    decodes codes between its MMAs."""
     n = check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
     if _a8_weight_path(x_codes.device, x_codes.shape[0], k, n, bits, group_size, x_codes.dtype, out_dtype):
         w8 = decode_weight_e4m3(packed, codebook, bits, k)
         return torch._scaled_mm(x_codes.contiguous(), w8.t(), scale_a=x_scales.contiguous().reshape(-1, 1),
                                 scale_b=w_scales.contiguous().reshape(1, -1),
-                                bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype)
+                                bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype,
+                                use_fast_accum=A8_FAST_ACCUM)
     backend = _pick("gemm_a8", x_codes.device, fp8=x_codes.dtype == torch.float8_e4m3fn, m=x_codes.shape[0], k=k,
                     n=n, bits=bits, group=group_size, dtype=x_codes.dtype)
     if backend == "cuda":
