@@ -17,13 +17,11 @@ Writes NAME.json and NAME.md (default ab_cuda) with the GPU, versions, date and 
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import importlib.machinery
 import importlib.util
 import json
 import os
-import platform
 import sys
 
 import torch
@@ -31,8 +29,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, ".."))
-import triton  # noqa: E402
-from timing import cold_us, copy_gbps  # noqa: E402
+from timing import cold_us, copy_gbps, run_meta  # noqa: E402
 
 import lrq_kernels.cuda as ck  # noqa: E402
 from lrq_kernels.formats.codebooks import TLQGrid, tlq_codebook  # noqa: E402
@@ -139,10 +136,7 @@ def main():
     gemv = ab_gemv(old) if "gemv" in args.what else []
     rq = ab_rq(old, copy) if "rq" in args.what else []
     dequant = ab_dequant(old, copy) if "dequant" in args.what else []
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version(), "copy_GBps": copy,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(["python benchmarks/ab_cuda.py"] + sys.argv[1:])}
+    meta = run_meta(copy_GBps=copy)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.name + ".json"), "w") as f:
         json.dump({"meta": meta, "gemv_a16": gemv, "rotate_quant": rq, "dequantize_weight": dequant}, f, indent=1)

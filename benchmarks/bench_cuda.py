@@ -25,10 +25,8 @@ Results: results/bench_cuda.json and results/bench_cuda.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 
 import torch
@@ -36,8 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-import triton  # noqa: E402
-from timing import cold_us, copy_gbps  # noqa: E402
+from timing import cold_us, copy_gbps, run_meta  # noqa: E402
 
 from lrq_kernels import QuantConfig, QuantLinear, cuda as cuda_kernels, ops  # noqa: E402
 from lrq_kernels.formats.codebooks import TLQGrid, tlq_codebook  # noqa: E402
@@ -261,11 +258,7 @@ def main():
                 a8.append(bench_a8_paths(layer, k, n, m, bits, copy_bw))
                 print({a: (round(b, 2) if isinstance(b, float) else b) for a, b in a8[-1].items()}, flush=True)
 
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(["python benchmarks/bench_cuda.py"] + sys.argv[1:]), "copy_GBps": copy_bw,
-            "fast_hadamard_transform": fht_or_none() is not None}
+    meta = run_meta(copy_GBps=copy_bw, fast_hadamard_transform=fht_or_none() is not None)
     os.makedirs(args.out, exist_ok=True)
     stem = "bench_cuda" if args.only == "all" else f"bench_cuda_{args.only}"
     with open(os.path.join(args.out, stem + ".json"), "w") as f:

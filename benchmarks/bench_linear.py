@@ -20,11 +20,9 @@ Ceilings measured in the same run: device-to-device copy bandwidth, bf16 and FP8
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import sys
 
 import torch
@@ -32,8 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-import triton  # noqa: E402
-from timing import bench_us, copy_gbps  # noqa: E402
+from timing import bench_us, copy_gbps, run_meta  # noqa: E402
 
 from lrq_kernels import QuantConfig, QuantLinear, cuda as cuda_kernels, ops  # noqa: E402
 from lrq_kernels.rotation.rotation import default_block  # noqa: E402
@@ -135,11 +132,7 @@ def main():
         print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
         torch.cuda.empty_cache()
 
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(["python benchmarks/bench_linear.py"] + sys.argv[1:]), "ceilings": ceil,
-            "note": args.note}
+    meta = run_meta(ceilings=ceil, note=args.note)
     write_results(meta, rows, args.out)
 
 

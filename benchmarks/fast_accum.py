@@ -11,10 +11,8 @@ ops.A8_FAST_ACCUM (opt-in) trades. Writes fast_accum.json and fast_accum.md with
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 
 import torch
@@ -22,8 +20,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, ".."))
-import triton  # noqa: E402
-from timing import bench_us  # noqa: E402
+from timing import bench_us, run_meta  # noqa: E402
 
 from lrq_kernels import ops  # noqa: E402
 
@@ -65,10 +62,7 @@ def main():
         rows.append(r)
         print({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
         torch.cuda.empty_cache()
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(["python benchmarks/fast_accum.py"] + sys.argv[1:])}
+    meta = run_meta()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "fast_accum.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -1,4 +1,4 @@
-"""Timing helpers shared by the GPU benchmarks.
+"""Timing helpers shared by the GPU benchmarks, and the run metadata every results file carries.
 
 Medians of CUDA-graph replays (triton.testing.do_bench_cudagraph), so launch overhead is out of every number
 alike. `cold_us` times a call over several copies of its data, taken in turn, whose bytes together exceed the
@@ -7,8 +7,26 @@ were evicted by the other layers), instead of from a 50 MB L2 that a repeated ca
 """
 from __future__ import annotations
 
+import datetime
+import os
+import platform
+import sys
+
 import torch
+import triton
 from triton.testing import do_bench_cudagraph
+
+
+def run_meta(**extra) -> dict:
+    """GPU, versions, UTC date and the command that made a results file (the running script with its arguments,
+    as `python benchmarks/NAME.py ...`), plus `extra`."""
+    script = os.path.basename(sys.argv[0])
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": " ".join([f"python benchmarks/{script}"] + sys.argv[1:])}
+    meta.update(extra)
+    return meta
 
 
 def bench_us(fn, rep=60):
