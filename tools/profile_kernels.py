@@ -2,6 +2,7 @@
 
     ncu --set full --profile-from-start off -o gemv python tools/profile_kernels.py gemv
     ncu --set full --profile-from-start off -o rq python tools/profile_kernels.py rq
+    ncu --set full --profile-from-start off -o rq_ars python tools/profile_kernels.py rq --ars --k 12288
     ncu --set full --profile-from-start off -o gemm python tools/profile_kernels.py gemm
     ncu --set full --profile-from-start off -o gemm_cuda python tools/profile_kernels.py gemm_cuda
     ncu --set full --profile-from-start off -o dq python tools/profile_kernels.py dequant --k 12288 --n 3072
@@ -34,6 +35,8 @@ def main():
     ap.add_argument("--n", type=int, default=12288, help="output features (gemv, gemm)")
     ap.add_argument("--block", type=int, default=1024, help="rq, dequant: Hadamard block")
     ap.add_argument("--tma", action="store_true", help="gemm_cuda: codes in gemm_order, the TMA kernel")
+    ap.add_argument("--ars", action="store_true",
+                    help="rq: with the ARS gather (an int32 permutation and channel scales, as QuantLinear keeps them)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_kernels: needs a CUDA GPU")
@@ -54,7 +57,9 @@ def main():
                                                         args.block, torch.bfloat16)
     elif args.kernel == "rq":
         x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
-        run = lambda: ops.rotate_quant(x, None, None, args.block, "fp8", 8)  # noqa: E731
+        perm = torch.randperm(k, device="cuda", generator=g).to(torch.int32) if args.ars else None
+        cs = torch.rand(k, device="cuda", generator=g) + 0.5 if args.ars else None
+        run = lambda: ops.rotate_quant(x, perm, cs, args.block, "fp8", 8)  # noqa: E731
     else:
         codes, sx = ops.rotate_quant(torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16),
                                      None, None, 1024, "fp8", 8)
