@@ -9,7 +9,8 @@ machine-to-machine drift between the two numbers.
 "new" is the package's own build. Each time is the smaller of two medians (old, new, old, new in turn) of
 CUDA-graph replays over copies of the data larger than L2 together (timing.cold_us), as bench_cuda.py times.
   gemv: the small-M weight-only GEMM, FLUX qkv / fc1 / fc2 / proj_out, M = 1 and 16, 4-bit, 3-bit, 4-bit group 128
-  rq:   rotate + per-token FP8 quantize (block of rotation.default_block), plain and with the ARS gather
+  rq:   rotate + per-token FP8 quantize (block of rotation.default_block), plain and with the ARS gather (an int32
+        permutation and channel scales, as QuantLinear keeps them; builds before session 16 get them as they read them)
   dequant: dequantize_weight (4-bit, per-channel scales, the weight with its block Hadamard undone, bf16 out) on the
         weights of PixArt and FLUX qkv, FLUX fc1 / fc2 / proj_out and Wan fc2 (builds from session 13 on)
 Writes NAME.json and NAME.md (default ab_cuda) with the GPU, versions, date and this command.
@@ -79,6 +80,23 @@ def ab_gemv(old):
     return rows
 
 
+def takes_int16_tables(build) -> bool:
+    """Whether a build's rotate_quant reads the int16 gather tables (session 16 on: cuda.gather_tables)."""
+    return "perm16" in (build.rotate_quant.__doc__ or "")
+
+
+def rq_int32_gather(x, perm, cs, block):
+    """rotate_quant_cuda as builds before session 16 took the ARS gather: int32 indices and scales in natural order,
+    positional arguments (FP8 codes, K-natural order)."""
+    m, k = x.shape
+    out = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
+    scales = torch.empty((m,), dtype=torch.float32, device=x.device)
+    ck._C.rotate_quant(x.data_ptr(), x.stride(0), 0, perm.data_ptr(), cs.data_ptr(), out.data_ptr(), out.stride(0),
+                       scales.data_ptr(), m, k, block, ck._C.OUT_FP8, 448.0, x.device.index,
+                       torch.cuda.current_stream().cuda_stream, False)
+    return out, scales
+
+
 def ab_rq(old, copy):
     rows = []
     for m, k in RQ_SHAPES:
@@ -89,7 +107,8 @@ def ab_rq(old, copy):
                         nbytes)
         perm = torch.randperm(k, device="cuda", dtype=torch.int32)
         cs = torch.rand(k, device="cuda") + 0.5
-        g = old_and_new(old, lambda i: (lambda t=xs[i % 4]: ck.rotate_quant_cuda(t, perm, cs, block, "fp8", 8)),
+        g = old_and_new(old, lambda i: (lambda t=xs[i % 4]: ck.rotate_quant_cuda(t, perm, cs, block, "fp8", 8)
+                                        if takes_int16_tables(ck._C) else rq_int32_gather(t, perm, cs, block)),
                         nbytes)
         r.update(M=m, K=k, block=block, old_ars=g["old"], new_ars=g["new"],
                  old_pct_copy=100 * nbytes / r["old"] / 1e3 / copy, new_pct_copy=100 * nbytes / r["new"] / 1e3 / copy)

@@ -2,10 +2,11 @@
 
     python benchmarks/bench_rq_gather.py     # prints one line a shape; ~25 s on the H100
 
-For four activation shapes of dit_shapes.json: the plain block Hadamard, then with a channel scale only, an int64
-or int32 permutation with and without the scale, and an int32 identity permutation (the gather with no
-scattering). µs (% of the copy bandwidth over x read + codes written), CUDA-graph medians over copies of the data
-larger than L2 (timing.py). It is the measurement behind QuantLinear's int32 perm (benchmarks/NOTES.md, session 8).
+For four activation shapes of dit_shapes.json: the plain block Hadamard, then with a channel scale only, a
+permutation with and without the scale, and the identity permutation (the gather with no scattering). µs (% of the
+copy bandwidth over x read + codes written), CUDA-graph medians over copies of the data larger than L2 (timing.py).
+Session 8 compared int64 and int32 permutations here; since session 16 the kernel reads int16 tables made once per
+permutation (cuda.gather_tables), whatever the permutation's dtype.
 """
 import os
 import sys
@@ -30,13 +31,12 @@ def main():
         block = default_block(k)
         nbytes = m * k * 3 + 4 * m
         x_ = pool_of(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
-        p64 = torch.randperm(k, device="cuda")
-        p32 = p64.to(torch.int32)
+        perm = torch.randperm(k, device="cuda", dtype=torch.int32)
         ident = torch.arange(k, device="cuda", dtype=torch.int32)
         cs = torch.rand(k, device="cuda") + 0.5
         row = []
-        for name, p, c in (("plain", None, None), ("cs only", None, cs), ("p64+cs", p64, cs), ("p32+cs", p32, cs),
-                           ("p64", p64, None), ("p32", p32, None), ("identity p32", ident, None)):
+        for name, p, c in (("plain", None, None), ("cs only", None, cs), ("perm+cs", perm, cs), ("perm", perm, None),
+                           ("identity perm", ident, None)):
             us = cold_us(lambda i: (lambda x=x_(i): cuda_kernels.rotate_quant_cuda(x, p, c, block, "fp8", 8)),
                          nbytes)
             row.append(f"{name} {us:.1f} ({100 * nbytes / us / 1e3 / bw:.0f}%)")

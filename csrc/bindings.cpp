@@ -30,18 +30,18 @@ PYBIND11_MODULE(_C, m) {
 #endif
 
   m.def("rotate_quant",
-        [](uintptr_t x, int64_t stride_x, int x_dtype, uintptr_t perm, uintptr_t channel_scale,
+        [](uintptr_t x, int64_t stride_x, int x_dtype, uintptr_t perm16, uintptr_t scale_lanes,
            uintptr_t out, int64_t stride_out, uintptr_t scales, int64_t m, int k, int block, int out_format,
            float qmax, int device, uintptr_t stream, bool gemm_order) {
-          lrq::RotateQuantArgs a{cptr<void>(x), stride_x, x_dtype, cptr<int32_t>(perm),
-                                 cptr<float>(channel_scale), reinterpret_cast<void*>(out), stride_out,
+          lrq::RotateQuantArgs a{cptr<void>(x), stride_x, x_dtype, cptr<int16_t>(perm16),
+                                 cptr<float>(scale_lanes), reinterpret_cast<void*>(out), stride_out,
                                  reinterpret_cast<float*>(scales), m, k, block, out_format, qmax, device, stream,
                                  gemm_order};
           py::gil_scoped_release nogil;
           raise_if(lrq::rotate_quant(a));
         },
-        py::arg("x"), py::arg("stride_x"), py::arg("x_dtype"), py::arg("perm"),
-        py::arg("channel_scale"), py::arg("out"), py::arg("stride_out"), py::arg("scales"), py::arg("m"),
+        py::arg("x"), py::arg("stride_x"), py::arg("x_dtype"), py::arg("perm16"),
+        py::arg("scale_lanes"), py::arg("out"), py::arg("stride_out"), py::arg("scales"), py::arg("m"),
         py::arg("k"), py::arg("block"), py::arg("out_format"), py::arg("qmax"), py::arg("device"), py::arg("stream"),
         py::arg("gemm_order") = false);
 

@@ -16,8 +16,11 @@ enum OutFormat : int { kFP8 = 0, kINT = 1, kSame = 2 };
 struct RotateQuantArgs {
   const void* x; int64_t stride_x;       // [M, K] row stride in elements
   int x_dtype;                            // DType
-  const int32_t* perm;                    // optional gather x[:, perm], 16-byte aligned (nullptr: none)
-  const float* channel_scale;             // optional multiplier after the gather (nullptr: none)
+  // The ARS gather, x[:, perm] * channel_scale, as lrq_kernels/cuda's gather_tables lays it out (both optional,
+  // nullptr: none; 16-byte aligned): perm16 the permutation as int16 (K <= 16384), scale_lanes the channel scales
+  // reordered so that a warp's loads of them are contiguous (rotate_quant.cu: load_scales8).
+  const int16_t* perm16;
+  const float* scale_lanes;
   void* out; int64_t stride_out;          // codes [M, K] (int8/e4m3) or rotated values (x's dtype)
   float* scales;                          // [M] float32 (ignored for kSame)
   int64_t m; int k; int block;            // block: power of two dividing K, <= 16384

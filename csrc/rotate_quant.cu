@@ -16,14 +16,31 @@ namespace {
 
 constexpr int kMaxTokensPerCta = kMaxRowsPerCta;
 
-// perm[col .. col + 7], in two 16-byte loads (col is a multiple of 8 and perm is 16-byte aligned; the launcher
-// checks the pointer). The same indices serve every token, so these loads hit L1 after the first warp. int32 only:
-// Python converts an int64 permutation (lrq_kernels/cuda: _int32_perm; with int64 indices the gather took
-// 1.13-1.14x the time on K >= 12288, session 12).
-__device__ __forceinline__ void load_perm8(const int32_t* perm, int col, int idx[8]) {
-  const int4* p = reinterpret_cast<const int4*>(perm + col);
-  const int4 a = __ldg(p), b = __ldg(p + 1);
-  idx[0] = a.x; idx[1] = a.y; idx[2] = a.z; idx[3] = a.w; idx[4] = b.x; idx[5] = b.y; idx[6] = b.z; idx[7] = b.w;
+// The ARS gather's tables (lrq_kernels/cuda: gather_tables) serve every token, so their loads hit L1 after the first
+// warp; what they cost is L1 wavefronts (ncu, session 15: the gather path is L1-bound, 80% of peak, and int32
+// indices and natural-order scales, 32 bytes a lane at a 32-byte lane stride, used 16 of every 32-byte sector).
+// perm16[col .. col + 7]: one 16-byte load, a warp's 32 lanes reading 512 contiguous bytes.
+__device__ __forceinline__ void load_perm8(const int16_t* perm16, int col, int idx[8]) {
+  const int4 a = __ldg(reinterpret_cast<const int4*>(perm16 + col));
+  const uint32_t w[4] = {static_cast<uint32_t>(a.x), static_cast<uint32_t>(a.y), static_cast<uint32_t>(a.z),
+                         static_cast<uint32_t>(a.w)};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {                 // indices < K <= 16384: no sign to extend
+    idx[2 * j] = static_cast<int>(w[j] & 0xFFFFu);
+    idx[2 * j + 1] = static_cast<int>(w[j] >> 16);
+  }
+}
+
+// channel_scale[col .. col + 7] from scale_lanes, which holds each chunk of 128 columns (the last may be shorter,
+// L columns) as the first four scales of its vectors of 8, then the last four: scale c0 + 8m + 4q + t at
+// c0 + q * L / 2 + 4m + t. The 16 lanes of a chunk then read 256 contiguous bytes a load.
+__device__ __forceinline__ void load_scales8(const float* scale_lanes, int col, int k, float s[8]) {
+  const int c0 = col & ~127;
+  const int half = min(128, k - c0) >> 1;
+  const float* p = scale_lanes + c0 + ((col & 127) >> 1);     // 4m with m = (col & 127) / 8 (col % 8 == 0)
+  const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+  const float4 b = __ldg(reinterpret_cast<const float4*>(p + half));
+  s[0] = a.x; s[1] = a.y; s[2] = a.z; s[3] = a.w; s[4] = b.x; s[5] = b.y; s[6] = b.z; s[7] = b.w;
 }
 
 // Two code bytes (element 0 in the low byte). fp8: the hardware's round-to-nearest-even cast with .satfinite,
@@ -59,8 +76,8 @@ struct Layout { int stages, ring_offset, exchange_offset; int64_t stage_elems; }
 // threads' pieces and waits at a barrier first.
 template <typename T, int V, int FMT, int LOG_B>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(
-    const T* __restrict__ x, int64_t stride_x, const int32_t* __restrict__ perm,
-    const float* __restrict__ channel_scale, void* __restrict__ out, int64_t stride_out,
+    const T* __restrict__ x, int64_t stride_x, const int16_t* __restrict__ perm16,
+    const float* __restrict__ scale_lanes, void* __restrict__ out, int64_t stride_out,
     float* __restrict__ scales, int64_t m, int k, int log_b_arg, int tokens_per_cta, Layout lay, float norm,
     float qmax, bool gemm_order) {
   const int log_b = LOG_B ? LOG_B : log_b_arg;
@@ -114,7 +131,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     for (int i = 0; i < V; ++i) live[i] = tok[i] < live_tokens;
 
     cp_async_wait_pending(lay.stages - 2);                    // this group's copies (this thread's) have landed
-    if (perm != nullptr) __syncthreads();                     // ... and every thread's, for the gather
+    if (perm16 != nullptr) __syncthreads();                   // ... and every thread's, for the gather
     const T* stage = ring + slot * lay.stage_elems;
     float v[V][8];
 #pragma unroll
@@ -124,18 +141,18 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
         continue;
       }
-      if (perm == nullptr) {
+      if (perm16 == nullptr) {
         load8_shared<T>(stage + tok[i] * k + col[i], v[i]);
       } else {
         int idx[8];
-        load_perm8(perm, col[i], idx);
+        load_perm8(perm16, col[i], idx);
         const T* srow = stage + tok[i] * k;
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[i][j] = to_float<T>(srow[idx[j]]);
       }
-      if (channel_scale != nullptr) {
+      if (scale_lanes != nullptr) {
         float s[8];
-        load8<float>(channel_scale + col[i], s);
+        load_scales8(scale_lanes, col[i], k, s);
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], s[j]);
       }
@@ -268,7 +285,7 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
     return "rotate_quant: M=" + std::to_string(a.m) + " is too large (token groups must fit in 31 bits)";
   const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
   kernel<<<static_cast<unsigned>(grid), p.threads, p.smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
-      static_cast<const T*>(a.x), a.stride_x, a.perm, a.channel_scale, a.out, a.stride_out,
+      static_cast<const T*>(a.x), a.stride_x, a.perm16, a.scale_lanes, a.out, a.stride_out,
       a.scales, a.m, a.k, log_b, p.tokens, p.layout, norm, a.qmax, a.gemm_order);
   return last_launch_error("rotate_quant_kernel");
 }
@@ -331,13 +348,16 @@ std::string rotate_quant(const RotateQuantArgs& a) {
   if (a.m == 0) return "";
   if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.out)) % 16)
     return "rotate_quant: x and out must be 16-byte aligned";
-  if (reinterpret_cast<uintptr_t>(a.perm) % 16) return "rotate_quant: perm must be 16-byte aligned";
+  if ((reinterpret_cast<uintptr_t>(a.perm16) | reinterpret_cast<uintptr_t>(a.scale_lanes)) % 16)
+    return "rotate_quant: perm16 and scale_lanes must be 16-byte aligned";
+  if (a.perm16 != nullptr && a.k > 16384)
+    return "rotate_quant: an int16 permutation needs K <= 16384, got K=" + std::to_string(a.k);
   if (a.stride_x % 8 || a.stride_x < a.k)
     return "rotate_quant: x's row stride must be a multiple of 8 elements and >= K, got " + std::to_string(a.stride_x);
   why = set_device(a.device);
   if (!why.empty()) return why;
   const int x_bytes = a.x_dtype == kF32 ? 4 : 2;
-  const Plan p = plan_for(a.k, a.block, x_bytes, a.perm != nullptr);
+  const Plan p = plan_for(a.k, a.block, x_bytes, a.perm16 != nullptr);
   switch (a.x_dtype) {
     case kBF16: return dispatch_fmt<__nv_bfloat16>(a, p);
     case kF16: return dispatch_fmt<__half>(a, p);

@@ -138,8 +138,9 @@ def test_cuda_rotate_quant_codes_equal_reference(k, block, m, monkeypatch):
 @pytest.mark.parametrize("m", [1, 77, 333])       # 333: more token groups than CTAs for the larger K (ring wraps)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 @pytest.mark.parametrize("k,block", [(1152, 128), (4608, 512), (3072, 1024), (4096, 4096), (12288, 1024),
-                                     (13824, 512), (15360, 1024), (16384, 16384)], ids=str)
+                                     (13824, 512), (15360, 1024), (16384, 16384), (40, 8), (1000, 8)], ids=str)
 def test_cuda_rotate_quant_ars_gather_and_dtypes(k, block, dtype, m, monkeypatch):
+    """K = 40 and 1000 end in a chunk shorter than 128 columns (the scale table's tail, cuda.scale_lanes)."""
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
     torch.manual_seed(1)
     x = torch.randn(m, k, device="cuda", dtype=dtype) * 3
@@ -147,10 +148,11 @@ def test_cuda_rotate_quant_ars_gather_and_dtypes(k, block, dtype, m, monkeypatch
     # int64 and int32 permutations, and one that starts 8 bytes into its storage (the kernel loads perm in
     # 16-byte pieces: the wrapper must hand it an aligned copy)
     offset = torch.cat([torch.zeros(1, dtype=torch.int64, device="cuda"), torch.randperm(k, device="cuda")])[1:]
-    for perm in (torch.randperm(k, device="cuda"), torch.randperm(k, device="cuda").to(torch.int32), offset):
+    for perm in (torch.randperm(k, device="cuda"), torch.randperm(k, device="cuda").to(torch.int32), offset, None):
         codes, scales = ops.rotate_quant(x, perm, cs, block, "fp8", 8)
         rc, rs = rotate_quantize_ref(x, perm, cs, block, "fp8", 8)
         assert _frac_diff(codes, rc) <= 1e-4 and torch.equal(scales, rs)
+    perm = torch.randperm(k, device="cuda")
     got = ops.rotate(x, perm, cs, block)
     assert got.dtype == dtype and torch.equal(got, rotate_ref(x, perm, cs, block).to(dtype))
 
@@ -315,6 +317,41 @@ def test_gemm_order_is_the_documented_permutation():
     for kk in range(k):
         q, j, h, e = (kk % 128) // 32, (kk % 32) // 8, (kk % 8) // 4, kk % 4
         assert g[1, (kk // 128) * 128 + 32 * j + 16 * h + 4 * q + e] == kk
+
+
+@pytest.mark.parametrize("k", [8, 24, 128, 200, 1152, 3072])
+def test_scale_lanes_is_the_layout_the_kernel_reads(k):
+    """csrc/rotate_quant.cu (load_scales8) reads the scales of columns c .. c + 7 as two 16-byte loads, at
+    c0 + (c % 128) / 2 and half a chunk further (c0 = c rounded down to 128, the chunk min(128, K - c0) long)."""
+    cs = torch.arange(k, dtype=torch.float32)
+    lanes = cuda_kernels.scale_lanes(cs)
+    assert torch.equal(lanes.sort().values, cs)
+    for c in range(0, k, 8):
+        c0 = c - c % 128
+        p, half = c0 + (c % 128) // 2, min(128, k - c0) // 2
+        assert torch.equal(lanes[p:p + 4], cs[c:c + 4]) and torch.equal(lanes[p + half:p + half + 4], cs[c + 4:c + 8])
+
+
+def test_gather_tables_are_made_once_and_follow_in_place_writes():
+    k = 1152
+    perm, cs = torch.randperm(k).to(torch.int32), torch.rand(k) + 0.5
+    perm16, lanes = cuda_kernels.gather_tables(perm, cs)
+    assert perm16.dtype == torch.int16 and torch.equal(perm16.long(), perm.long())
+    assert torch.equal(lanes, cuda_kernels.scale_lanes(cs))
+    again = cuda_kernels.gather_tables(perm, cs)
+    assert again[0] is perm16 and again[1] is lanes                  # cached on perm
+    perm.copy_(torch.randperm(k))                                     # a load_state_dict writes buffers in place
+    assert torch.equal(cuda_kernels.gather_tables(perm, cs)[0].long(), perm.long())
+    cs2 = torch.rand(k) + 0.5                                         # another scale tensor with the same perm
+    assert torch.equal(cuda_kernels.gather_tables(perm, cs2)[1], cuda_kernels.scale_lanes(cs2))
+    cs2.mul_(2)
+    assert torch.equal(cuda_kernels.gather_tables(perm, cs2)[1], cuda_kernels.scale_lanes(cs2))
+    assert cuda_kernels.gather_tables(None, cs)[0] is None
+    assert cuda_kernels.gather_tables(None, None) == (None, None)
+    with torch.inference_mode():                                      # no version counter: made, not cached
+        p_inf, c_inf = torch.randperm(k), torch.rand(k)
+        t = cuda_kernels.gather_tables(p_inf, c_inf)
+    assert torch.equal(t[0].long(), p_inf) and torch.equal(t[1], cuda_kernels.scale_lanes(c_inf))
 
 
 @gpu

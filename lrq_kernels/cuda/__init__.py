@@ -7,9 +7,11 @@ install time, LRQ_SKIP_CUDA_BUILD=1) or cannot load; importing this file never f
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 try:
     from .. import _C  # type: ignore[attr-defined]
@@ -96,12 +98,62 @@ def _aligned16(t: torch.Tensor) -> torch.Tensor:
 
 
 def _int32_perm(perm):
-    """perm as contiguous, 16-byte aligned int32 (the kernels read it in 16-byte loads). An int64 one is converted:
-    with it the ARS gather took 1.13-1.14x the time on K >= 12288 (H200, results/bench_linear_h200_0053.md, session
-    12) and 56.0 against 34.7 us on 4608 x 3072 (H100, session 8)."""
+    """perm as contiguous, 16-byte aligned int32 for unrotate_weight (it reads it in 16-byte loads). An int64 one is
+    converted: with int64 indices rotate_quant's gather (which reads int16 tables since session 16) took 1.13-1.14x
+    the time on K >= 12288 (H200, results/bench_linear_h200_0053.md, session 12)."""
     if perm is None:
         return None
     return _aligned16(perm.to(torch.int32).contiguous())
+
+
+def scale_lanes(channel_scale: torch.Tensor) -> torch.Tensor:
+    """channel_scale [K] reordered as rotate_quant's gather loads it (csrc/rotate_quant.cu: load_scales8): inside each
+    chunk of 128 columns (the last may be shorter, K % 8 == 0), the first four scales of every 8 columns, then the last
+    four. Scale c0 + 8m + 4q + t lands at c0 + q * L / 2 + 4m + t, L the chunk's length."""
+    k = channel_scale.numel()
+    full = k // 128 * 128
+    parts = [channel_scale[:full].reshape(-1, 16, 2, 4).transpose(1, 2).reshape(-1)]
+    if k > full:
+        parts.append(channel_scale[full:].reshape(-1, 2, 4).transpose(0, 1).reshape(-1))
+    return torch.cat(parts)
+
+
+def _make_gather_tables(perm, channel_scale):
+    perm16 = None if perm is None else _aligned16(perm.to(torch.int16).contiguous())
+    lanes = None if channel_scale is None else _aligned16(scale_lanes(channel_scale.float().contiguous()))
+    return perm16, lanes
+
+
+# Gather tables by the tensor they were made from (perm, or channel_scale when there is no perm), kept as long as it
+# lives, so a QuantLinear's buffers are converted once rather than on every forward.
+_GATHER_TABLES = WeakIdKeyDictionary()
+
+
+def gather_tables(perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor]):
+    """(perm16, scale_lanes): the ARS gather's permutation as int16 and its channel scales in the kernel's lane order
+    (scale_lanes()), the layout csrc/rotate_quant.cu reads (half the L1 wavefronts of int32 indices and natural-order
+    scales). Cached on the source tensors: made again when either is another tensor or was written in place (its
+    version counter moved). Not cached for inference tensors (no version counter), nor when made while a CUDA graph is
+    being captured (such tables hold no values until the graph replays): warm up before capturing, as PyTorch asks."""
+    key = perm if perm is not None else channel_scale
+    if key is None:
+        return None, None
+    other = channel_scale if perm is not None else None        # the second tensor of the pair, if any
+    if key.is_inference() or (other is not None and other.is_inference()):
+        return _make_gather_tables(perm, channel_scale)
+    versions = (key._version, None if other is None else other._version)
+    hit = _GATHER_TABLES.get(key)
+    if hit is not None:
+        other_ref, cached_versions, tables = hit
+        if cached_versions == versions and (None if other_ref is None else other_ref()) is other:
+            return tables
+    tables = _make_gather_tables(perm, channel_scale)
+    if not (key.is_cuda and torch.cuda.is_current_stream_capturing()):
+        _GATHER_TABLES[key] = (None if other is None else weakref.ref(other), versions, tables)
+    return tables
+    tables = _make_gather_tables(perm, channel_scale)
+    _GATHER_TABLES[key] = (None if other is None else weakref.ref(other), versions, tables)
+    return tables
 
 
 def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format: Optional[str], a_bits: int,
@@ -118,13 +170,14 @@ def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format
         out = torch.empty((m, k), dtype=code_dtype(a_format), device=x.device)
         fmt, qmax = (_C.OUT_FP8 if a_format == "fp8" else _C.OUT_INT), act_qmax(a_format, a_bits)
     scales = torch.empty((m,), dtype=torch.float32, device=x.device)
-    perm = _int32_perm(perm)
-    cs = None if channel_scale is None else _aligned16(channel_scale.contiguous())
+    perm16, lanes = gather_tables(perm, channel_scale)
     with torch.cuda.device(x.device):
-        _C.rotate_quant(x.data_ptr(), x.stride(0), _DTYPE[x.dtype], 0 if perm is None else perm.data_ptr(),
-                        0 if cs is None else cs.data_ptr(),
-                        out.data_ptr(), out.stride(0), scales.data_ptr(), m, k, block, fmt, qmax,
-                        x.device.index, _stream(x.device), gemm_order)
+        # keywords: a build from before the int16 tables (positional perm / channel_scale) refuses the call
+        _C.rotate_quant(x=x.data_ptr(), stride_x=x.stride(0), x_dtype=_DTYPE[x.dtype],
+                        perm16=0 if perm16 is None else perm16.data_ptr(),
+                        scale_lanes=0 if lanes is None else lanes.data_ptr(), out=out.data_ptr(),
+                        stride_out=out.stride(0), scales=scales.data_ptr(), m=m, k=k, block=block, out_format=fmt,
+                        qmax=qmax, device=x.device.index, stream=_stream(x.device), gemm_order=gemm_order)
     return out, scales
 
 
