@@ -86,12 +86,13 @@ def takes_int16_tables(build) -> bool:
 
 
 def rq_int32_gather(x, perm, cs, block):
-    """rotate_quant_cuda as builds before session 16 took the ARS gather: int32 indices and scales in natural order,
-    positional arguments (FP8 codes, K-natural order)."""
+    """rotate_quant_cuda (FP8 codes, natural K order) as builds before session 16 took it: positional arguments, the
+    ARS gather's indices as int32 and its scales in natural order (perm, cs: int32 and float32 tensors, or None)."""
     m, k = x.shape
     out = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
     scales = torch.empty((m,), dtype=torch.float32, device=x.device)
-    ck._C.rotate_quant(x.data_ptr(), x.stride(0), 0, perm.data_ptr(), cs.data_ptr(), out.data_ptr(), out.stride(0),
+    ptr = (lambda t: 0 if t is None else t.data_ptr())
+    ck._C.rotate_quant(x.data_ptr(), x.stride(0), 0, ptr(perm), ptr(cs), out.data_ptr(), out.stride(0),
                        scales.data_ptr(), m, k, block, ck._C.OUT_FP8, 448.0, x.device.index,
                        torch.cuda.current_stream().cuda_stream, False)
     return out, scales
@@ -103,7 +104,8 @@ def ab_rq(old, copy):
         block = default_block(k)
         xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
         nbytes = m * k * 3 + 4 * m                       # read bf16, write e4m3 codes and float32 scales
-        r = old_and_new(old, lambda i: (lambda t=xs[i % 4]: ck.rotate_quant_cuda(t, None, None, block, "fp8", 8)),
+        r = old_and_new(old, lambda i: (lambda t=xs[i % 4]: ck.rotate_quant_cuda(t, None, None, block, "fp8", 8)
+                                        if takes_int16_tables(ck._C) else rq_int32_gather(t, None, None, block)),
                         nbytes)
         perm = torch.randperm(k, device="cuda", dtype=torch.int32)
         cs = torch.rand(k, device="cuda") + 0.5
