@@ -260,7 +260,7 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather) {
   Layout& l = p.layout;
   l.stage_elems = p.tokens * k;
   const size_t stage_bytes = static_cast<size_t>(l.stage_elems) * x_bytes;
-  l.stages = gather ? 3 : 4;
+  l.stages = gather ? 2 : 4;
   while (l.stages > 2 && l.stages * stage_bytes > kRingBudget) --l.stages;
   l.ring_offset = 2 * kMaxTokensPerCta;                          // 16-byte aligned: 64 floats
   const int64_t ring_floats = (l.stages * stage_bytes + 15) / 16 * 4;
