@@ -11,6 +11,8 @@ CUDA-graph replays over copies of the data larger than L2 together (timing.cold_
   gemv: the small-M weight-only GEMM, FLUX qkv / fc1 / fc2 / proj_out, M = 1 and 16, 4-bit, 3-bit, 4-bit group 128
   rq:   rotate + per-token FP8 quantize (block of rotation.default_block), plain and with the ARS gather (an int32
         permutation and channel scales, as QuantLinear keeps them; builds before session 16 get them as they read them)
+  a16fwd: the weight-only forward at small M (ops.quant_linear_a16: rotate, then the GEMV), FLUX qkv / fc1 / fc2 /
+        proj_out, M = 1 and 16, 4-bit and 3-bit per channel, block Hadamard (rotation.default_block)
   dequant: dequantize_weight (4-bit, per-channel scales, the weight with its block Hadamard undone, bf16 out) on the
         weights of PixArt and FLUX qkv, FLUX fc1 / fc2 / proj_out and Wan fc2 (builds from session 13 on)
 Writes NAME.json and NAME.md (default ab_cuda) with the GPU, versions, date and this command.
@@ -98,6 +100,26 @@ def rq_int32_gather(x, perm, cs, block):
     return out, scales
 
 
+def ab_a16fwd(old):
+    from lrq_kernels import ops
+    rows = []
+    for k, n in GEMV_SHAPES:
+        block = default_block(k)
+        for m in (1, 16):
+            for bits in (4, 3):
+                cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
+                ws = [(pack_codes(torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8), bits),
+                       torch.rand(n, device="cuda") + 0.5) for _ in range(8)]
+                wbytes = ws[0][0].numel() + 4 * n
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                r = old_and_new(old, lambda i: (lambda p=ws[i % 8]: ops.quant_linear_a16(
+                    x, None, None, block, p[0], p[1], cb, bits, 0, None)), wbytes)
+                r.update(K=k, N=n, M=m, bits=bits, group=0)
+                print(r, flush=True)
+                rows.append(r)
+    return rows
+
+
 def ab_rq(old, copy):
     rows = []
     for m, k in RQ_SHAPES:
@@ -138,14 +160,14 @@ def ab_dequant(old, copy):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="*", help="gemv, rq and/or dequant (default: gemv and rq)")
+    ap.add_argument("what", nargs="*", help="gemv, a16fwd, rq and/or dequant (default: gemv and rq)")
     ap.add_argument("--old", required=True, help="path (or glob) of the other build's _C*.so")
     ap.add_argument("--name", default="ab_cuda")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
     args.what = args.what or ["gemv", "rq"]
-    if set(args.what) - {"gemv", "rq", "dequant"}:
-        ap.error(f"what: gemv, rq and/or dequant, got {args.what}")
+    if set(args.what) - {"gemv", "a16fwd", "rq", "dequant"}:
+        ap.error(f"what: gemv, a16fwd, rq and/or dequant, got {args.what}")
     assert ck.available(), ck.why_unavailable()
     paths = sorted(glob.glob(args.old))
     if not paths:
@@ -155,12 +177,13 @@ def main():
     old = load_build(paths[0])
     copy = copy_gbps()
     gemv = ab_gemv(old) if "gemv" in args.what else []
+    a16fwd = ab_a16fwd(old) if "a16fwd" in args.what else []
     rq = ab_rq(old, copy) if "rq" in args.what else []
     dequant = ab_dequant(old, copy) if "dequant" in args.what else []
     meta = run_meta(copy_GBps=copy)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.name + ".json"), "w") as f:
-        json.dump({"meta": meta, "gemv_a16": gemv, "rotate_quant": rq, "dequantize_weight": dequant}, f, indent=1)
+        json.dump({"meta": meta, "gemv_a16": gemv, "quant_linear_a16": a16fwd, "rotate_quant": rq, "dequantize_weight": dequant}, f, indent=1)
     md = [f"# A/B of two lrq_kernels._C builds on {meta['gpu']}", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
           f"µs, the smaller of two medians of CUDA-graph replays over copies larger than L2; copy {copy:.0f} GB/s."]
@@ -168,6 +191,11 @@ def main():
         md += ["", "| K | N | M | bits | group | old µs | new µs | new / old |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         md += [f"| {r['K']} | {r['N']} | {r['M']} | {r['bits']} | {r['group'] or '–'} | {r['old']:.2f} | {r['new']:.2f} | "
                f"{r['new'] / r['old']:.2f} |" for r in gemv]
+    if a16fwd:
+        md += ["", "Weight-only forward (ops.quant_linear_a16: rotate + GEMV):", "",
+               "| K | N | M | bits | old µs | new µs | new / old |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        md += [f"| {r['K']} | {r['N']} | {r['M']} | {r['bits']} | {r['old']:.2f} | {r['new']:.2f} | "
+               f"{r['new'] / r['old']:.2f} |" for r in a16fwd]
     if rq:
         md += ["", "| M | K | block | old µs (% copy) | new µs (% copy) | new / old | ARS old µs | ARS new µs | ARS new / old |",
                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
