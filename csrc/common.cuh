@@ -28,16 +28,13 @@ inline int sm_count(int device) {
   return n > 0 ? n : 1;
 }
 
-// Programmatic dependent launch (Hopper, sm_90+; both are no-ops in the sm_80 code). A kernel launched with
-// launch_dependent() may start while the kernel before it in the stream still runs, once every CTA of that kernel
-// has called pdl_launch_dependents() (or exited); it must call pdl_wait_prerequisites() before it reads anything the
-// earlier kernel writes, which waits for that kernel's completion and memory. So the dependent's prologue (weight
-// loads, tables in shared memory) overlaps the earlier kernel and the launch gap between them.
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
+// Programmatic dependent launch (Hopper, sm_90+; a no-op in the sm_80 code). A kernel launched with
+// launch_dependent() is launched as soon as every CTA of the stream's previous kernel has exited, without waiting
+// for that kernel's memory flush and the launch latency in between; it must call pdl_wait_prerequisites() before it
+// reads anything the earlier kernel wrote. So the dependent's prologue (weight loads, tables in shared memory)
+// overlaps the end of the earlier kernel. The earlier kernel could let it start sooner (griddepcontrol.
+// launch_dependents); rotate_quant doing so at its start made the weight-only forward at K = 3072 up to 1.39x slower
+// (results/ab_pdl_trigger.md, session 16; not profiled: persistent dependent CTAs then share SMs with the rotation).
 __device__ __forceinline__ void pdl_wait_prerequisites() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");

@@ -14,8 +14,8 @@
 // 32 lanes (entry e of lane l at byte e * 128 + l * 4: lane l only reads bank l, so lookups never conflict).
 // The byte offset of a lookup is one shift and one and-or of the packed word: 3 instructions with the load
 // (4-bit; 3-bit pairs take two shifts and two and-ors).
-// The table is built once a CTA, while the CTA's first weight loads are in flight, and on Hopper while the
-// rotation of x, the kernel before this one, still runs (programmatic dependent launch, common.cuh).
+// The table is built once a CTA, while the CTA's first weight loads are in flight, and on Hopper while the kernel
+// before this one (the rotation of x) flushes its output (programmatic dependent launch, common.cuh).
 //
 // Work split: a CTA of 8 warps owns 16 * MT weight rows at a time and splits K between its warps (chunks of CH
 // codes, interleaved), then adds the 8 partial sums in shared memory. CTAs are persistent (one table build
@@ -299,8 +299,8 @@ std::string launch(const GemvA16Args& a) {
   const int per_cta = (tiles + ctas - 1) / ctas;
   const int grid = std::max(1, (tiles + per_cta - 1) / per_cta);
   const int row_bytes = BITS == 4 ? (a.k + 1) / 2 : 3 * ((a.k + 7) / 8);
-  // A programmatic dependent of the rotation before it: its table build and first weight loads overlap the
-  // rotation and the gap between the launches.
+  // A programmatic dependent of the kernel before it (the rotation): its table build and first weight loads overlap
+  // that kernel's end and the gap between the launches.
   e = launch_dependent(kernel, dim3(grid), dim3(kThreads), 0, reinterpret_cast<cudaStream_t>(a.stream), a.device,
                        static_cast<const T*>(a.x), a.m, a.k, a.n, a.packed, row_bytes, a.w_scales, a.codebook, a.bias,
                        static_cast<T*>(a.y));

@@ -80,8 +80,6 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     const float* __restrict__ scale_lanes, void* __restrict__ out, int64_t stride_out,
     float* __restrict__ scales, int64_t m, int k, int log_b_arg, int tokens_per_cta, Layout lay, float norm,
     float qmax, bool gemm_order) {
-  // The GEMV of the weight-only forward waits for this kernel's output but may start its prologue now (common.cuh).
-  pdl_launch_dependents();
   const int log_b = LOG_B ? LOG_B : log_b_arg;
   extern __shared__ __align__(16) float smem[];
   unsigned* amax_sets = reinterpret_cast<unsigned*>(smem);   // [2][kMaxTokensPerCta]
