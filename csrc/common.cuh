@@ -28,39 +28,6 @@ inline int sm_count(int device) {
   return n > 0 ? n : 1;
 }
 
-// Programmatic dependent launch (Hopper, sm_90+; a no-op in the sm_80 code). A kernel launched with
-// launch_dependent() is launched as soon as every CTA of the stream's previous kernel has exited, without waiting
-// for that kernel's memory flush and the launch latency in between; it must call pdl_wait_prerequisites() before it
-// reads anything the earlier kernel wrote. So the dependent's prologue (weight loads, tables in shared memory)
-// overlaps the end of the earlier kernel. The earlier kernel could let it start sooner (griddepcontrol.
-// launch_dependents); rotate_quant doing so at its start made the weight-only forward at K = 3072 up to 1.39x slower
-// (results/ab_pdl_trigger.md, session 16; not profiled: persistent dependent CTAs then share SMs with the rotation).
-__device__ __forceinline__ void pdl_wait_prerequisites() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-
-// kernel<<<grid, threads, smem, stream>>>(args...), as a programmatic dependent of the stream's previous kernel on
-// devices of compute capability 9.0 and up (an ordinary launch before).
-template <typename... Params, typename... Args>
-cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 threads, size_t smem, cudaStream_t stream,
-                             int device, Args... args) {
-  int major = 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = threads;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = major >= 9 ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
-}
-
 template <typename T> __device__ __forceinline__ float to_float(T v);
 template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }

@@ -14,8 +14,7 @@
 // 32 lanes (entry e of lane l at byte e * 128 + l * 4: lane l only reads bank l, so lookups never conflict).
 // The byte offset of a lookup is one shift and one and-or of the packed word: 3 instructions with the load
 // (4-bit; 3-bit pairs take two shifts and two and-ors).
-// The table is built once a CTA, while the CTA's first weight loads are in flight, and on Hopper while the kernel
-// before this one (the rotation of x) flushes its output (programmatic dependent launch, common.cuh).
+// The table is built once a CTA, while the CTA's first weight loads are in flight.
 //
 // Work split: a CTA of 8 warps owns 16 * MT weight rows at a time and splits K between its warps (chunks of CH
 // codes, interleaved), then adds the 8 partial sums in shared memory. CTAs are persistent (one table build
@@ -166,6 +165,11 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
   Run<BITS, CPT> w[MAXC][2 * MT];              // [chunk of the round][rows g, g + 8, g + 16, g + 24, ...]
   int tile = blockIdx.x;
   if (tile < tiles) load_round(w, tile, warp);
+  // A warp reads the same columns of x for every tile (chunks warp, warp + kWarps, ...): pull them into L1
+  // now, so that the first tile's x loads do not wait on L2 in the middle of the decode.
+  if (g < m && tile < tiles)
+    for (int c = warp; c < chunks; c += kWarps)
+      asm volatile("prefetch.global.L1 [%0];\n" :: "l"(x + static_cast<int64_t>(g) * k + c * CH + q * CPT));
 
   // The decode table, built while the first loads are in flight: TPE threads write entry e's 32 lane copies as
   // 16-byte stores, each thread starting at a different 16-byte slot so that a warp's stores spread over all
@@ -180,14 +184,6 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
 #pragma unroll
     for (int i = 0; i < PER; ++i) dst[(sub * PER + i + e) & 7] = make_uint4(val, val, val, val);
   }
-  // Everything above (the first weights, the codebook, the table) is the layer's own; x is the previous kernel's
-  // output (the rotation, in the weight-only forward), and this kernel is launched as its programmatic dependent.
-  pdl_wait_prerequisites();
-  // A warp reads the same columns of x for every tile (chunks warp, warp + kWarps, ...): pull them into L1
-  // now, so that the first tile's x loads do not wait on L2 in the middle of the decode.
-  if (g < m && tile < tiles)
-    for (int c = warp; c < chunks; c += kWarps)
-      asm volatile("prefetch.global.L1 [%0];\n" :: "l"(x + static_cast<int64_t>(g) * k + c * CH + q * CPT));
   __syncthreads();
 
   // The reduction: warp v finishes accumulator entries idx = v, v + kWarps, ... of every lane l. Entry idx is
@@ -299,12 +295,9 @@ std::string launch(const GemvA16Args& a) {
   const int per_cta = (tiles + ctas - 1) / ctas;
   const int grid = std::max(1, (tiles + per_cta - 1) / per_cta);
   const int row_bytes = BITS == 4 ? (a.k + 1) / 2 : 3 * ((a.k + 7) / 8);
-  // A programmatic dependent of the kernel before it (the rotation): its table build and first weight loads overlap
-  // that kernel's end and the gap between the launches.
-  e = launch_dependent(kernel, dim3(grid), dim3(kThreads), 0, reinterpret_cast<cudaStream_t>(a.stream), a.device,
-                       static_cast<const T*>(a.x), a.m, a.k, a.n, a.packed, row_bytes, a.w_scales, a.codebook, a.bias,
-                       static_cast<T*>(a.y));
-  if (e != cudaSuccess) return cuda_error("gemv_a16_kernel", e);
+  kernel<<<grid, kThreads, 0, reinterpret_cast<cudaStream_t>(a.stream)>>>(
+      static_cast<const T*>(a.x), a.m, a.k, a.n, a.packed, row_bytes, a.w_scales, a.codebook, a.bias,
+      static_cast<T*>(a.y));
   return last_launch_error("gemv_a16_kernel");
 }
 
