@@ -248,7 +248,9 @@ struct Plan { int v, tokens, threads; size_t smem; Layout layout; };
 // V, tokens a CTA and threads: tiling_for (hadamard.cuh).
 // Ring stages: 4 where they fit in kRingBudget, down to 2 (the least a ring can be). With the ARS gather, 2: its
 // scattered shared-memory reads want more CTAs an SM rather than more groups in flight (4 stages took 1.05-1.09x
-// the time of the one-shot kernel on 3 of 6 shapes, session 12). x_bytes is x's element size.
+// the time of the one-shot kernel on 3 of 6 shapes, session 12; with the int16 tables, 3 stages took 1.00-1.05x the
+// time of 2, and 4 stages 1.01-1.08x that of 3: results/ab_rq_gather3.md, ab_rq_gather4_vs_3.md, session 16).
+// x_bytes is x's element size.
 constexpr size_t kRingBudget = 96 * 1024;
 Plan plan_for(int64_t k, int block, int x_bytes, bool gather) {
   Plan p{};
