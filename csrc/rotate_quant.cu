@@ -6,6 +6,7 @@
 // Layout and butterflies: hadamard.cuh (a CTA owns R whole tokens; a thread V vectors of 8 contiguous values).
 #include "hadamard.cuh"
 #include "lrq.h"
+#include "mbarrier.cuh"
 #include <cuda_fp8.h>
 #include <algorithm>
 #include <numeric>
@@ -60,20 +61,34 @@ __device__ __forceinline__ uint32_t quantize_pair(float y0, float y1, float qmax
 // Shared memory of a CTA, in floats from the start of the dynamic allocation:
 //   [0, 2 * kMaxTokensPerCta)  per-token |value| bits (max-reduced), then the inverse scales, two sets used by
 //                              alternate groups so that one group's readers never race the next group's writers;
-//   [ring_offset, ...)         `stages` copies of a group's R * K input values (x's dtype), filled by cp.async;
+//   [kBarOffset, +8)           one mbarrier (8 bytes) a ring stage, on Hopper: the stage's rows have landed;
+//   [ring_offset, ...)         `stages` copies of a group's R * K input values (x's dtype), filled by bulk copies
+//                              (sm_90) or cp.async (sm_80);
 //   [exchange_offset, ...)     R * K floats for butterfly stages across warps (blocks over 256 * V only).
+constexpr int kMaxStages = 4;
+constexpr int kBarOffset = 2 * kMaxTokensPerCta;                // 256 bytes: 8-byte aligned
 struct Layout { int stages, ring_offset, exchange_offset; int64_t stage_elems; };
+
+// Hopper copies a group's rows into the ring with one bulk copy a token row, issued by one thread and counted on
+// the stage's mbarrier, which every thread waits on; sm_80 has each thread cp.async the 16-byte pieces it reads.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr bool kBulkRing = true;
+#else
+constexpr bool kBulkRing = false;
+#endif
 
 // LOG_B: log2 of the Hadamard block, fixed at compile time for the blocks and V that dispatch_v lists (0: read
 // from log_b_arg). With it fixed, the stage loops have no exits, so the butterflies need no branches and no register
 // copies back to the loop's registers (ncu, session 6: branches and copies were ~5 of 36 instructions a value).
 //
 // The grid is persistent: CTA b takes the token groups b, b + gridDim.x, ... and keeps the input of the next
-// `stages - 1` groups in flight (cp.async into a shared-memory ring) while it rotates and quantizes the current
+// `stages - 1` groups in flight (copies into a shared-memory ring) while it rotates and quantizes the current
 // one. One-shot CTAs (session 6-11 kernel) had no load in flight while they computed: 56-73% of copy bandwidth
-// on the H200, long-scoreboard stalls 33% (ncu, session 11). Every thread copies exactly the 16-byte pieces it
-// later reads, so the plain path needs no barrier between a copy and its use; the ARS gather reads other
-// threads' pieces and waits at a barrier first.
+// on the H200, long-scoreboard stalls 33% (ncu, session 11). sm_80: every thread copies exactly the 16-byte pieces
+// it later reads (cp.async), so the plain path needs no barrier between a copy and its use; the ARS gather reads
+// other threads' pieces and waits at a barrier first. Hopper: one bulk copy a token row, issued by thread 0, so no
+// thread spends instructions on copies (their addresses were ~2.5 of 31.5 instructions a value, ncu, session 12),
+// and an mbarrier a stage replaces the gather's barrier.
 template <typename T, int V, int FMT, int LOG_B>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(
     const T* __restrict__ x, int64_t stride_x, const int16_t* __restrict__ perm16,
@@ -95,33 +110,53 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   };
 
   if (threadIdx.x < 2 * kMaxTokensPerCta) amax_sets[threadIdx.x] = 0u;
+  const uint32_t bar0 = smem_u32(smem + kBarOffset);          // stage s's mbarrier at bar0 + 8 s
+  // Thread 0 alone arms the barriers and issues the copies; the others first wait on a barrier after the
+  // __syncthreads below.
+  if (kBulkRing && threadIdx.x == 0)
+    for (int s = 0; s < lay.stages; ++s) mbar_init(bar0 + 8 * s, 1);
 
   // A slot past the CTA's R * K elements has tok >= R, so `tok < live tokens` tells the slots to compute.
   int tok[V], col[V];
   vector_slots<V>(k, lane, warp, tok, col);
 
-  // Copies group `grp`'s input into ring stage `slot` (nothing past the last group: an empty commit group keeps
-  // the count of groups in flight the same on every iteration). Slot e of a stage is element e = tok * K + col.
+  // Copies group `grp`'s input into ring stage `slot` (nothing past the last group: on sm_80 an empty commit group
+  // keeps the count of groups in flight the same on every iteration). Slot e of a stage is element e = tok * K + col.
+  // Hopper: the calling thread 0 arms the stage's barrier with the group's bytes and copies each live token's row.
   auto fetch = [&](int grp, int slot) {
-    if (grp < groups) {
-      const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
-      const int live_tokens = live_tokens_at(row0);
-      T* stage = ring + slot * lay.stage_elems;
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        if (tok[i] >= live_tokens) continue;
-        const T* src = x + (row0 + tok[i]) * stride_x + col[i];
-        T* dst = stage + tok[i] * k + col[i];
-#pragma unroll
-        for (int q = 0; q < kPieces; ++q) cp_async16(dst + q * (16 / sizeof(T)), src + q * (16 / sizeof(T)));
+    if constexpr (kBulkRing) {
+      if (threadIdx.x == 0 && grp < groups) {
+        const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
+        const int live_tokens = live_tokens_at(row0);
+        const uint32_t bar = bar0 + 8 * slot, row_bytes = static_cast<uint32_t>(k * sizeof(T));
+        const uint32_t stage = smem_u32(ring + slot * lay.stage_elems);
+        fence_proxy_async_shared();                           // after the reads of this stage's previous group
+        mbar_expect_tx(bar, live_tokens * row_bytes);
+        for (int t = 0; t < live_tokens; ++t)
+          bulk_copy_g2s(stage + t * row_bytes, x + (row0 + t) * stride_x, row_bytes, bar);
       }
+    } else {
+      if (grp < groups) {
+        const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
+        const int live_tokens = live_tokens_at(row0);
+        T* stage = ring + slot * lay.stage_elems;
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          if (tok[i] >= live_tokens) continue;
+          const T* src = x + (row0 + tok[i]) * stride_x + col[i];
+          T* dst = stage + tok[i] * k + col[i];
+#pragma unroll
+          for (int q = 0; q < kPieces; ++q) cp_async16(dst + q * (16 / sizeof(T)), src + q * (16 / sizeof(T)));
+        }
+      }
+      cp_async_commit();
     }
-    cp_async_commit();
   };
   for (int s = 0; s + 1 < lay.stages; ++s) fetch(blockIdx.x + s * gridDim.x, s);
   __syncthreads();                                            // amax_sets initialised
 
   int slot = 0, parity = 0;
+  uint32_t ring_phase = 0;                                    // bit s: the parity of stage s's next phase
   for (int grp = blockIdx.x; grp < groups; grp += gridDim.x) {
     const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
     const int live_tokens = live_tokens_at(row0);
@@ -130,8 +165,13 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
 #pragma unroll
     for (int i = 0; i < V; ++i) live[i] = tok[i] < live_tokens;
 
-    cp_async_wait_pending(lay.stages - 2);                    // this group's copies (this thread's) have landed
-    if (perm16 != nullptr) __syncthreads();                   // ... and every thread's, for the gather
+    if constexpr (kBulkRing) {
+      mbar_wait(bar0 + 8 * slot, (ring_phase >> slot) & 1u);  // every row of this group has landed
+      ring_phase ^= 1u << slot;
+    } else {
+      cp_async_wait_pending(lay.stages - 2);                  // this group's copies (this thread's) have landed
+      if (perm16 != nullptr) __syncthreads();                 // ... and every thread's, for the gather
+    }
     const T* stage = ring + slot * lay.stage_elems;
     float v[V][8];
 #pragma unroll
@@ -157,8 +197,10 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], s[j]);
       }
     }
-    // Refill the stage read on the previous iteration. Plain path: only this thread read it, and its values were
-    // consumed then. Gather: every thread's reads of it came before this iteration's barrier.
+    // Refill the stage read on the previous iteration. sm_80 plain path: only this thread read it, and its values
+    // were consumed then; gather: every thread's reads of it came before this iteration's barrier. Hopper: every
+    // thread read it, before the previous iteration's amax barriers (FP8/INT codes), or before the barrier here.
+    if (kBulkRing && FMT == kSame) __syncthreads();
     fetch(grp + (lay.stages - 1) * gridDim.x, slot == 0 ? lay.stages - 1 : slot - 1);
     slot = slot + 1 == lay.stages ? 0 : slot + 1;
 
@@ -240,7 +282,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
       parity ^= 1;
     }
   }
-  cp_async_wait<0>();                                         // no copy outlives the CTA (empty groups only)
+  if (!kBulkRing) cp_async_wait<0>();                         // no copy outlives the CTA (empty groups only)
 }
 
 struct Plan { int v, tokens, threads; size_t smem; Layout layout; };
@@ -264,7 +306,7 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather) {
   const size_t stage_bytes = static_cast<size_t>(l.stage_elems) * x_bytes;
   l.stages = gather ? 2 : 4;
   while (l.stages > 2 && l.stages * stage_bytes > kRingBudget) --l.stages;
-  l.ring_offset = 2 * kMaxTokensPerCta;                          // 16-byte aligned: 64 floats
+  l.ring_offset = kBarOffset + 2 * kMaxStages;                   // 16-byte aligned (bulk copies): 72 floats
   const int64_t ring_floats = (l.stages * stage_bytes + 15) / 16 * 4;
   l.exchange_offset = static_cast<int>(l.ring_offset + ring_floats);
   p.smem = sizeof(float) * (l.exchange_offset + (cross_warp ? l.stage_elems : 0));
