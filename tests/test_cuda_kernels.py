@@ -348,6 +348,9 @@ def test_gather_tables_are_made_once_and_follow_in_place_writes():
     assert torch.equal(cuda_kernels.gather_tables(perm, cs2)[1], cuda_kernels.scale_lanes(cs2))
     assert cuda_kernels.gather_tables(None, cs)[0] is None
     assert cuda_kernels.gather_tables(None, None) == (None, None)
+    for bad in (torch.arange(k) + 1, torch.zeros(k, dtype=torch.int64)):   # past K; repeated indices
+        with pytest.raises(ValueError, match="perm must be a permutation of 0..1151"):
+            cuda_kernels.gather_tables(bad, cs)
     with torch.inference_mode():                                      # no version counter: made, not cached
         p_inf, c_inf = torch.randperm(k), torch.rand(k)
         t = cuda_kernels.gather_tables(p_inf, c_inf)

@@ -118,6 +118,15 @@ def scale_lanes(channel_scale: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def _check_permutation(perm: torch.Tensor) -> None:
+    """The kernel reads x's row at every perm index: one outside 0..K-1 would read past it (the ops' checks do not
+    look at the values, which would cost a device sync on every call; here it is paid once per cached table)."""
+    k = perm.numel()
+    if not torch.equal(torch.sort(perm).values, torch.arange(k, device=perm.device, dtype=perm.dtype)):
+        raise ValueError(f"perm must be a permutation of 0..{k - 1} (each index once), got values from "
+                         f"{int(perm.min())} to {int(perm.max())} with {int(torch.unique(perm).numel())} distinct")
+
+
 def _make_gather_tables(perm, channel_scale):
     perm16 = None if perm is None else _aligned16(perm.to(torch.int16).contiguous())
     lanes = None if channel_scale is None else _aligned16(scale_lanes(channel_scale.float().contiguous()))
@@ -133,8 +142,9 @@ def gather_tables(perm: Optional[torch.Tensor], channel_scale: Optional[torch.Te
     """(perm16, scale_lanes): the ARS gather's permutation as int16 and its channel scales in the kernel's lane order
     (scale_lanes()), the layout csrc/rotate_quant.cu reads (half the L1 wavefronts of int32 indices and natural-order
     scales). Cached on the source tensors: made again when either is another tensor or was written in place (its
-    version counter moved). Not cached for inference tensors (no version counter), nor when made while a CUDA graph is
-    being captured (such tables hold no values until the graph replays): warm up before capturing, as PyTorch asks."""
+    version counter moved), after checking that perm is a permutation (ValueError if not). Neither cached nor checked
+    for inference tensors (no version counter) or while a CUDA graph is being captured (such tables hold no values
+    until the graph replays; a check would synchronize): warm up before capturing, as PyTorch asks."""
     key = perm if perm is not None else channel_scale
     if key is None:
         return None, None
@@ -147,9 +157,12 @@ def gather_tables(perm: Optional[torch.Tensor], channel_scale: Optional[torch.Te
         other_ref, cached_versions, tables = hit
         if cached_versions == versions and (None if other_ref is None else other_ref()) is other:
             return tables
+    if key.is_cuda and torch.cuda.is_current_stream_capturing():
+        return _make_gather_tables(perm, channel_scale)
+    if perm is not None:
+        _check_permutation(perm)
     tables = _make_gather_tables(perm, channel_scale)
-    if not (key.is_cuda and torch.cuda.is_current_stream_capturing()):
-        _GATHER_TABLES[key] = (None if other is None else weakref.ref(other), versions, tables)
+    _GATHER_TABLES[key] = (None if other is None else weakref.ref(other), versions, tables)
     return tables
     tables = _make_gather_tables(perm, channel_scale)
     _GATHER_TABLES[key] = (None if other is None else weakref.ref(other), versions, tables)
