@@ -8,9 +8,8 @@ State (all buffers, so .to() and state_dict carry them):
     w_scales       float32 [N] or [N, K / group_size]
     codebook       float32 [2^w_bits], e4m3-exact
     bias           float32 [N] (absent when the linear had none)
-    perm           int32 [K]   (absent unless the rotation permutes; int32 because the rotate kernels read it for
-                               every token: the CUDA ARS gather took 56.0 us with int64 indices against 34.7 with
-                               int32 on 4608 x 3072, H100, session 8, benchmarks/NOTES.md)
+    perm           int32 [K]   (absent unless the rotation permutes; the CUDA rotate+quantize reads an int16 copy,
+                               made once: lrq_kernels.cuda.gather_tables)
     channel_scale  float32 [K] (absent unless the rotation smooths)
 and the layout metadata in `_extra_state` (checked on load, before any tensor is copied).
 """
