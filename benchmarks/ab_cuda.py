@@ -82,14 +82,12 @@ def ab_gemv(old):
     return rows
 
 
-def takes_int16_tables(build) -> bool:
-    """Whether a build's rotate_quant reads the int16 gather tables (session 16 on: cuda.gather_tables)."""
-    return "perm16" in (build.rotate_quant.__doc__ or "")
-
-
-def rq_int32_gather(x, perm, cs, block):
-    """rotate_quant_cuda (FP8 codes, natural K order) as builds before session 16 took it: positional arguments, the
-    ARS gather's indices as int32 and its scales in natural order (perm, cs: int32 and float32 tensors, or None)."""
+def rq_fp8(x, perm, cs, block):
+    """FP8 rotate+quantize through whichever build is swapped in as ck._C. Builds from session 16 on read the int16
+    gather tables (cuda.rotate_quant_cuda); older ones take positional arguments, the ARS gather's indices as int32
+    and its scales in natural order (perm, cs: int32 and float32 tensors, or None)."""
+    if "perm16" in (ck._C.rotate_quant.__doc__ or ""):
+        return ck.rotate_quant_cuda(x, perm, cs, block, "fp8", 8)
     m, k = x.shape
     out = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
     scales = torch.empty((m,), dtype=torch.float32, device=x.device)
@@ -126,14 +124,10 @@ def ab_rq(old, copy):
         block = default_block(k)
         xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
         nbytes = m * k * 3 + 4 * m                       # read bf16, write e4m3 codes and float32 scales
-        r = old_and_new(old, lambda i: (lambda t=xs[i % 4]: ck.rotate_quant_cuda(t, None, None, block, "fp8", 8)
-                                        if takes_int16_tables(ck._C) else rq_int32_gather(t, None, None, block)),
-                        nbytes)
+        r = old_and_new(old, lambda i: (lambda t=xs[i % 4]: rq_fp8(t, None, None, block)), nbytes)
         perm = torch.randperm(k, device="cuda", dtype=torch.int32)
         cs = torch.rand(k, device="cuda") + 0.5
-        g = old_and_new(old, lambda i: (lambda t=xs[i % 4]: ck.rotate_quant_cuda(t, perm, cs, block, "fp8", 8)
-                                        if takes_int16_tables(ck._C) else rq_int32_gather(t, perm, cs, block)),
-                        nbytes)
+        g = old_and_new(old, lambda i: (lambda t=xs[i % 4]: rq_fp8(t, perm, cs, block)), nbytes)
         r.update(M=m, K=k, block=block, old_ars=g["old"], new_ars=g["new"],
                  old_pct_copy=100 * nbytes / r["old"] / 1e3 / copy, new_pct_copy=100 * nbytes / r["new"] / 1e3 / copy)
         print(r, flush=True)
@@ -183,7 +177,8 @@ def main():
     meta = run_meta(copy_GBps=copy)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.name + ".json"), "w") as f:
-        json.dump({"meta": meta, "gemv_a16": gemv, "quant_linear_a16": a16fwd, "rotate_quant": rq, "dequantize_weight": dequant}, f, indent=1)
+        json.dump({"meta": meta, "gemv_a16": gemv, "quant_linear_a16": a16fwd, "rotate_quant": rq,
+                   "dequantize_weight": dequant}, f, indent=1)
     md = [f"# A/B of two lrq_kernels._C builds on {meta['gpu']}", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
           f"µs, the smaller of two medians of CUDA-graph replays over copies larger than L2; copy {copy:.0f} GB/s."]
