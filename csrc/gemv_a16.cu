@@ -18,8 +18,8 @@
 //
 // Work split: a CTA of 8 warps owns 16 * MT weight rows at a time and splits K between its warps (chunks of CH
 // codes, interleaved), then adds the 8 partial sums in shared memory. CTAs are persistent (one table build
-// each) and get equal numbers of tiles; a warp requests the weights of several chunks before it decodes them,
-// and the next tile's before the reduction of this one.
+// each) and get equal numbers of tiles; a warp requests its next round of chunks (in this tile or its next one)
+// before it decodes the current round.
 // Group scales: a chunk is exactly one group (CH = group size), so a group's partial product is scaled once.
 #include "common.cuh"
 #include "lrq.h"
@@ -147,12 +147,16 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
   const int groups = GROUP ? k / GROUP : 1;
   const int tiles = (n + ROWS - 1) / ROWS;
 
-  // A warp's chunks of a tile are warp, warp + kWarps, ...; it requests the weights of up to MAXC of them at
-  // once and then decodes them, so that each warp has several loads in flight.
-  constexpr int MAXC = 4 / MT;
+  // A warp's chunks of a tile are warp, warp + kWarps, ...; it takes them RC at a time (a round) and requests the
+  // next round's weights (crossing into its next tile) before it decodes this one, from two register sets in
+  // turn, so that its loads are in flight while it decodes. With one set, loads and decode alternated: at M = 1 a
+  // CTA waited for its weights, decoded them with the memory idle, then waited again; the kernel took 1.7-1.9x
+  // the time of its load pattern alone (benchmarks/read_patterns.cu; results/read_patterns_h200.txt). The two
+  // sets of RC chunks hold as many registers as the one set of 2 RC chunks did.
+  constexpr int RC = 2 / MT;
   auto load_round = [&](Run<BITS, CPT> (*dst)[2 * MT], int tile, int c0) {
 #pragma unroll
-    for (int i = 0; i < MAXC; ++i) {
+    for (int i = 0; i < RC; ++i) {
       const int c = c0 + i * kWarps;
 #pragma unroll
       for (int h = 0; h < 2 * MT; ++h) {
@@ -162,9 +166,9 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
       }
     }
   };
-  Run<BITS, CPT> w[MAXC][2 * MT];              // [chunk of the round][rows g, g + 8, g + 16, g + 24, ...]
+  Run<BITS, CPT> wa[RC][2 * MT], wb[RC][2 * MT];  // [chunk of the round][rows g, g + 8, g + 16, g + 24, ...]
   int tile = blockIdx.x;
-  if (tile < tiles) load_round(w, tile, warp);
+  if (tile < tiles) load_round(wa, tile, warp);
   // A warp reads the same columns of x for every tile (chunks warp, warp + kWarps, ...): pull them into L1
   // now, so that the first tile's x loads do not wait on L2 in the middle of the decode.
   if (g < m && tile < tiles)
@@ -198,6 +202,7 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
     red_tok[j] = idx < E ? ((idx >> 2) % NT) * 8 + 2 * (lane & 3) + (r & 1) : m;   // m: nothing to write
   }
   int buf = 0;
+  bool odd = false;                            // the current round's weights are in wb (else wa)
   for (; tile < tiles; tile += gridDim.x, buf = (buf + 1) % NBUF) {
     const int n0 = tile * ROWS;
     // The epilogue's scale and bias, requested now: loaded after the barrier, they held every warp of the CTA
@@ -211,10 +216,9 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
       out_bias[j] = bias != nullptr && live ? __ldg(bias + row) : 0.f;
     }
     float acc[MT][NT][4] = {};
-    for (int c0 = warp; c0 < chunks; c0 += MAXC * kWarps) {
-      if (c0 != warp) load_round(w, tile, c0);
+    auto decode_round = [&](const Run<BITS, CPT> (*w)[2 * MT], int c0) {
 #pragma unroll
-      for (int i = 0; i < MAXC; ++i) {
+      for (int i = 0; i < RC; ++i) {
         const int c = c0 + i * kWarps;
         if (c >= chunks) break;
         const int kx = c * CH + q * CPT;
@@ -257,9 +261,21 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
           }
         }
       }
+    };
+    for (int c0 = warp; c0 < chunks; c0 += RC * kWarps) {
+      // The round after this one: the next chunks of this tile, or the first of this warp's next tile.
+      int next_c0 = c0 + RC * kWarps, next_tile = tile;
+      if (next_c0 >= chunks) next_c0 = warp, next_tile += gridDim.x;
+      const bool more = next_tile < tiles;
+      if (odd) {
+        if (more) load_round(wa, next_tile, next_c0);
+        decode_round(wb, c0);
+      } else {
+        if (more) load_round(wb, next_tile, next_c0);
+        decode_round(wa, c0);
+      }
+      odd = !odd;
     }
-    // The next tile's first weights go out before the reduction's barrier.
-    if (tile + static_cast<int>(gridDim.x) < tiles) load_round(w, tile + gridDim.x, warp);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
