@@ -11,9 +11,11 @@
 //
 // Decoding: one shared-memory lookup gives two decoded weights as the bf16x2 (or half2) register A wants: a
 // table of all 256 byte values (4-bit: two codes a byte) or 64 pairs of 3-bit codes, replicated for each of the
-// 32 lanes (entry e of lane l at byte e * 128 + l * 4: lane l only reads bank l, so lookups never conflict).
-// The byte offset of a lookup is one shift and one and-or of the packed word: 3 instructions with the load
-// (4-bit; 3-bit pairs take two shifts and two and-ors).
+// 32 lanes (entry e of lane l at byte e * S + l * 4: lane l only reads bank l, so lookups never conflict).
+// 4-bit: S = 256, so that the byte offset is the packed byte itself moved to bits 8..15 beside the lane's l * 4:
+// one byte permute (prmt), 2 instructions with the load. S = 128 took a shift and an and-or (3 instructions);
+// ncu counted the lookups at 12 of 29 instructions an mma (session 17). The table takes 64 KB of the 128 KB it
+// spans. 3-bit: S = 128, and a pair's offset takes two shifts and two and-ors of the two bit planes.
 // The table is built once a CTA, while the CTA's first weight loads are in flight.
 //
 // Work split: a CTA of 8 warps owns 16 * MT weight rows at a time and splits K between its warps (chunks of CH
@@ -75,6 +77,13 @@ __device__ __forceinline__ void load_stream(const uint8_t* p, uint32_t* w) {
   }
 }
 
+// Bytes of {b, a} picked by the four nibbles of sel (byte 0..3 of a, 4..7 of b): one instruction.
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
 // Bits [from, from + width) of w moved to [to, to + width), other bits arbitrary: one shift (from, to constant).
 __device__ __forceinline__ uint32_t move_bits(uint32_t w, int from, int to) {
   return from >= to ? w >> (from - to) : w << (to - from);
@@ -100,16 +109,13 @@ struct Run {
     load_stream<kLoBytes>(row + (chunk * 4 + q) * kLoBytes, lo);
     if constexpr (BITS == 3) load_stream<kHiBytes>(row + k / 4 + (chunk * 4 + q) * kHiBytes, hi);
   }
-  __device__ __forceinline__ void zero() {
-    for (auto& w : lo) w = 0;
-    for (auto& w : hi) w = 0;
-  }
-  // Byte offset in the table of the entry for codes 2p and 2p + 1 of the run, for the lane at lane4 = lane * 4.
-  // 4-bit: the entry is byte p, at bits 7..14 of the offset. 3-bit: the two codes' low bits (a nibble of the
-  // 2-bit plane) at bits 7..10, their high bits (two bits of the 1-bit plane) at bits 11..12.
+  // Byte offset in the table of the entry for codes 2p and 2p + 1 of the run, for the lane at lane4 = lane * 4
+  // (bytes 1..3 of lane4 zero). 4-bit: byte p of the run is byte 1 of the offset, lane4's byte 0 its byte 0, and
+  // lane4's byte 1 (zero) its bytes 2 and 3. 3-bit: the two codes' low bits (a nibble of the 2-bit plane) at
+  // bits 7..10, their high bits (two bits of the 1-bit plane) at bits 11..12.
   __device__ __forceinline__ uint32_t offset(int p, uint32_t lane4) const {
     if constexpr (BITS == 4) {
-      return and_or(move_bits(lo[p >> 2], 8 * (p & 3), 7), 0x7F80u, lane4);
+      return prmt(lo[p >> 2], lane4, 0x5504u | ((p & 3) << 4));
     } else {
       const uint32_t l = and_or(move_bits(lo[p >> 3], 4 * (p & 7), 7), 0x780u, lane4);
       return and_or(move_bits(hi[p >> 4], 2 * (p & 15), 11), 0x1800u, l);
@@ -124,6 +130,11 @@ __device__ __forceinline__ uint32_t lookup(const uint32_t* table, uint32_t byte_
 // NT: tiles of 8 tokens (1 for M <= 8, 2 for M <= 16). MT: 16-row weight tiles a warp decodes against the same
 // x words (2 from M = 5: every CTA reads all of x once a tile, and at M = 16 with 16-row tiles that was 4x the
 // weight bytes; bench_cuda.md, session 6).
+template <int BITS> constexpr int kLutStride = BITS == 4 ? 256 : 128;       // bytes from one entry to the next
+template <int BITS> constexpr int kLutBytes = (BITS == 4 ? 256 : 64) * kLutStride<BITS>;
+// Dynamic shared memory: the table, then two buffers of the warps' partial sums (E = MT * NT * 4 a lane).
+template <int BITS, int NT, int MT> constexpr int kSmemBytes = kLutBytes<BITS> + 2 * kWarps * MT * NT * 4 * 32 * 4;
+
 template <typename T, int BITS, int NT, int MT, int GROUP>
 __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
     const T* __restrict__ x, int m, int k, int n, const uint8_t* __restrict__ packed, int row_bytes,
@@ -135,10 +146,10 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
   constexpr int ENTRIES = BITS == 4 ? 256 : 64;
   constexpr int ROWS = 16 * MT;
   constexpr int E = MT * NT * 4;               // accumulator registers a lane
-  // Two partial-sum buffers (one barrier a tile) where they fit beside the table in 48 KB of static memory.
-  constexpr int NBUF = ENTRIES * 32 * 4 + 2 * kWarps * E * 32 * 4 <= 48 * 1024 ? 2 : 1;
-  __shared__ __align__(16) uint32_t lut[ENTRIES * 32];
-  __shared__ float partial[NBUF][kWarps][E][32];
+  constexpr int NBUF = 2;                      // partial-sum buffers: one barrier a tile
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint32_t* lut = reinterpret_cast<uint32_t*>(smem);
+  auto partial = reinterpret_cast<float (*)[kWarps][E][32]>(smem + kLutBytes<BITS>);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
@@ -160,9 +171,9 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
       const int c = c0 + i * kWarps;
 #pragma unroll
       for (int h = 0; h < 2 * MT; ++h) {
-        const int row = tile * ROWS + h * 8 + g;
-        if (c < chunks && row < n) dst[i][h].load(packed + static_cast<int64_t>(row) * row_bytes, k, c, q);
-        else dst[i][h].zero();
+        // Rows past n read row n - 1: their sums are never written. Chunks past the last are never decoded.
+        const int row = min(tile * ROWS + h * 8 + g, n - 1);
+        if (c < chunks) dst[i][h].load(packed + static_cast<int64_t>(row) * row_bytes, k, c, q);
       }
     }
   };
@@ -184,7 +195,7 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
     const int lo = BITS == 4 ? (e & 15) : ((e & 3) | (((e >> 4) & 1) << 2));
     const int hi = BITS == 4 ? (e >> 4) : (((e >> 2) & 3) | (((e >> 5) & 1) << 2));
     const uint32_t val = Pair<T>::pack(__ldg(codebook + lo), __ldg(codebook + hi));
-    uint4* dst = reinterpret_cast<uint4*>(lut) + e * 8;
+    uint4* dst = reinterpret_cast<uint4*>(smem + e * kLutStride<BITS>);
 #pragma unroll
     for (int i = 0; i < PER; ++i) dst[(sub * PER + i + e) & 7] = make_uint4(val, val, val, val);
   }
@@ -215,7 +226,8 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
       out_scale[j] = GROUP == 0 && live ? __ldg(w_scales + row) : 1.f;
       out_bias[j] = bias != nullptr && live ? __ldg(bias + row) : 0.f;
     }
-    float acc[MT][NT][4] = {};
+    // Two sums, for even and odd mma k-tiles: two dependent mma chains instead of one.
+    float acc[2][MT][NT][4] = {};
     auto decode_round = [&](const Run<BITS, CPT> (*w)[2 * MT], int c0) {
 #pragma unroll
       for (int i = 0; i < RC; ++i) {
@@ -225,13 +237,13 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
         uint4 b[NT][TILES / 2];                        // x words: mma tiles 2u and 2u + 1 from one 16-byte load
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          const int tok = nt * 8 + g;
+          // Tokens past m read token m - 1: their columns of the product are never written.
+          const int tok = min(nt * 8 + g, m - 1);
 #pragma unroll
           for (int u = 0; u < TILES / 2; ++u)
-            b[nt][u] = tok < m ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(tok) * k + kx) + u)
-                               : make_uint4(0, 0, 0, 0);
+            b[nt][u] = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(tok) * k + kx) + u);
         }
-        float part[MT][NT][4] = {};
+        float part[2][MT][NT][4] = {};
 #pragma unroll
         for (int t = 0; t < TILES; ++t) {
 #pragma unroll
@@ -243,7 +255,7 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
               const uint4& v = b[nt][t / 2];
-              Pair<T>::mma(GROUP ? part[mt][nt] : acc[mt][nt], a, t & 1 ? v.z : v.x, t & 1 ? v.w : v.y);
+              Pair<T>::mma(GROUP ? part[t & 1][mt][nt] : acc[t & 1][mt][nt], a, t & 1 ? v.z : v.x, t & 1 ? v.w : v.y);
             }
           }
         }
@@ -254,10 +266,10 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
             const float s0 = r0 < n ? __ldg(w_scales + static_cast<int64_t>(r0) * groups + c) : 0.f;
             const float s1 = r1 < n ? __ldg(w_scales + static_cast<int64_t>(r1) * groups + c) : 0.f;
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-              acc[mt][nt][0] += part[mt][nt][0] * s0; acc[mt][nt][1] += part[mt][nt][1] * s0;
-              acc[mt][nt][2] += part[mt][nt][2] * s1; acc[mt][nt][3] += part[mt][nt][3] * s1;
-            }
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+              for (int r = 0; r < 4; ++r)
+                acc[0][mt][nt][r] += (part[0][mt][nt][r] + part[1][mt][nt][r]) * (r < 2 ? s0 : s1);
           }
         }
       }
@@ -281,7 +293,7 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) partial[buf][warp][(mt * NT + nt) * 4 + r][lane] = acc[mt][nt][r];
+        for (int r = 0; r < 4; ++r) partial[buf][warp][(mt * NT + nt) * 4 + r][lane] = acc[0][mt][nt][r] + acc[1][mt][nt][r];
     // With two buffers, one barrier a tile: the next tile writes the other buffer, and this one is written
     // again only after the next tile's barrier, which every reader of this one has passed.
     __syncthreads();
@@ -295,15 +307,17 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
         y[static_cast<int64_t>(red_tok[j]) * n + row] = from_float<T>(__fadd_rn(__fmul_rn(s, out_scale[j]), out_bias[j]));
       }
     }
-    if constexpr (NBUF == 1) __syncthreads();
   }
 }
 
 template <typename T, int BITS, int NT, int MT, int GROUP>
 std::string launch(const GemvA16Args& a) {
   auto kernel = gemv_a16_kernel<T, BITS, NT, MT, GROUP>;
+  constexpr int smem = kSmemBytes<BITS, NT, MT>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemv_a16)", e);
   int per_sm = 0;
-  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0);
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
   if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(gemv_a16)", e);
   // Persistent CTAs with the same number of weight tiles each (the last one may have fewer).
   const int tiles = (a.n + 16 * MT - 1) / (16 * MT);
@@ -311,7 +325,7 @@ std::string launch(const GemvA16Args& a) {
   const int per_cta = (tiles + ctas - 1) / ctas;
   const int grid = std::max(1, (tiles + per_cta - 1) / per_cta);
   const int row_bytes = BITS == 4 ? (a.k + 1) / 2 : 3 * ((a.k + 7) / 8);
-  kernel<<<grid, kThreads, 0, reinterpret_cast<cudaStream_t>(a.stream)>>>(
+  kernel<<<grid, kThreads, smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
       static_cast<const T*>(a.x), a.m, a.k, a.n, a.packed, row_bytes, a.w_scales, a.codebook, a.bias,
       static_cast<T*>(a.y));
   return last_launch_error("gemv_a16_kernel");
