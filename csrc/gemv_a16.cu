@@ -12,10 +12,12 @@
 // Decoding: one shared-memory lookup gives two decoded weights as the bf16x2 (or half2) register A wants: a
 // table of all 256 byte values (4-bit: two codes a byte) or 64 pairs of 3-bit codes, replicated for each of the
 // 32 lanes (entry e of lane l at byte e * S + l * 4: lane l only reads bank l, so lookups never conflict).
-// 4-bit: S = 256, so that the byte offset is the packed byte itself moved to bits 8..15 beside the lane's l * 4:
-// one byte permute (prmt), 2 instructions with the load. S = 128 took a shift and an and-or (3 instructions);
-// ncu counted the lookups at 12 of 29 instructions an mma (session 17). The table takes 64 KB of the 128 KB it
-// spans. 3-bit: S = 128, and a pair's offset takes two shifts and two and-ors of the two bit planes.
+// S = 128: a 4-bit lookup's offset is one shift and one and-or of the packed word (3 instructions with the
+// load); a 3-bit pair's takes two shifts and two and-ors of the two bit planes. 4-bit from M = 9 (WIDE): S = 256,
+// so that the offset is the packed byte itself moved to bits 8..15 beside the lane's l * 4, one byte permute
+// (prmt): 2 instructions with the load, and the table spans 64 KB. ncu counted the lookups at 12 of 29
+// instructions an mma (session 17). The wide table made M = 16 0.86-0.95x the time, but M = 1 1.10-1.23x, with
+// fewer CTAs an SM and less L1 for x (results/ab_gemv_prmt.md).
 // The table is built once a CTA, while the CTA's first weight loads are in flight.
 //
 // Work split: a CTA of 8 warps owns 16 * MT weight rows at a time and splits K between its warps (chunks of CH
@@ -110,12 +112,15 @@ struct Run {
     if constexpr (BITS == 3) load_stream<kHiBytes>(row + k / 4 + (chunk * 4 + q) * kHiBytes, hi);
   }
   // Byte offset in the table of the entry for codes 2p and 2p + 1 of the run, for the lane at lane4 = lane * 4
-  // (bytes 1..3 of lane4 zero). 4-bit: byte p of the run is byte 1 of the offset, lane4's byte 0 its byte 0, and
-  // lane4's byte 1 (zero) its bytes 2 and 3. 3-bit: the two codes' low bits (a nibble of the 2-bit plane) at
-  // bits 7..10, their high bits (two bits of the 1-bit plane) at bits 11..12.
+  // (bytes 1..3 of lane4 zero). 4-bit, WIDE: byte p of the run is byte 1 of the offset, lane4's byte 0 its byte
+  // 0, and lane4's byte 1 (zero) its bytes 2 and 3; otherwise byte p at bits 7..14. 3-bit: the two codes' low
+  // bits (a nibble of the 2-bit plane) at bits 7..10, their high bits (two bits of the 1-bit plane) at bits 11..12.
+  template <bool WIDE>
   __device__ __forceinline__ uint32_t offset(int p, uint32_t lane4) const {
-    if constexpr (BITS == 4) {
+    if constexpr (BITS == 4 && WIDE) {
       return prmt(lo[p >> 2], lane4, 0x5504u | ((p & 3) << 4));
+    } else if constexpr (BITS == 4) {
+      return and_or(move_bits(lo[p >> 2], 8 * (p & 3), 7), 0x7F80u, lane4);
     } else {
       const uint32_t l = and_or(move_bits(lo[p >> 3], 4 * (p & 7), 7), 0x780u, lane4);
       return and_or(move_bits(hi[p >> 4], 2 * (p & 15), 11), 0x1800u, l);
@@ -130,12 +135,18 @@ __device__ __forceinline__ uint32_t lookup(const uint32_t* table, uint32_t byte_
 // NT: tiles of 8 tokens (1 for M <= 8, 2 for M <= 16). MT: 16-row weight tiles a warp decodes against the same
 // x words (2 from M = 5: every CTA reads all of x once a tile, and at M = 16 with 16-row tiles that was 4x the
 // weight bytes; bench_cuda.md, session 6).
-template <int BITS> constexpr int kLutStride = BITS == 4 ? 256 : 128;       // bytes from one entry to the next
-template <int BITS> constexpr int kLutBytes = (BITS == 4 ? 256 : 64) * kLutStride<BITS>;
-// Dynamic shared memory: the table, then two buffers of the warps' partial sums (E = MT * NT * 4 a lane).
-template <int BITS, int NT, int MT> constexpr int kSmemBytes = kLutBytes<BITS> + 2 * kWarps * MT * NT * 4 * 32 * 4;
+template <int BITS, int NT> constexpr bool kWide = BITS == 4 && NT == 2;   // the prmt lookup (see the top)
+template <int BITS, int NT> constexpr int kLutStride = kWide<BITS, NT> ? 256 : 128;   // bytes entry to entry
+template <int BITS, int NT> constexpr int kLutBytes = (BITS == 4 ? 256 : 64) * kLutStride<BITS, NT>;
+// Dynamic shared memory: the table, two buffers of the warps' partial sums (E = MT * NT * 4 a lane), then with
+// XS the token's row of x (K <= kXsMaxK).
+template <int BITS, int NT, int MT> constexpr int kSmemBytes = kLutBytes<BITS, NT> + 2 * kWarps * MT * NT * 4 * 32 * 4;
+constexpr int kXsMaxK = 16384;
 
-template <typename T, int BITS, int NT, int MT, int GROUP>
+// XS (M = 1): x's row is copied to shared memory once a CTA, and the decode reads it from there. From L1 it was
+// the operand most waited for: ncu put 60% of the long-scoreboard stall samples on the mma that takes x's words
+// (FLUX fc1, M = 1, session 17).
+template <typename T, int BITS, int NT, int MT, int GROUP, bool XS>
 __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
     const T* __restrict__ x, int m, int k, int n, const uint8_t* __restrict__ packed, int row_bytes,
     const float* __restrict__ w_scales, const float* __restrict__ codebook, const float* __restrict__ bias,
@@ -149,7 +160,8 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
   constexpr int NBUF = 2;                      // partial-sum buffers: one barrier a tile
   extern __shared__ __align__(16) uint8_t smem[];
   uint32_t* lut = reinterpret_cast<uint32_t*>(smem);
-  auto partial = reinterpret_cast<float (*)[kWarps][E][32]>(smem + kLutBytes<BITS>);
+  auto partial = reinterpret_cast<float (*)[kWarps][E][32]>(smem + kLutBytes<BITS, NT>);
+  uint4* xs = reinterpret_cast<uint4*>(smem + kSmemBytes<BITS, NT, MT>);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
@@ -182,7 +194,9 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
   if (tile < tiles) load_round(wa, tile, warp);
   // A warp reads the same columns of x for every tile (chunks warp, warp + kWarps, ...): pull them into L1
   // now, so that the first tile's x loads do not wait on L2 in the middle of the decode.
-  if (g < m && tile < tiles)
+  if (XS)
+    for (int i = threadIdx.x; i < k / 8; i += kThreads) xs[i] = __ldg(reinterpret_cast<const uint4*>(x) + i);
+  else if (g < m && tile < tiles)
     for (int c = warp; c < chunks; c += kWarps)
       asm volatile("prefetch.global.L1 [%0];\n" :: "l"(x + static_cast<int64_t>(g) * k + c * CH + q * CPT));
 
@@ -195,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
     const int lo = BITS == 4 ? (e & 15) : ((e & 3) | (((e >> 4) & 1) << 2));
     const int hi = BITS == 4 ? (e >> 4) : (((e >> 2) & 3) | (((e >> 5) & 1) << 2));
     const uint32_t val = Pair<T>::pack(__ldg(codebook + lo), __ldg(codebook + hi));
-    uint4* dst = reinterpret_cast<uint4*>(smem + e * kLutStride<BITS>);
+    uint4* dst = reinterpret_cast<uint4*>(smem + e * kLutStride<BITS, NT>);
 #pragma unroll
     for (int i = 0; i < PER; ++i) dst[(sub * PER + i + e) & 7] = make_uint4(val, val, val, val);
   }
@@ -241,7 +255,8 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
           const int tok = min(nt * 8 + g, m - 1);
 #pragma unroll
           for (int u = 0; u < TILES / 2; ++u)
-            b[nt][u] = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(tok) * k + kx) + u);
+            b[nt][u] = XS ? xs[kx / 8 + u]
+                          : __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(tok) * k + kx) + u);
         }
         float part[2][MT][NT][4] = {};
 #pragma unroll
@@ -250,8 +265,11 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
           for (int mt = 0; mt < MT; ++mt) {
             const Run<BITS, CPT>& r0 = w[i][2 * mt];
             const Run<BITS, CPT>& r8 = w[i][2 * mt + 1];
-            const uint32_t a[4] = {lookup(lut, r0.offset(2 * t, lane4)), lookup(lut, r8.offset(2 * t, lane4)),
-                                   lookup(lut, r0.offset(2 * t + 1, lane4)), lookup(lut, r8.offset(2 * t + 1, lane4))};
+            constexpr bool W = kWide<BITS, NT>;
+            const uint32_t a[4] = {lookup(lut, r0.template offset<W>(2 * t, lane4)),
+                                   lookup(lut, r8.template offset<W>(2 * t, lane4)),
+                                   lookup(lut, r0.template offset<W>(2 * t + 1, lane4)),
+                                   lookup(lut, r8.template offset<W>(2 * t + 1, lane4))};
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
               const uint4& v = b[nt][t / 2];
@@ -310,10 +328,10 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
   }
 }
 
-template <typename T, int BITS, int NT, int MT, int GROUP>
+template <typename T, int BITS, int NT, int MT, int GROUP, bool XS = false>
 std::string launch(const GemvA16Args& a) {
-  auto kernel = gemv_a16_kernel<T, BITS, NT, MT, GROUP>;
-  constexpr int smem = kSmemBytes<BITS, NT, MT>;
+  auto kernel = gemv_a16_kernel<T, BITS, NT, MT, GROUP, XS>;
+  const int smem = kSmemBytes<BITS, NT, MT> + (XS ? a.k * static_cast<int>(sizeof(T)) : 0);
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemv_a16)", e);
   int per_sm = 0;
@@ -334,7 +352,8 @@ std::string launch(const GemvA16Args& a) {
 template <typename T, int BITS, int GROUP>
 std::string dispatch_nt(const GemvA16Args& a) {
   if (a.m > 8) return launch<T, BITS, 2, 2, GROUP>(a);
-  return a.m > 4 ? launch<T, BITS, 1, 2, GROUP>(a) : launch<T, BITS, 1, 1, GROUP>(a);
+  if (a.m > 4) return launch<T, BITS, 1, 2, GROUP>(a);
+  return a.m == 1 && a.k <= kXsMaxK ? launch<T, BITS, 1, 1, GROUP, true>(a) : launch<T, BITS, 1, 1, GROUP>(a);
 }
 
 template <typename T, int BITS>
