@@ -11,19 +11,15 @@
 //
 // Decoding: one shared-memory lookup gives two decoded weights as the bf16x2 (or half2) register A wants: a
 // table of all 256 byte values (4-bit: two codes a byte) or 64 pairs of 3-bit codes, replicated for each of the
-// 32 lanes (entry e of lane l at byte e * S + l * 4: lane l only reads bank l, so lookups never conflict).
-// S = 128: a 4-bit lookup's offset is one shift and one and-or of the packed word (3 instructions with the
-// load); a 3-bit pair's takes two shifts and two and-ors of the two bit planes. 4-bit from M = 9 (WIDE): S = 256,
-// so that the offset is the packed byte itself moved to bits 8..15 beside the lane's l * 4, one byte permute
-// (prmt): 2 instructions with the load, and the table spans 64 KB. ncu counted the lookups at 12 of 29
-// instructions an mma (session 17). The wide table made M = 16 0.86-0.95x the time, but M = 1 1.10-1.23x, with
-// fewer CTAs an SM and less L1 for x (results/ab_gemv_prmt.md).
+// 32 lanes (entry e of lane l at byte e * 128 + l * 4: lane l only reads bank l, so lookups never conflict).
+// The byte offset of a lookup is one shift and one and-or of the packed word: 3 instructions with the load
+// (4-bit; 3-bit pairs take two shifts and two and-ors).
 // The table is built once a CTA, while the CTA's first weight loads are in flight.
 //
 // Work split: a CTA of 8 warps owns 16 * MT weight rows at a time and splits K between its warps (chunks of CH
 // codes, interleaved), then adds the 8 partial sums in shared memory. CTAs are persistent (one table build
-// each) and get equal numbers of tiles; a warp requests its next round of chunks (in this tile or its next one)
-// before it decodes the current round.
+// each) and get equal numbers of tiles; a warp requests the weights of several chunks before it decodes them,
+// and the next tile's before the reduction of this one.
 // Group scales: a chunk is exactly one group (CH = group size), so a group's partial product is scaled once.
 #include "common.cuh"
 #include "lrq.h"
@@ -79,13 +75,6 @@ __device__ __forceinline__ void load_stream(const uint8_t* p, uint32_t* w) {
   }
 }
 
-// Bytes of {b, a} picked by the four nibbles of sel (byte 0..3 of a, 4..7 of b): one instruction.
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
-  uint32_t d;
-  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-  return d;
-}
-
 // Bits [from, from + width) of w moved to [to, to + width), other bits arbitrary: one shift (from, to constant).
 __device__ __forceinline__ uint32_t move_bits(uint32_t w, int from, int to) {
   return from >= to ? w >> (from - to) : w << (to - from);
@@ -111,15 +100,15 @@ struct Run {
     load_stream<kLoBytes>(row + (chunk * 4 + q) * kLoBytes, lo);
     if constexpr (BITS == 3) load_stream<kHiBytes>(row + k / 4 + (chunk * 4 + q) * kHiBytes, hi);
   }
-  // Byte offset in the table of the entry for codes 2p and 2p + 1 of the run, for the lane at lane4 = lane * 4
-  // (bytes 1..3 of lane4 zero). 4-bit, WIDE: byte p of the run is byte 1 of the offset, lane4's byte 0 its byte
-  // 0, and lane4's byte 1 (zero) its bytes 2 and 3; otherwise byte p at bits 7..14. 3-bit: the two codes' low
-  // bits (a nibble of the 2-bit plane) at bits 7..10, their high bits (two bits of the 1-bit plane) at bits 11..12.
-  template <bool WIDE>
+  __device__ __forceinline__ void zero() {
+    for (auto& w : lo) w = 0;
+    for (auto& w : hi) w = 0;
+  }
+  // Byte offset in the table of the entry for codes 2p and 2p + 1 of the run, for the lane at lane4 = lane * 4.
+  // 4-bit: the entry is byte p, at bits 7..14 of the offset. 3-bit: the two codes' low bits (a nibble of the
+  // 2-bit plane) at bits 7..10, their high bits (two bits of the 1-bit plane) at bits 11..12.
   __device__ __forceinline__ uint32_t offset(int p, uint32_t lane4) const {
-    if constexpr (BITS == 4 && WIDE) {
-      return prmt(lo[p >> 2], lane4, 0x5504u | ((p & 3) << 4));
-    } else if constexpr (BITS == 4) {
+    if constexpr (BITS == 4) {
       return and_or(move_bits(lo[p >> 2], 8 * (p & 3), 7), 0x7F80u, lane4);
     } else {
       const uint32_t l = and_or(move_bits(lo[p >> 3], 4 * (p & 7), 7), 0x780u, lane4);
@@ -135,18 +124,7 @@ __device__ __forceinline__ uint32_t lookup(const uint32_t* table, uint32_t byte_
 // NT: tiles of 8 tokens (1 for M <= 8, 2 for M <= 16). MT: 16-row weight tiles a warp decodes against the same
 // x words (2 from M = 5: every CTA reads all of x once a tile, and at M = 16 with 16-row tiles that was 4x the
 // weight bytes; bench_cuda.md, session 6).
-template <int BITS, int NT> constexpr bool kWide = BITS == 4 && NT == 2;   // the prmt lookup (see the top)
-template <int BITS, int NT> constexpr int kLutStride = kWide<BITS, NT> ? 256 : 128;   // bytes entry to entry
-template <int BITS, int NT> constexpr int kLutBytes = (BITS == 4 ? 256 : 64) * kLutStride<BITS, NT>;
-// Dynamic shared memory: the table, two buffers of the warps' partial sums (E = MT * NT * 4 a lane), then with
-// XS the token's row of x (K <= kXsMaxK).
-template <int BITS, int NT, int MT> constexpr int kSmemBytes = kLutBytes<BITS, NT> + 2 * kWarps * MT * NT * 4 * 32 * 4;
-constexpr int kXsMaxK = 16384;
-
-// XS (M = 1): x's row is copied to shared memory once a CTA, and the decode reads it from there. From L1 it was
-// the operand most waited for: ncu put 60% of the long-scoreboard stall samples on the mma that takes x's words
-// (FLUX fc1, M = 1, session 17).
-template <typename T, int BITS, int NT, int MT, int GROUP, bool XS>
+template <typename T, int BITS, int NT, int MT, int GROUP>
 __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
     const T* __restrict__ x, int m, int k, int n, const uint8_t* __restrict__ packed, int row_bytes,
     const float* __restrict__ w_scales, const float* __restrict__ codebook, const float* __restrict__ bias,
@@ -157,11 +135,10 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
   constexpr int ENTRIES = BITS == 4 ? 256 : 64;
   constexpr int ROWS = 16 * MT;
   constexpr int E = MT * NT * 4;               // accumulator registers a lane
-  constexpr int NBUF = 2;                      // partial-sum buffers: one barrier a tile
-  extern __shared__ __align__(16) uint8_t smem[];
-  uint32_t* lut = reinterpret_cast<uint32_t*>(smem);
-  auto partial = reinterpret_cast<float (*)[kWarps][E][32]>(smem + kLutBytes<BITS, NT>);
-  uint4* xs = reinterpret_cast<uint4*>(smem + kSmemBytes<BITS, NT, MT>);
+  // Two partial-sum buffers (one barrier a tile) where they fit beside the table in 48 KB of static memory.
+  constexpr int NBUF = ENTRIES * 32 * 4 + 2 * kWarps * E * 32 * 4 <= 48 * 1024 ? 2 : 1;
+  __shared__ __align__(16) uint32_t lut[ENTRIES * 32];
+  __shared__ float partial[NBUF][kWarps][E][32];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
@@ -170,33 +147,27 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
   const int groups = GROUP ? k / GROUP : 1;
   const int tiles = (n + ROWS - 1) / ROWS;
 
-  // A warp's chunks of a tile are warp, warp + kWarps, ...; it takes them RC at a time (a round) and requests the
-  // next round's weights (crossing into its next tile) before it decodes this one, from two register sets in
-  // turn, so that its loads are in flight while it decodes. With one set, loads and decode alternated: at M = 1 a
-  // CTA waited for its weights, decoded them with the memory idle, then waited again; the kernel took 1.7-1.9x
-  // the time of its load pattern alone (benchmarks/read_patterns.cu; results/read_patterns_h200.txt). The two
-  // sets of RC chunks hold as many registers as the one set of 2 RC chunks did.
-  constexpr int RC = 2 / MT;
+  // A warp's chunks of a tile are warp, warp + kWarps, ...; it requests the weights of up to MAXC of them at
+  // once and then decodes them, so that each warp has several loads in flight.
+  constexpr int MAXC = 4 / MT;
   auto load_round = [&](Run<BITS, CPT> (*dst)[2 * MT], int tile, int c0) {
 #pragma unroll
-    for (int i = 0; i < RC; ++i) {
+    for (int i = 0; i < MAXC; ++i) {
       const int c = c0 + i * kWarps;
 #pragma unroll
       for (int h = 0; h < 2 * MT; ++h) {
-        // Rows past n read row n - 1: their sums are never written. Chunks past the last are never decoded.
-        const int row = min(tile * ROWS + h * 8 + g, n - 1);
-        if (c < chunks) dst[i][h].load(packed + static_cast<int64_t>(row) * row_bytes, k, c, q);
+        const int row = tile * ROWS + h * 8 + g;
+        if (c < chunks && row < n) dst[i][h].load(packed + static_cast<int64_t>(row) * row_bytes, k, c, q);
+        else dst[i][h].zero();
       }
     }
   };
-  Run<BITS, CPT> wa[RC][2 * MT], wb[RC][2 * MT];  // [chunk of the round][rows g, g + 8, g + 16, g + 24, ...]
+  Run<BITS, CPT> w[MAXC][2 * MT];              // [chunk of the round][rows g, g + 8, g + 16, g + 24, ...]
   int tile = blockIdx.x;
-  if (tile < tiles) load_round(wa, tile, warp);
+  if (tile < tiles) load_round(w, tile, warp);
   // A warp reads the same columns of x for every tile (chunks warp, warp + kWarps, ...): pull them into L1
   // now, so that the first tile's x loads do not wait on L2 in the middle of the decode.
-  if (XS)
-    for (int i = threadIdx.x; i < k / 8; i += kThreads) xs[i] = __ldg(reinterpret_cast<const uint4*>(x) + i);
-  else if (g < m && tile < tiles)
+  if (g < m && tile < tiles)
     for (int c = warp; c < chunks; c += kWarps)
       asm volatile("prefetch.global.L1 [%0];\n" :: "l"(x + static_cast<int64_t>(g) * k + c * CH + q * CPT));
 
@@ -209,7 +180,7 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
     const int lo = BITS == 4 ? (e & 15) : ((e & 3) | (((e >> 4) & 1) << 2));
     const int hi = BITS == 4 ? (e >> 4) : (((e >> 2) & 3) | (((e >> 5) & 1) << 2));
     const uint32_t val = Pair<T>::pack(__ldg(codebook + lo), __ldg(codebook + hi));
-    uint4* dst = reinterpret_cast<uint4*>(smem + e * kLutStride<BITS, NT>);
+    uint4* dst = reinterpret_cast<uint4*>(lut) + e * 8;
 #pragma unroll
     for (int i = 0; i < PER; ++i) dst[(sub * PER + i + e) & 7] = make_uint4(val, val, val, val);
   }
@@ -227,7 +198,6 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
     red_tok[j] = idx < E ? ((idx >> 2) % NT) * 8 + 2 * (lane & 3) + (r & 1) : m;   // m: nothing to write
   }
   int buf = 0;
-  bool odd = false;                            // the current round's weights are in wb (else wa)
   for (; tile < tiles; tile += gridDim.x, buf = (buf + 1) % NBUF) {
     const int n0 = tile * ROWS;
     // The epilogue's scale and bias, requested now: loaded after the barrier, they held every warp of the CTA
@@ -240,40 +210,36 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
       out_scale[j] = GROUP == 0 && live ? __ldg(w_scales + row) : 1.f;
       out_bias[j] = bias != nullptr && live ? __ldg(bias + row) : 0.f;
     }
-    // Two sums, for even and odd mma k-tiles: two dependent mma chains instead of one.
-    float acc[2][MT][NT][4] = {};
-    auto decode_round = [&](const Run<BITS, CPT> (*w)[2 * MT], int c0) {
+    float acc[MT][NT][4] = {};
+    for (int c0 = warp; c0 < chunks; c0 += MAXC * kWarps) {
+      if (c0 != warp) load_round(w, tile, c0);
 #pragma unroll
-      for (int i = 0; i < RC; ++i) {
+      for (int i = 0; i < MAXC; ++i) {
         const int c = c0 + i * kWarps;
         if (c >= chunks) break;
         const int kx = c * CH + q * CPT;
         uint4 b[NT][TILES / 2];                        // x words: mma tiles 2u and 2u + 1 from one 16-byte load
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          // Tokens past m read token m - 1: their columns of the product are never written.
-          const int tok = min(nt * 8 + g, m - 1);
+          const int tok = nt * 8 + g;
 #pragma unroll
           for (int u = 0; u < TILES / 2; ++u)
-            b[nt][u] = XS ? xs[kx / 8 + u]
-                          : __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(tok) * k + kx) + u);
+            b[nt][u] = tok < m ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(tok) * k + kx) + u)
+                               : make_uint4(0, 0, 0, 0);
         }
-        float part[2][MT][NT][4] = {};
+        float part[MT][NT][4] = {};
 #pragma unroll
         for (int t = 0; t < TILES; ++t) {
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
             const Run<BITS, CPT>& r0 = w[i][2 * mt];
             const Run<BITS, CPT>& r8 = w[i][2 * mt + 1];
-            constexpr bool W = kWide<BITS, NT>;
-            const uint32_t a[4] = {lookup(lut, r0.template offset<W>(2 * t, lane4)),
-                                   lookup(lut, r8.template offset<W>(2 * t, lane4)),
-                                   lookup(lut, r0.template offset<W>(2 * t + 1, lane4)),
-                                   lookup(lut, r8.template offset<W>(2 * t + 1, lane4))};
+            const uint32_t a[4] = {lookup(lut, r0.offset(2 * t, lane4)), lookup(lut, r8.offset(2 * t, lane4)),
+                                   lookup(lut, r0.offset(2 * t + 1, lane4)), lookup(lut, r8.offset(2 * t + 1, lane4))};
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
               const uint4& v = b[nt][t / 2];
-              Pair<T>::mma(GROUP ? part[t & 1][mt][nt] : acc[t & 1][mt][nt], a, t & 1 ? v.z : v.x, t & 1 ? v.w : v.y);
+              Pair<T>::mma(GROUP ? part[mt][nt] : acc[mt][nt], a, t & 1 ? v.z : v.x, t & 1 ? v.w : v.y);
             }
           }
         }
@@ -284,34 +250,22 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
             const float s0 = r0 < n ? __ldg(w_scales + static_cast<int64_t>(r0) * groups + c) : 0.f;
             const float s1 = r1 < n ? __ldg(w_scales + static_cast<int64_t>(r1) * groups + c) : 0.f;
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-              for (int r = 0; r < 4; ++r)
-                acc[0][mt][nt][r] += (part[0][mt][nt][r] + part[1][mt][nt][r]) * (r < 2 ? s0 : s1);
+            for (int nt = 0; nt < NT; ++nt) {
+              acc[mt][nt][0] += part[mt][nt][0] * s0; acc[mt][nt][1] += part[mt][nt][1] * s0;
+              acc[mt][nt][2] += part[mt][nt][2] * s1; acc[mt][nt][3] += part[mt][nt][3] * s1;
+            }
           }
         }
       }
-    };
-    for (int c0 = warp; c0 < chunks; c0 += RC * kWarps) {
-      // The round after this one: the next chunks of this tile, or the first of this warp's next tile.
-      int next_c0 = c0 + RC * kWarps, next_tile = tile;
-      if (next_c0 >= chunks) next_c0 = warp, next_tile += gridDim.x;
-      const bool more = next_tile < tiles;
-      if (odd) {
-        if (more) load_round(wa, next_tile, next_c0);
-        decode_round(wb, c0);
-      } else {
-        if (more) load_round(wb, next_tile, next_c0);
-        decode_round(wa, c0);
-      }
-      odd = !odd;
     }
+    // The next tile's first weights go out before the reduction's barrier.
+    if (tile + static_cast<int>(gridDim.x) < tiles) load_round(w, tile + gridDim.x, warp);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) partial[buf][warp][(mt * NT + nt) * 4 + r][lane] = acc[0][mt][nt][r] + acc[1][mt][nt][r];
+        for (int r = 0; r < 4; ++r) partial[buf][warp][(mt * NT + nt) * 4 + r][lane] = acc[mt][nt][r];
     // With two buffers, one barrier a tile: the next tile writes the other buffer, and this one is written
     // again only after the next tile's barrier, which every reader of this one has passed.
     __syncthreads();
@@ -325,17 +279,15 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
         y[static_cast<int64_t>(red_tok[j]) * n + row] = from_float<T>(__fadd_rn(__fmul_rn(s, out_scale[j]), out_bias[j]));
       }
     }
+    if constexpr (NBUF == 1) __syncthreads();
   }
 }
 
-template <typename T, int BITS, int NT, int MT, int GROUP, bool XS = false>
+template <typename T, int BITS, int NT, int MT, int GROUP>
 std::string launch(const GemvA16Args& a) {
-  auto kernel = gemv_a16_kernel<T, BITS, NT, MT, GROUP, XS>;
-  const int smem = kSmemBytes<BITS, NT, MT> + (XS ? a.k * static_cast<int>(sizeof(T)) : 0);
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemv_a16)", e);
+  auto kernel = gemv_a16_kernel<T, BITS, NT, MT, GROUP>;
   int per_sm = 0;
-  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
+  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0);
   if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(gemv_a16)", e);
   // Persistent CTAs with the same number of weight tiles each (the last one may have fewer).
   const int tiles = (a.n + 16 * MT - 1) / (16 * MT);
@@ -343,7 +295,7 @@ std::string launch(const GemvA16Args& a) {
   const int per_cta = (tiles + ctas - 1) / ctas;
   const int grid = std::max(1, (tiles + per_cta - 1) / per_cta);
   const int row_bytes = BITS == 4 ? (a.k + 1) / 2 : 3 * ((a.k + 7) / 8);
-  kernel<<<grid, kThreads, smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
+  kernel<<<grid, kThreads, 0, reinterpret_cast<cudaStream_t>(a.stream)>>>(
       static_cast<const T*>(a.x), a.m, a.k, a.n, a.packed, row_bytes, a.w_scales, a.codebook, a.bias,
       static_cast<T*>(a.y));
   return last_launch_error("gemv_a16_kernel");
@@ -352,8 +304,7 @@ std::string launch(const GemvA16Args& a) {
 template <typename T, int BITS, int GROUP>
 std::string dispatch_nt(const GemvA16Args& a) {
   if (a.m > 8) return launch<T, BITS, 2, 2, GROUP>(a);
-  if (a.m > 4) return launch<T, BITS, 1, 2, GROUP>(a);
-  return a.m == 1 && a.k <= kXsMaxK ? launch<T, BITS, 1, 1, GROUP, true>(a) : launch<T, BITS, 1, 1, GROUP>(a);
+  return a.m > 4 ? launch<T, BITS, 1, 2, GROUP>(a) : launch<T, BITS, 1, 1, GROUP>(a);
 }
 
 template <typename T, int BITS>
