@@ -3,7 +3,10 @@
     python benchmarks/bench_linear.py [--out DIR] [--only SUBSTRING] [--note TEXT]
 
 Per shape (M tokens, K in, N out), medians of CUDA-graph replays (triton.testing.do_bench_cudagraph, so launch
-overhead is out of every number alike):
+overhead is out of every number alike), each call on one of several copies of its data taken in turn, together
+more than three times the L2 cache (timing.cold_us): every call reads its weights and activations from memory, as a
+layer inside a model does. (Until session 17 this script timed one copy, warm: a 4-bit weight of 19 MB stayed in
+the 60 MB L2 between calls while bf16's 75 MB did not, which flattered the small-M rows.)
   bf16      F.linear in bf16 (cuBLAS)
   fp8       torch._scaled_mm, FP8 e4m3 with row-wise scales (per token x per channel), GEMM alone (any M where
             this torch accepts it; "–" where it refuses)
@@ -20,6 +23,7 @@ Ceilings measured in the same run: device-to-device copy bandwidth, bf16 and FP8
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -30,7 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-from timing import bench_us, copy_gbps, run_meta  # noqa: E402
+from timing import bench_us, cold_us, copies_for, copy_gbps, run_meta  # noqa: E402
 
 from lrq_kernels import QuantConfig, QuantLinear, cuda as cuda_kernels, ops  # noqa: E402
 from lrq_kernels.rotation.rotation import default_block  # noqa: E402
@@ -56,6 +60,17 @@ def naive_quant(x):
     return (x.float() / s).clamp(-448, 448).to(torch.float8_e4m3fn), s
 
 
+def copies(t, nbytes):
+    """t and clones of it: as many as cold_us makes calls for a call of nbytes (timing.copies_for)."""
+    return [t] + [t.clone() for _ in range(copies_for(nbytes) - 1)]
+
+
+def cold(call, nbytes, *lists):
+    """µs of call(a, b, ...) where call i takes item i of each list (timing.cold_us, nbytes a call). Each list holds
+    at least copies_for(nbytes) distinct copies, so the calls of one round touch more than three L2s of data."""
+    return cold_us(lambda i: (lambda items=[lst[i % len(lst)] for lst in lists]: call(*items)), nbytes)
+
+
 def bench_shape(m, k, n, ceil):
     torch.manual_seed(0)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -63,49 +78,58 @@ def bench_shape(m, k, n, ceil):
     w_bf16 = lin.weight.detach().to(torch.bfloat16)
     flop = 2 * m * k * n
     r = {"M": m, "K": k, "N": n}
-    r["bf16_us"] = bench_us(lambda: F.linear(x, w_bf16))
-    xf = x.to(torch.float8_e4m3fn)
-    wf = w_bf16.to(torch.float8_e4m3fn)
+    xs = copies(x, 2 * m * k)                 # the most copies any call below needs
+    r["bf16_us"] = cold(F.linear, 2 * m * k + 2 * n * k, xs, copies(w_bf16, 2 * m * k + 2 * n * k))
+    xfs = [t.to(torch.float8_e4m3fn) for t in xs[:copies_for(m * k + n * k)]]
+    wfs = copies(w_bf16.to(torch.float8_e4m3fn), m * k + n * k)
     sa = torch.rand(m, 1, device="cuda")
     sb = torch.rand(1, n, device="cuda")
     try:
-        r["fp8_us"] = bench_us(lambda: torch._scaled_mm(xf, wf.t(), sa, sb, out_dtype=torch.bfloat16))
+        r["fp8_us"] = cold(lambda a, b: torch._scaled_mm(a, b.t(), sa, sb, out_dtype=torch.bfloat16),
+                           m * k + n * k, xfs, wfs)
     except RuntimeError as e:          # older torch / cuBLAS: M % 16 != 0 refused
         print(f"torch._scaled_mm refused M={m}: {e}", flush=True)
-    r["naive_q_us"] = bench_us(lambda: naive_quant(x))
+    del xfs, wfs
+    r["naive_q_us"] = cold(naive_quant, 2 * m * k, xs)
     block = default_block(k)
     r["block"] = block
-    r["rq_us"] = bench_us(lambda: ops.rotate_quant(x, None, None, block, "fp8", 8))
     rq_bytes = m * k * 2 + m * k + m * 4
+    r["rq_us"] = cold(lambda a: ops.rotate_quant(a, None, None, block, "fp8", 8), rq_bytes, xs)
     r["rq_GBps"] = rq_bytes / r["rq_us"] / 1e3
     r["rq_pct_copy"] = 100 * r["rq_GBps"] / ceil["copy_GBps"]
     perm = torch.randperm(k, device="cuda", dtype=torch.int32)      # QuantLinear's perm buffer is int32
     cs = torch.rand(k, device="cuda") + 0.5
-    r["rq_ars_us"] = bench_us(lambda: ops.rotate_quant(x, perm, cs, block, "fp8", 8))
-    codes, sx = ops.rotate_quant(x, None, None, block, "fp8", 8)
+    r["rq_ars_us"] = cold(lambda a: ops.rotate_quant(a, perm, cs, block, "fp8", 8), rq_bytes, xs)
     for bits in (4, 3):
         for a_bits in (8, 16):
             cfg = QuantConfig(w_bits=bits, a_bits=a_bits, w_format="int", rotation="hadamard")
             q = QuantLinear.from_linear(lin, cfg)
             tag = f"W{bits}A{a_bits}"
+            wbytes = q.qweight.numel() + q.w_scales.numel() * 4
+            fwd_bytes = 2 * m * k + wbytes
+            qs = [q] + [copy.deepcopy(q) for _ in range(copies_for(fwd_bytes) - 1)]
             if a_bits == 8:
-                r[f"gemm_{tag}_us"] = bench_us(lambda: ops.gemm_a8(codes, sx, q.qweight, q.w_scales, q.codebook,
-                                                                    bits, k, 0, None, torch.bfloat16))
-                if not cuda_kernels.gemm_a8_unsupported(m, k, n, bits, 0, codes.dtype, codes.device):
-                    r[f"kernel_{tag}_us"] = bench_us(lambda: cuda_kernels.gemm_a8_cuda(
-                        codes, sx, q.qweight, q.w_scales, q.codebook, bits, k, 0, None, torch.bfloat16))
-            r[f"fwd_{tag}_us"] = bench_us(lambda: q(x))
+                gemm_bytes = m * k + wbytes
+                codes = [ops.rotate_quant(a, None, None, block, "fp8", 8) for a in xs[:copies_for(gemm_bytes)]]
+                r[f"gemm_{tag}_us"] = cold(lambda c, qq: ops.gemm_a8(c[0], c[1], qq.qweight, qq.w_scales, qq.codebook,
+                                                                    bits, k, 0, None, torch.bfloat16),
+                                           gemm_bytes, codes, qs)
+                if not cuda_kernels.gemm_a8_unsupported(m, k, n, bits, 0, codes[0][0].dtype, codes[0][0].device):
+                    r[f"kernel_{tag}_us"] = cold(lambda c, qq: cuda_kernels.gemm_a8_cuda(
+                        c[0], c[1], qq.qweight, qq.w_scales, qq.codebook, bits, k, 0, None, torch.bfloat16),
+                        gemm_bytes, codes, qs)
+                del codes
+            r[f"fwd_{tag}_us"] = cold(lambda a, qq: qq(a), fwd_bytes, xs, qs)
             if tag == "W4A8" and m >= ops.A8_DEQUANT_MIN_M:
                 ops.A8_FAST_ACCUM = True
                 try:
-                    r["fwd_W4A8_fast_us"] = bench_us(lambda: q(x))
+                    r["fwd_W4A8_fast_us"] = cold(lambda a, qq: qq(a), fwd_bytes, xs, qs)
                 finally:
                     ops.A8_FAST_ACCUM = False
             if a_bits == 16:
-                wbytes = q.qweight.numel() + q.w_scales.numel() * 4
                 r[f"fwd_{tag}_weight_GBps"] = (wbytes + m * k * 2 + m * n * 2) / r[f"fwd_{tag}_us"] / 1e3
                 r[f"fwd_{tag}_pct_copy"] = 100 * r[f"fwd_{tag}_weight_GBps"] / ceil["copy_GBps"]
-            del q
+            del q, qs
     r["bf16_TFLOPs"] = flop / r["bf16_us"] / 1e6
     r["gemm_W4A8_TFLOPs"] = flop / r["gemm_W4A8_us"] / 1e6
     for tag in ("W4A8", "W3A8", "W4A16", "W3A16", "W4A8_fast"):
@@ -170,7 +194,7 @@ def write_results(meta, rows, out):
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     md = [f"# Linear layers on {meta['gpu']}", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
-          f"Medians of CUDA-graph replays, µs. Ceilings in this run: copy {ceil['copy_GBps']:.0f} GB/s, "
+          f"Medians of CUDA-graph replays over copies of the data larger than L2 together (cold), µs. Ceilings in this run: copy {ceil['copy_GBps']:.0f} GB/s, "
           f"bf16 {ceil['bf16_TFLOPs']:.0f} TFLOP/s, FP8 row-wise {ceil['fp8_rowwise_TFLOPs']:.0f} TFLOP/s."
           + (f" {meta['note']}" if meta.get("note") else ""), "",
           "| model | layer | M | K | N | bf16 | fp8 GEMM | naive-q | rq (% copy) | gemm W4A8 | gemm W3A8 "
