@@ -357,6 +357,21 @@ def test_gather_tables_are_made_once_and_follow_in_place_writes():
     assert torch.equal(t[0].long(), p_inf) and torch.equal(t[1], cuda_kernels.scale_lanes(c_inf))
 
 
+def test_unrotate_perm_is_checked_once_and_follows_in_place_writes():
+    """dequantize_weight's permutation (written as W[:, perm[j]] by the kernel): int32, cached, checked on a miss."""
+    k = 1000
+    perm = torch.randperm(k)                                          # int64, as torch.randperm gives it
+    p32 = cuda_kernels.unrotate_perm(perm)
+    assert p32.dtype == torch.int32 and torch.equal(p32.long(), perm)
+    assert cuda_kernels.unrotate_perm(perm) is p32                    # cached on perm
+    perm.copy_(torch.randperm(k))                                     # written in place: made again
+    assert torch.equal(cuda_kernels.unrotate_perm(perm).long(), perm)
+    assert cuda_kernels.unrotate_perm(None) is None
+    for bad in (torch.arange(k) - 1, torch.ones(k, dtype=torch.int32)):   # below 0; repeated indices
+        with pytest.raises(ValueError, match="perm must be a permutation of 0..999"):
+            cuda_kernels.unrotate_perm(bad)
+
+
 @gpu
 @pytest.mark.parametrize("m,k,block,ars", [(1, 128, 128, False), (333, 1152, 128, True), (77, 3072, 1024, False),
                                            (40, 12288, 1024, True)], ids=str)

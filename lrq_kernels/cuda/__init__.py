@@ -97,15 +97,6 @@ def _aligned16(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
-def _int32_perm(perm):
-    """perm as contiguous, 16-byte aligned int32 for unrotate_weight (it reads it in 16-byte loads). An int64 one is
-    converted: with int64 indices rotate_quant's gather (which reads int16 tables since session 16) took 1.13-1.14x
-    the time on K >= 12288 (H200, results/bench_linear_h200_0053.md, session 12)."""
-    if perm is None:
-        return None
-    return _aligned16(perm.to(torch.int32).contiguous())
-
-
 def scale_lanes(channel_scale: torch.Tensor) -> torch.Tensor:
     """channel_scale [K] reordered as rotate_quant's gather loads it (csrc/rotate_quant.cu: load_scales8): inside each
     chunk of 128 columns (the last may be shorter, K % 8 == 0), the first four scales of every 8 columns, then the last
@@ -133,40 +124,52 @@ def _make_gather_tables(perm, channel_scale):
     return perm16, lanes
 
 
-# Gather tables by the tensor they were made from (perm, or channel_scale when there is no perm), kept as long as it
-# lives, so a QuantLinear's buffers are converted once rather than on every forward.
-_GATHER_TABLES = WeakIdKeyDictionary()
+def _cached(cache, key, other, make, perm):
+    """make(), cached in cache on the tensor key (and the identity of other, a second source tensor or None), and made
+    again when either was written in place (its version counter moved); on a miss, perm (if not None) is first checked
+    to be a permutation (ValueError if not). Neither cached nor checked for inference tensors (no version counter) or
+    while a CUDA graph is being captured (a value made then holds nothing until the graph replays; a check would
+    synchronize): warm up before capturing, as PyTorch asks."""
+    if key.is_inference() or (other is not None and other.is_inference()):
+        return make()
+    versions = (key._version, None if other is None else other._version)
+    hit = cache.get(key)
+    if hit is not None:
+        other_ref, cached_versions, value = hit
+        if cached_versions == versions and (None if other_ref is None else other_ref()) is other:
+            return value
+    if key.is_cuda and torch.cuda.is_current_stream_capturing():
+        return make()
+    if perm is not None:
+        _check_permutation(perm)
+    value = make()
+    cache[key] = (None if other is None else weakref.ref(other), versions, value)
+    return value
+
+
+# Kernel-side copies of a layer's rotation buffers, by the tensor they were made from, kept as long as it lives: a
+# QuantLinear's buffers are converted (and its permutation checked) once rather than on every forward.
+_GATHER_TABLES = WeakIdKeyDictionary()      # perm (or channel_scale without one) -> (perm16, scale_lanes)
+_UNROTATE_PERMS = WeakIdKeyDictionary()     # perm -> int32 perm
 
 
 def gather_tables(perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor]):
     """(perm16, scale_lanes): the ARS gather's permutation as int16 and its channel scales in the kernel's lane order
     (scale_lanes()), the layout csrc/rotate_quant.cu reads (half the L1 wavefronts of int32 indices and natural-order
-    scales). Cached on the source tensors: made again when either is another tensor or was written in place (its
-    version counter moved), after checking that perm is a permutation (ValueError if not). Neither cached nor checked
-    for inference tensors (no version counter) or while a CUDA graph is being captured (such tables hold no values
-    until the graph replays; a check would synchronize): warm up before capturing, as PyTorch asks."""
+    scales). Cached on the source tensors and perm checked once, as _cached says."""
     key = perm if perm is not None else channel_scale
     if key is None:
         return None, None
-    other = channel_scale if perm is not None else None        # the second tensor of the pair, if any
-    if key.is_inference() or (other is not None and other.is_inference()):
-        return _make_gather_tables(perm, channel_scale)
-    versions = (key._version, None if other is None else other._version)
-    hit = _GATHER_TABLES.get(key)
-    if hit is not None:
-        other_ref, cached_versions, tables = hit
-        if cached_versions == versions and (None if other_ref is None else other_ref()) is other:
-            return tables
-    if key.is_cuda and torch.cuda.is_current_stream_capturing():
-        return _make_gather_tables(perm, channel_scale)
-    if perm is not None:
-        _check_permutation(perm)
-    tables = _make_gather_tables(perm, channel_scale)
-    _GATHER_TABLES[key] = (None if other is None else weakref.ref(other), versions, tables)
-    return tables
-    tables = _make_gather_tables(perm, channel_scale)
-    _GATHER_TABLES[key] = (None if other is None else weakref.ref(other), versions, tables)
-    return tables
+    other = channel_scale if perm is not None else None
+    return _cached(_GATHER_TABLES, key, other, lambda: _make_gather_tables(perm, channel_scale), perm)
+
+
+def unrotate_perm(perm: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """perm as unrotate_weight reads it: contiguous, 16-byte aligned int32 (16-byte loads), whatever its dtype.
+    Cached on perm and checked once, as _cached says: the kernel writes the weight's column perm[j] for every j."""
+    if perm is None:
+        return None
+    return _cached(_UNROTATE_PERMS, perm, None, lambda: _aligned16(perm.to(torch.int32).contiguous()), perm)
 
 
 def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format: Optional[str], a_bits: int,
@@ -202,7 +205,7 @@ def unrotate_weight_cuda(packed, w_scales, codebook, bits: int, k: int, group_si
     packed = _aligned(packed)
     w_scales = w_scales.contiguous()
     codebook = codebook.float().contiguous()
-    perm = _int32_perm(perm)
+    perm = unrotate_perm(perm)
     cs = None if channel_scale is None else _aligned16(channel_scale.contiguous())
     out = torch.empty((n, k), dtype=dtype, device=packed.device)
     with torch.cuda.device(packed.device):
