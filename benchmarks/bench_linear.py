@@ -194,7 +194,8 @@ def write_results(meta, rows, out):
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     md = [f"# Linear layers on {meta['gpu']}", "",
           f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, Triton {meta['triton']}, CUDA {meta['cuda']}. "
-          f"Medians of CUDA-graph replays over copies of the data larger than L2 together (cold), µs. Ceilings in this run: copy {ceil['copy_GBps']:.0f} GB/s, "
+          f"Medians of CUDA-graph replays over copies of the data larger than L2 together (cold), µs. "
+          f"Ceilings in this run: copy {ceil['copy_GBps']:.0f} GB/s, "
           f"bf16 {ceil['bf16_TFLOPs']:.0f} TFLOP/s, FP8 row-wise {ceil['fp8_rowwise_TFLOPs']:.0f} TFLOP/s."
           + (f" {meta['note']}" if meta.get("note") else ""), "",
           "| model | layer | M | K | N | bf16 | fp8 GEMM | naive-q | rq (% copy) | gemm W4A8 | gemm W3A8 "

@@ -43,7 +43,8 @@ __global__ void __launch_bounds__(256) gemv_pattern(const uint8_t* w, int n, int
         const int c = c0 + i * 8;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          if (c < chunks) ld_stream16(w + static_cast<int64_t>(t * 16 + h * 8 + g) * row_bytes + c * 64 + q * 16, v[i][h]);
+          const uint8_t* row = w + static_cast<int64_t>(t * 16 + h * 8 + g) * row_bytes;
+          if (c < chunks) ld_stream16(row + c * 64 + q * 16, v[i][h]);
           else v[i][h] = make_uint4(0, 0, 0, 0);
         }
       }
