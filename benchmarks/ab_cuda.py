@@ -11,8 +11,9 @@ CUDA-graph replays over copies of the data larger than L2 together (timing.cold_
   gemv: the small-M weight-only GEMM, FLUX qkv / fc1 / fc2 / proj_out, M = 1 and 16, 4-bit, 3-bit, 4-bit group 128
   rq:   rotate + per-token FP8 quantize (block of rotation.default_block), plain and with the ARS gather (an int32
         permutation and channel scales, as QuantLinear keeps them; builds before session 16 get them as they read them)
-  a16fwd: the weight-only forward at small M (ops.quant_linear_a16: rotate, then the GEMV), FLUX qkv / fc1 / fc2 /
-        proj_out, M = 1 and 16, 4-bit and 3-bit per channel, block Hadamard (rotation.default_block)
+  a16fwd: the weight-only forward at small M (ops.quant_linear_a16: rotate, then the GEMV, or the GEMV rotating x
+        itself), FLUX qkv / fc1 / fc2 / proj_out, M = 1, 4 and 16, 4-bit and 3-bit per channel, block Hadamard
+        (rotation.default_block), and at M = 1 also with the ARS gather
   dequant: dequantize_weight (4-bit, per-channel scales, the weight with its block Hadamard undone, bf16 out) on the
         weights of PixArt and FLUX qkv, FLUX fc1 / fc2 / proj_out and Wan fc2 (builds from session 13 on)
 Writes NAME.json and NAME.md (default ab_cuda) with the GPU, versions, date and this command.
@@ -103,18 +104,21 @@ def ab_a16fwd(old):
     rows = []
     for k, n in GEMV_SHAPES:
         block = default_block(k)
-        for m in (1, 16):
-            for bits in (4, 3):
-                cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
-                ws = [(pack_codes(torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8), bits),
-                       torch.rand(n, device="cuda") + 0.5) for _ in range(8)]
-                wbytes = ws[0][0].numel() + 4 * n
-                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-                r = old_and_new(old, lambda i: (lambda p=ws[i % 8]: ops.quant_linear_a16(
-                    x, None, None, block, p[0], p[1], cb, bits, 0, None)), wbytes)
-                r.update(K=k, N=n, M=m, bits=bits, group=0)
-                print(r, flush=True)
-                rows.append(r)
+        perm = torch.randperm(k, device="cuda", dtype=torch.int32)
+        cs = torch.rand(k, device="cuda") + 0.5
+        for m, bits, ars in ((1, 4, False), (1, 3, False), (1, 4, True), (4, 4, False), (16, 4, False),
+                             (16, 3, False)):
+            cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
+            ws = [(pack_codes(torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8), bits),
+                   torch.rand(n, device="cuda") + 0.5) for _ in range(8)]
+            wbytes = ws[0][0].numel() + 4 * n
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            rot = (perm, cs) if ars else (None, None)
+            r = old_and_new(old, lambda i: (lambda p=ws[i % 8]: ops.quant_linear_a16(
+                x, *rot, block, p[0], p[1], cb, bits, 0, None)), wbytes)
+            r.update(K=k, N=n, M=m, bits=bits, group=0, ars=ars)
+            print(r, flush=True)
+            rows.append(r)
     return rows
 
 
@@ -187,10 +191,11 @@ def main():
         md += [f"| {r['K']} | {r['N']} | {r['M']} | {r['bits']} | {r['group'] or '–'} | {r['old']:.2f} | {r['new']:.2f} | "
                f"{r['new'] / r['old']:.2f} |" for r in gemv]
     if a16fwd:
-        md += ["", "Weight-only forward (ops.quant_linear_a16: rotate + GEMV):", "",
-               "| K | N | M | bits | old µs | new µs | new / old |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        md += [f"| {r['K']} | {r['N']} | {r['M']} | {r['bits']} | {r['old']:.2f} | {r['new']:.2f} | "
-               f"{r['new'] / r['old']:.2f} |" for r in a16fwd]
+        md += ["", "Weight-only forward (ops.quant_linear_a16: rotate + GEMV, or the GEMV rotating x itself):", "",
+               "| K | N | M | bits | rotation | old µs | new µs | new / old |",
+               "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+        md += [f"| {r['K']} | {r['N']} | {r['M']} | {r['bits']} | {'ARS' if r.get('ars') else 'Hadamard'} | "
+               f"{r['old']:.2f} | {r['new']:.2f} | {r['new'] / r['old']:.2f} |" for r in a16fwd]
     if rq:
         md += ["", "| M | K | block | old µs (% copy) | new µs (% copy) | new / old | ARS old µs | ARS new µs | ARS new / old |",
                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -72,16 +72,18 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("gemv_a16",
         [](uintptr_t x, int x_dtype, int m, int k, int n, uintptr_t packed, int bits, uintptr_t w_scales,
-           int group_size, uintptr_t codebook, uintptr_t bias, uintptr_t y, int device, uintptr_t stream) {
+           int group_size, uintptr_t codebook, uintptr_t bias, uintptr_t y, int device, uintptr_t stream,
+           uintptr_t perm16, uintptr_t scale_lanes, int block) {
           lrq::GemvA16Args a{cptr<void>(x), x_dtype, m, k, n, cptr<uint8_t>(packed), bits, cptr<float>(w_scales),
                              group_size, cptr<float>(codebook), cptr<float>(bias), reinterpret_cast<void*>(y),
-                             device, stream};
+                             device, stream, cptr<int16_t>(perm16), cptr<float>(scale_lanes), block};
           py::gil_scoped_release nogil;
           raise_if(lrq::gemv_a16(a));
         },
         py::arg("x"), py::arg("x_dtype"), py::arg("m"), py::arg("k"), py::arg("n"), py::arg("packed"),
         py::arg("bits"), py::arg("w_scales"), py::arg("group_size"), py::arg("codebook"), py::arg("bias"),
-        py::arg("y"), py::arg("device"), py::arg("stream"));
+        py::arg("y"), py::arg("device"), py::arg("stream"), py::arg("perm16") = 0, py::arg("scale_lanes") = 0,
+        py::arg("block") = 1);
 
   m.def("gemm_a8",
         [](uintptr_t x, int64_t stride_x, uintptr_t x_scales, int m, int k, int n, uintptr_t packed,
@@ -107,6 +109,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("bits"), "Why decode_weight_e4m3 cannot run this shape ('' if it can).");
   m.def("gemv_a16_unsupported", &lrq::gemv_a16_unsupported, py::arg("m"), py::arg("k"), py::arg("bits"),
         py::arg("group_size"), "Why gemv_a16 cannot run this shape ('' if it can).");
+  m.def("gemv_a16_rotate_unsupported", &lrq::gemv_a16_rotate_unsupported, py::arg("m"), py::arg("k"),
+        py::arg("block"), "Why gemv_a16 cannot fuse the rotation of x at this shape ('' if it can).");
   m.def("gemm_a8_unsupported", &lrq::gemm_a8_unsupported, py::arg("m"), py::arg("k"), py::arg("n"), py::arg("bits"),
         py::arg("group_size"), "Why gemm_a8 cannot run this shape ('' if it can; it also needs an sm_90 GPU).");
 }

@@ -21,10 +21,20 @@
 // each) and get equal numbers of tiles; a warp requests the weights of several chunks before it decodes them,
 // and the next tile's before the reduction of this one.
 // Group scales: a chunk is exactly one group (CH = group size), so a group's partial product is scaled once.
-#include "common.cuh"
+//
+// Fused rotation (ROT; M = 1, K <= kRotMaxK, block <= 1024): the weight-only forward rotates x before the product
+// (ops.quant_linear_a16). As a kernel of its own at M = 1, that rotation cost 2.9 of the forward's 14.1 us on FLUX
+// fc1 (bench_linear.md, 06:08 UTC: 14.1 us against the GEMV's 11.2). Here each CTA rotates x itself, into shared
+// memory, while its first weight loads are on their way into L2: x is a few KB and stays in L2, and the
+// butterflies are rotate_quant's (hadamard.cuh), so the rotated values are bit-equal to ops.rotate's. Every CTA
+// repeats the rotation, so it pays only for small K x M: at M = 4 (K = 3072) and at K >= 12288 the fused forward
+// took up to 1.2x the time of the two kernels (results/ab_fused_rot_v1.md, a first version that allowed M <= 8 and
+// M * K <= 16384).
+#include "hadamard.cuh"
 #include "lrq.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace lrq {
 namespace {
@@ -100,6 +110,12 @@ struct Run {
     load_stream<kLoBytes>(row + (chunk * 4 + q) * kLoBytes, lo);
     if constexpr (BITS == 3) load_stream<kHiBytes>(row + k / 4 + (chunk * 4 + q) * kHiBytes, hi);
   }
+  // The same bytes into L2 only: no registers held (the fused rotation runs meanwhile).
+  __device__ __forceinline__ void prefetch(const uint8_t* row, int k, int chunk, int q) const {
+    asm volatile("prefetch.global.L2 [%0];\n" :: "l"(row + (chunk * 4 + q) * kLoBytes));
+    if constexpr (BITS == 3)
+      asm volatile("prefetch.global.L2 [%0];\n" :: "l"(row + k / 4 + (chunk * 4 + q) * kHiBytes));
+  }
   __device__ __forceinline__ void zero() {
     for (auto& w : lo) w = 0;
     for (auto& w : hi) w = 0;
@@ -121,14 +137,68 @@ __device__ __forceinline__ uint32_t lookup(const uint32_t* table, uint32_t byte_
   return *reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(table) + byte_offset);
 }
 
+// The fused rotation: xs [K] = x[perm] * channel_scale times the normalised block Hadamard, in x's dtype, as
+// rotate_quant.cu computes it for its out_format kSame. Every thread of the CTA calls it. The CTA's 256 threads take
+// hadamard.cuh's layout with V = 4 (8192 slots, K <= kRotMaxK of them live): a warp holds 1024 contiguous values,
+// so every block of B <= 1024 lies inside one warp and no butterfly crosses warps. The gather first copies x's row
+// into xs with 16-byte loads and reads its values from there (scalar gathers from global memory took the forward
+// to 1.92x the unfused time at K = 15360, results/ab_fused_rot_v1.md), then overwrites xs with the result.
+constexpr int kRotV = 4;
+constexpr int kRotMaxK = 4096;                 // measured faster than the separate kernel up to K = 3072 (above)
+constexpr int kRotMaxBlock = 256 * kRotV;
+template <typename T>
+__device__ __forceinline__ void rotate_into_shared(const T* __restrict__ x, int k, const int16_t* __restrict__ perm16,
+                                                   const float* __restrict__ scale_lanes, int log_b, float norm,
+                                                   T* xs, int lane, int warp) {
+  if (perm16 != nullptr) {
+    for (int i = threadIdx.x; i < k / 8; i += kThreads)
+      reinterpret_cast<uint4*>(xs)[i] = __ldg(reinterpret_cast<const uint4*>(x) + i);
+    __syncthreads();
+  }
+  float v[kRotV][8];
+  int col[kRotV];
+#pragma unroll
+  for (int i = 0; i < kRotV; ++i) {
+    col[i] = ((warp * kRotV + i) * 32 + lane) * 8;
+    if (col[i] >= k) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
+      continue;
+    }
+    if (perm16 == nullptr) {
+      load8<T>(x + col[i], v[i]);
+    } else {
+      int idx[8];
+      load_perm8(perm16, col[i], idx);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = to_float<T>(xs[idx[j]]);
+    }
+    if (scale_lanes != nullptr) {
+      float s[8];
+      load_scales8(scale_lanes, col[i], k, s);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], s[j]);
+    }
+  }
+  if (perm16 != nullptr) __syncthreads();      // every gather has read xs before it is overwritten
+  block_hadamard<kRotV>(v, log_b, norm, lane, warp, nullptr, 0);   // log_b <= 10: no stage across warps
+#pragma unroll
+  for (int i = 0; i < kRotV; ++i)
+    if (col[i] < k) store8<T>(xs + col[i], v[i]);
+}
+
 // NT: tiles of 8 tokens (1 for M <= 8, 2 for M <= 16). MT: 16-row weight tiles a warp decodes against the same
 // x words (2 from M = 5: every CTA reads all of x once a tile, and at M = 16 with 16-row tiles that was 4x the
-// weight bytes; bench_cuda.md, session 6).
-template <typename T, int BITS, int NT, int MT, int GROUP>
-__global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
+// weight bytes; bench_cuda.md, session 6). ROT: rotate x first (above), into dynamic shared memory (K values).
+// Launch bounds: the 4-bit per-channel ROT kernel is held to 4 CTAs an SM (64 registers, ptxas: 4 bytes of spill),
+// as many as the kernel without the rotation has (64 registers); left free, ptxas gave it 80 (3 CTAs). 0: no bound,
+// which is not the same as 1 (with 1, ptxas gave the kernels without the rotation 16-25% more registers).
+template <typename T, int BITS, int NT, int MT, int GROUP, bool ROT>
+__global__ void __launch_bounds__(kThreads, ROT && BITS == 4 && GROUP == 0 ? 4 : 0) gemv_a16_kernel(
     const T* __restrict__ x, int m, int k, int n, const uint8_t* __restrict__ packed, int row_bytes,
     const float* __restrict__ w_scales, const float* __restrict__ codebook, const float* __restrict__ bias,
-    T* __restrict__ y) {
+    T* __restrict__ y, const int16_t* __restrict__ perm16, const float* __restrict__ scale_lanes, int log_b,
+    float norm) {
   constexpr int CH = GROUP == 64 ? 64 : 128;   // codes of a row a chunk (4 lanes x CPT)
   constexpr int CPT = CH / 4;                  // codes a lane a row a chunk
   constexpr int TILES = CPT / 4;               // mma k-tiles a chunk
@@ -139,6 +209,8 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
   constexpr int NBUF = ENTRIES * 32 * 4 + 2 * kWarps * E * 32 * 4 <= 48 * 1024 ? 2 : 1;
   __shared__ __align__(16) uint32_t lut[ENTRIES * 32];
   __shared__ float partial[NBUF][kWarps][E][32];
+  extern __shared__ __align__(16) uint8_t dynamic_smem[];
+  T* xs = reinterpret_cast<T*>(dynamic_smem);   // ROT: the rotated x [M, K]
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
@@ -164,12 +236,28 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
   };
   Run<BITS, CPT> w[MAXC][2 * MT];              // [chunk of the round][rows g, g + 8, g + 16, g + 24, ...]
   int tile = blockIdx.x;
-  if (tile < tiles) load_round(w, tile, warp);
-  // A warp reads the same columns of x for every tile (chunks warp, warp + kWarps, ...): pull them into L1
-  // now, so that the first tile's x loads do not wait on L2 in the middle of the decode.
-  if (g < m && tile < tiles)
-    for (int c = warp; c < chunks; c += kWarps)
-      asm volatile("prefetch.global.L1 [%0];\n" :: "l"(x + static_cast<int64_t>(g) * k + c * CH + q * CPT));
+  if constexpr (ROT) {
+    // The first round's weights are requested into L2 only, then x is rotated, then they are loaded: holding them
+    // in registers across the rotation took the kernel from 64 to 95 registers (ptxas, 4-bit, M <= 4), 2 CTAs an
+    // SM instead of 4. x is read from shared memory, after the barrier below.
+    if (tile < tiles)
+#pragma unroll
+      for (int i = 0; i < MAXC; ++i)
+#pragma unroll
+        for (int h = 0; h < 2 * MT; ++h) {
+          const int c = warp + i * kWarps, row = tile * ROWS + h * 8 + g;
+          if (c < chunks && row < n) w[i][h].prefetch(packed + static_cast<int64_t>(row) * row_bytes, k, c, q);
+        }
+    rotate_into_shared<T>(x, k, perm16, scale_lanes, log_b, norm, xs, lane, warp);
+    if (tile < tiles) load_round(w, tile, warp);
+  } else {
+    if (tile < tiles) load_round(w, tile, warp);
+    // A warp reads the same columns of x for every tile (chunks warp, warp + kWarps, ...): pull them into L1
+    // now, so that the first tile's x loads do not wait on L2 in the middle of the decode.
+    if (g < m && tile < tiles)
+      for (int c = warp; c < chunks; c += kWarps)
+        asm volatile("prefetch.global.L1 [%0];\n" :: "l"(x + static_cast<int64_t>(g) * k + c * CH + q * CPT));
+  }
 
   // The decode table, built while the first loads are in flight: TPE threads write entry e's 32 lane copies as
   // 16-byte stores, each thread starting at a different 16-byte slot so that a warp's stores spread over all
@@ -224,8 +312,9 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
           const int tok = nt * 8 + g;
 #pragma unroll
           for (int u = 0; u < TILES / 2; ++u)
-            b[nt][u] = tok < m ? __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(tok) * k + kx) + u)
-                               : make_uint4(0, 0, 0, 0);
+            b[nt][u] = tok >= m ? make_uint4(0, 0, 0, 0)
+                       : ROT ? reinterpret_cast<const uint4*>(xs + kx)[u]
+                             : __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(tok) * k + kx) + u);
         }
         float part[MT][NT][4] = {};
 #pragma unroll
@@ -283,11 +372,19 @@ __global__ void __launch_bounds__(kThreads) gemv_a16_kernel(
   }
 }
 
-template <typename T, int BITS, int NT, int MT, int GROUP>
+bool rotates(const GemvA16Args& a) { return a.block > 1 || a.perm16 != nullptr || a.scale_lanes != nullptr; }
+
+template <typename T, int BITS, int NT, int MT, int GROUP, bool ROT = false>
 std::string launch(const GemvA16Args& a) {
-  auto kernel = gemv_a16_kernel<T, BITS, NT, MT, GROUP>;
+  auto kernel = gemv_a16_kernel<T, BITS, NT, MT, GROUP, ROT>;
+  const int smem = ROT ? a.k * static_cast<int>(sizeof(T)) : 0;
+  cudaError_t e;
+  if (ROT) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemv_a16)", e);
+  }
   int per_sm = 0;
-  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0);
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
   if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(gemv_a16)", e);
   // Persistent CTAs with the same number of weight tiles each (the last one may have fewer).
   const int tiles = (a.n + 16 * MT - 1) / (16 * MT);
@@ -295,14 +392,17 @@ std::string launch(const GemvA16Args& a) {
   const int per_cta = (tiles + ctas - 1) / ctas;
   const int grid = std::max(1, (tiles + per_cta - 1) / per_cta);
   const int row_bytes = BITS == 4 ? (a.k + 1) / 2 : 3 * ((a.k + 7) / 8);
-  kernel<<<grid, kThreads, 0, reinterpret_cast<cudaStream_t>(a.stream)>>>(
+  const int log_b = ROT ? log2_of(a.block) : 0;
+  const float norm = ROT ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block))) : 1.f;
+  kernel<<<grid, kThreads, smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
       static_cast<const T*>(a.x), a.m, a.k, a.n, a.packed, row_bytes, a.w_scales, a.codebook, a.bias,
-      static_cast<T*>(a.y));
+      static_cast<T*>(a.y), a.perm16, a.scale_lanes, log_b, norm);
   return last_launch_error("gemv_a16_kernel");
 }
 
 template <typename T, int BITS, int GROUP>
 std::string dispatch_nt(const GemvA16Args& a) {
+  if (rotates(a)) return launch<T, BITS, 1, 1, GROUP, true>(a);
   if (a.m > 8) return launch<T, BITS, 2, 2, GROUP>(a);
   return a.m > 4 ? launch<T, BITS, 1, 2, GROUP>(a) : launch<T, BITS, 1, 1, GROUP>(a);
 }
@@ -333,9 +433,24 @@ std::string gemv_a16_unsupported(int m, int k, int bits, int group_size) {
   return "";
 }
 
+std::string gemv_a16_rotate_unsupported(int m, int k, int block) {
+  if (m != 1) return "the fused rotation needs M = 1, got M=" + std::to_string(m);
+  if (k > kRotMaxK) return "the fused rotation needs K <= " + std::to_string(kRotMaxK) + ", got K=" + std::to_string(k);
+  if (block < 1 || (block & (block - 1)) || k % block || block > kRotMaxBlock)
+    return "the fused rotation needs a power-of-two block <= " + std::to_string(kRotMaxBlock) + " dividing K=" +
+           std::to_string(k) + ", got " + std::to_string(block);
+  return "";
+}
+
 std::string gemv_a16(const GemvA16Args& a) {
   std::string why = gemv_a16_unsupported(a.m, a.k, a.bits, a.group_size);
   if (!why.empty()) return "gemv_a16: " + why;
+  if (rotates(a)) {
+    why = gemv_a16_rotate_unsupported(a.m, a.k, a.block);
+    if (!why.empty()) return "gemv_a16: " + why;
+    if ((reinterpret_cast<uintptr_t>(a.perm16) | reinterpret_cast<uintptr_t>(a.scale_lanes)) % 16)
+      return "gemv_a16: perm16 and scale_lanes must be 16-byte aligned";
+  }
   if (a.m == 0 || a.n == 0) return "";
   if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.packed)) % 16)
     return "gemv_a16: x and packed must be 16-byte aligned";

@@ -39,6 +39,10 @@ struct GemvA16Args {
   const float* bias;                      // [N] float32 or nullptr
   void* y;                                // [M, N] in x's dtype
   int device; uintptr_t stream;
+  // Optional: the layer's rotation of x, fused in front of the product (gemv_a16.cu, "Fused rotation"): x[:, perm]
+  // * channel_scale times the normalised block Hadamard, rounded to x's dtype as rotate_quant's kSame output is.
+  // The tables as in RotateQuantArgs (nullptr: none); block 1 with neither table: x as it is.
+  const int16_t* perm16; const float* scale_lanes; int block;
 };
 
 // W4A8 / W3A8 GEMM on Hopper (sm_90a only): y[t, r] = x_scales[t] * w_scales[r] * sum_k x[t, k] codebook[code(r, k)]
@@ -90,6 +94,7 @@ std::string rotate_quant_unsupported(int64_t k, int block);
 std::string unrotate_weight_unsupported(int k, int block, int bits, int group_size);
 std::string decode_weight_e4m3_unsupported(int64_t n, int k, int bits);
 std::string gemv_a16_unsupported(int m, int k, int bits, int group_size);
+std::string gemv_a16_rotate_unsupported(int m, int k, int block);   // on top of gemv_a16_unsupported
 std::string gemm_a8_unsupported(int m, int k, int n, int bits, int group_size);
 
 }  // namespace lrq

@@ -17,33 +17,6 @@ namespace {
 
 constexpr int kMaxTokensPerCta = kMaxRowsPerCta;
 
-// The ARS gather's tables (lrq_kernels/cuda: gather_tables) serve every token, so their loads hit L1 after the first
-// warp; what they cost is L1 wavefronts (ncu, session 15: the gather path is L1-bound, 80% of peak, and int32
-// indices and natural-order scales, 32 bytes a lane at a 32-byte lane stride, used 16 of every 32-byte sector).
-// perm16[col .. col + 7]: one 16-byte load, a warp's 32 lanes reading 512 contiguous bytes.
-__device__ __forceinline__ void load_perm8(const int16_t* perm16, int col, int idx[8]) {
-  const int4 a = __ldg(reinterpret_cast<const int4*>(perm16 + col));
-  const uint32_t w[4] = {static_cast<uint32_t>(a.x), static_cast<uint32_t>(a.y), static_cast<uint32_t>(a.z),
-                         static_cast<uint32_t>(a.w)};
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {                 // indices < K <= 16384: no sign to extend
-    idx[2 * j] = static_cast<int>(w[j] & 0xFFFFu);
-    idx[2 * j + 1] = static_cast<int>(w[j] >> 16);
-  }
-}
-
-// channel_scale[col .. col + 7] from scale_lanes, which holds each chunk of 128 columns (the last may be shorter,
-// L columns) as the first four scales of its vectors of 8, then the last four: scale c0 + 8m + 4q + t at
-// c0 + q * L / 2 + 4m + t. The 16 lanes of a chunk then read 256 contiguous bytes a load.
-__device__ __forceinline__ void load_scales8(const float* scale_lanes, int col, int k, float s[8]) {
-  const int c0 = col & ~127;
-  const int half = min(128, k - c0) >> 1;
-  const float* p = scale_lanes + c0 + ((col & 127) >> 1);     // 4m with m = (col & 127) / 8 (col % 8 == 0)
-  const float4 a = __ldg(reinterpret_cast<const float4*>(p));
-  const float4 b = __ldg(reinterpret_cast<const float4*>(p + half));
-  s[0] = a.x; s[1] = a.y; s[2] = a.z; s[3] = a.w; s[4] = b.x; s[5] = b.y; s[6] = b.z; s[7] = b.w;
-}
-
 // Two code bytes (element 0 in the low byte). fp8: the hardware's round-to-nearest-even cast with .satfinite,
 // which is the reference's clamp to +-448 then cast (and keeps NaN); int: rint (half to even; NaN -> 0 in cvt.rni),
 // clamp to +-qmax.

@@ -59,6 +59,12 @@ def test_extension_refuses_unsupported_shapes_with_a_message():
         _C.unrotate_weight(16, 63, 4, 16, 0, 16, 0, 0, 8, 128, 128, 16, 0, 0, 0)   # refused before any device call
     with pytest.raises(RuntimeError, match="M must be <= 16, got M=17"):
         _C.gemv_a16(16, 0, 17, 3072, 8, 16, 4, 16, 0, 16, 0, 16, 0, 0)     # refused before touching a device
+    assert _C.gemv_a16_rotate_unsupported(1, 4096, 1024) == ""
+    assert "M = 1, got M=2" in _C.gemv_a16_rotate_unsupported(2, 1152, 128)
+    assert "K <= 4096, got K=12288" in _C.gemv_a16_rotate_unsupported(1, 12288, 1024)
+    assert "block <= 1024 dividing K=4096, got 4096" in _C.gemv_a16_rotate_unsupported(1, 4096, 4096)
+    with pytest.raises(RuntimeError, match="M = 1, got M=2"):
+        _C.gemv_a16(16, 0, 2, 3072, 8, 16, 4, 16, 0, 16, 0, 16, 0, 0, 0, 0, 1024)   # refused before any device call
     assert _C.gemm_a8_unsupported(333, 2432, 2432, 4, 0) == ""
     assert _C.gemm_a8_unsupported(333, 2432, 2432, 3, 0) == ""
     assert "3- or 4-bit codes, got bits=2" in _C.gemm_a8_unsupported(64, 3072, 3072, 2, 0)
@@ -227,6 +233,52 @@ def test_cuda_gemv_groups_bits_dtypes_bias(m, k, n, dtype, bits, group, monkeypa
     assert got.dtype == dtype
     # bf16 output rounding alone is up to 2^-9 relative per element; the float32 sums are checked to 1e-3 below
     assert rel_err(got.float(), _oracle(x, packed, sw, cb, bits, k, group, bias)) <= 4e-3
+
+
+@gpu
+@pytest.mark.parametrize("ars", [False, True], ids=["hadamard", "ars"])
+@pytest.mark.parametrize("k,block,bits,group,dtype", [
+    (3072, 1024, 4, 0, torch.bfloat16), (3072, 1024, 3, 0, torch.float16), (4096, 1024, 4, 128, torch.bfloat16),
+    (4096, 256, 3, 64, torch.bfloat16), (1152, 128, 4, 0, torch.float16), (2432, 128, 3, 128, torch.bfloat16),
+    (2048, 512, 4, 64, torch.float16), (128, 1, 4, 0, torch.bfloat16), (256, 8, 3, 0, torch.float16)], ids=str)
+def test_cuda_gemv_fused_rotation_equals_rotate_then_gemv(k, block, bits, group, dtype, ars):
+    """The GEMV that rotates x itself gives the bits of ops.rotate's CUDA kernel followed by the plain GEMV (same
+    rotated values, same sums), and stays within the float64 oracle's bound on the reference rotation."""
+    torch.manual_seed(k + bits)
+    x = torch.randn(1, k, device="cuda", dtype=dtype)
+    x[0, :: max(1, k // 7)] *= 40.0                                   # outlier channels, as ARS sees them
+    perm = torch.randperm(k, device="cuda") if ars else None
+    cs = (torch.rand(k, device="cuda") + 0.5) if ars else None
+    packed, sw, cb = _weights(333, k, bits, group)
+    bias = torch.randn(333, device="cuda", dtype=dtype)
+    assert cuda_kernels.gemv_a16_rotate_unsupported(1, k, block) == ""
+    fused = cuda_kernels.gemv_a16_cuda(x, packed, sw, cb, bits, group, bias, perm, cs, block)
+    xr = cuda_kernels.rotate_quant_cuda(x, perm, cs, block, None, 16)[0]
+    assert torch.equal(fused, cuda_kernels.gemv_a16_cuda(xr, packed, sw, cb, bits, group, bias))
+    xr_ref = rotate_ref(x.cpu(), None if perm is None else perm.cpu(), None if cs is None else cs.cpu(), block)
+    want = _oracle(xr_ref.to(dtype).cuda(), packed, sw, cb, bits, k, group, bias)
+    assert rel_err(fused.float(), want) <= 4e-3
+
+
+@gpu
+def test_quant_linear_a16_fuses_the_rotation_where_it_measured_faster_and_nan_stays_in_its_token(monkeypatch):
+    """Fused at M = 1 with 4-bit per-channel weights and no permutation (ops._fused_rotate_gemv); two kernels at
+    M = 2, with a permutation, with 3-bit codes. Either way the same bits, and a NaN stays in its token's row."""
+    torch.manual_seed(0)
+    k, n = 3072, 512
+    weights = {bits: _weights(n, k, bits, 0) for bits in (4, 3)}
+    perm, cs = torch.randperm(k, device="cuda"), torch.rand(k, device="cuda") + 0.5
+    rotations = _spy(monkeypatch, "rotate_quant_cuda")
+    for m, bits, p, fused in ((1, 4, None, True), (2, 4, None, False), (1, 4, perm, False), (1, 3, None, False)):
+        packed, sw, cb = weights[bits]
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        x[-1, 7] = float("nan")
+        before = len(rotations)
+        y = ops.quant_linear_a16(x, p, cs, 1024, packed, sw, cb, bits, 0, None)
+        assert (len(rotations) == before) == fused, (m, bits, p is not None)
+        assert torch.isnan(y[-1]).all() and not torch.isnan(y[:-1]).any()
+        want = ops.gemm_a16(ops.rotate(x, p, cs, 1024), packed, sw, cb, bits, 0, None)
+        torch.testing.assert_close(y, want, rtol=0, atol=0, equal_nan=True)
 
 
 @gpu

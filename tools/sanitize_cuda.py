@@ -56,6 +56,22 @@ def main():
         err = ((y.cpu().double() - want).norm() / want.norm()).item()
         assert err < 4e-3, (m, k, n, bits, group, err)
         n_cases += 1
+    # the GEMV rotating x itself (M = 1): K at its 4096 limit, blocks of 1024 (a warp's) and 128, the gather, warps
+    # with no live slot (K = 1152)
+    for m, k, n, bits, group, block in ((1, 4096, 40, 4, 0, 1024), (1, 2048, 24, 3, 64, 512), (1, 1152, 17, 4, 0, 128)):
+        x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+        packed = pack_codes(torch.randint(0, 2 ** bits, (n, k), generator=g, dtype=torch.uint8), bits)
+        sw = torch.rand((n, k // group) if group else (n,), generator=g) + 0.5
+        cb = nf_codebook(bits)
+        perm, cs = torch.randperm(k, generator=g), torch.rand(k, generator=g) + 0.5
+        for p, c in ((None, None), (perm, cs)):
+            pd, cd = (None, None) if p is None else (p.cuda(), c.cuda())
+            y = cuda_kernels.gemv_a16_cuda(x.cuda(), packed.cuda(), sw.cuda(), cb.cuda(), bits, group, None, pd, cd,
+                                           block)
+            xr = cuda_kernels.rotate_quant_cuda(x.cuda(), pd, cd, block, None, 16)[0]
+            assert torch.equal(y, cuda_kernels.gemv_a16_cuda(xr, packed.cuda(), sw.cuda(), cb.cuda(), bits, group,
+                                                              None)), (m, k, block)
+            n_cases += 1
     # the weight with its rotation undone: a block inside a warp and one across warps (staging in shared memory),
     # the permutation's scatter, group scales, a partial last CTA (N = 7 rows of K = 1152, 3 rows a CTA)
     for n, k, block, bits, group in ((7, 1152, 128, 4, 0), (3, 4096, 4096, 3, 64), (5, 12288, 1024, 4, 128)):

@@ -70,6 +70,15 @@ def gemv_a16_unsupported(m: int, k: int, bits: int, group_size: int, dtype: torc
     return _C.gemv_a16_unsupported(m, k, bits, group_size)
 
 
+def gemv_a16_rotate_unsupported(m: int, k: int, block: int) -> str:
+    """'' when gemv_a16_cuda can rotate x itself at this M, K and block (on top of gemv_a16_unsupported)."""
+    if _C is None:
+        return why_unavailable()
+    if not hasattr(_C, "gemv_a16_rotate_unsupported"):
+        return "this build of lrq_kernels._C has no fused rotation in gemv_a16"
+    return _C.gemv_a16_rotate_unsupported(m, k, block)
+
+
 def gemm_a8_unsupported(m: int, k: int, n: int, bits: int, group_size: int, codes_dtype: torch.dtype,
                         device: torch.device) -> str:
     """'' when gemm_a8_cuda runs this shape on `device` (a Hopper GPU, sm_90), else why not."""
@@ -229,8 +238,11 @@ def decode_weight_e4m3_cuda(packed, codebook, bits: int, k: int) -> torch.Tensor
     return out
 
 
-def gemv_a16_cuda(x, packed, w_scales, codebook, bits: int, group_size: int, bias):
-    """y [M, N] = x @ W_deq^T + bias in x's dtype, M <= 16 (codebook values exact in x's dtype)."""
+def gemv_a16_cuda(x, packed, w_scales, codebook, bits: int, group_size: int, bias, perm=None, channel_scale=None,
+                  block: int = 1):
+    """y [M, N] = x @ W_deq^T + bias in x's dtype, M <= 16 (codebook values exact in x's dtype). With perm,
+    channel_scale or block > 1, x is first rotated inside the kernel, bit-equal to rotate_quant_cuda(x, perm,
+    channel_scale, block, None, 16)[0] (gemv_a16_rotate_unsupported says where it can be)."""
     m, k = x.shape
     n = packed.shape[0]
     x = _aligned(x)
@@ -239,10 +251,15 @@ def gemv_a16_cuda(x, packed, w_scales, codebook, bits: int, group_size: int, bia
     codebook = codebook.contiguous()
     bias32 = None if bias is None else bias.float().contiguous()
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    rotation = {}
+    if perm is not None or channel_scale is not None or block > 1:
+        perm16, lanes = gather_tables(perm, channel_scale)
+        rotation = dict(perm16=0 if perm16 is None else perm16.data_ptr(),
+                        scale_lanes=0 if lanes is None else lanes.data_ptr(), block=block)
     with torch.cuda.device(x.device):
         _C.gemv_a16(x.data_ptr(), _DTYPE[x.dtype], m, k, n, packed.data_ptr(), bits, w_scales.data_ptr(),
                     group_size, codebook.data_ptr(), 0 if bias32 is None else bias32.data_ptr(), y.data_ptr(),
-                    x.device.index, _stream(x.device))
+                    x.device.index, _stream(x.device), **rotation)
     return y
 
 

@@ -137,6 +137,8 @@ def _pick(op: str, device: torch.device, **shape) -> str:
     | rotate_quant | cuda (K % 8 == 0), then triton                        | reference |
     | rotate       | cuda (K % 8 == 0)                                     | reference |
     | gemm_a16     | cuda if M <= 16 and K % 128 == 0, else triton         | reference |
+    quant_linear_a16 fuses rotate into the CUDA GEMV at M = 1, K <= 4096 (4-bit, per channel, no perm; see
+    _fused_rotate_gemv).
     | gemm_a8      | cuda if sm_90, per-channel, K % 128 == 0, M >= 256 (any M with tma), else triton | reference |
     | dequantize_weight | cuda (K % 8 == 0)                                | reference |
     | decode_weight_e4m3 | cuda (K % 64 == 0)                              | reference |
@@ -399,6 +401,19 @@ def _(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale, bloc
     return packed.new_empty((n, k), dtype=dtype)
 
 
+def _fused_rotate_gemv(x: torch.Tensor, perm: Optional[torch.Tensor], block: int, bits: int, group_size: int) -> bool:
+    """Whether quant_linear_a16 runs as one CUDA GEMV that rotates x itself: where the kernel can (M = 1, K <= 4096,
+    block <= 1024: csrc/gemv_a16.cu, "Fused rotation") and where it measured faster than rotate + GEMV: 4-bit codes,
+    per-channel scales, no ARS permutation. `python benchmarks/ab_cuda.py --old <build of 7aac363> a16fwd`
+    (results/ab_fused_rot.md, H200): 4-bit 0.83x the time on FLUX qkv (3072 x 3072) and 0.90x on fc1 (3072 ->
+    12288); 3-bit 0.94x and 1.03x, with the ARS gather 0.93x and 1.05x, so those stay two kernels."""
+    m, k = x.shape
+    return (bits == 4 and group_size == 0 and perm is None
+            and _pick("rotate", x.device, k=k, block=block, dtype=x.dtype) == "cuda"
+            and _pick("gemm_a16", x.device, m=m, k=k, bits=bits, group=group_size, dtype=x.dtype) == "cuda"
+            and not cuda_kernels.gemv_a16_rotate_unsupported(m, k, block))
+
+
 @torch.library.custom_op(f"{_LIB}::quant_linear_a16", mutates_args=())
 def quant_linear_a16(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor], block: int,
                      packed: torch.Tensor, w_scales: torch.Tensor, codebook: torch.Tensor, bits: int, group_size: int,
@@ -406,7 +421,8 @@ def quant_linear_a16(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scal
     """y [M, N] = gemm_a16(rotate(x, perm, channel_scale, block), ...), in x's dtype: QuantLinear's weight-only
     forward (block 1 with no perm or channel_scale: no rotation). From M = A16_DEQUANT_MIN_M on a GPU it computes
     the same product as F.linear(x, dequantize_weight(...)): cuBLAS on a transient weight in x's dtype, which rounds
-    the rotated weight instead of the rotated tokens (each to x's dtype, relative 2^-9 in bf16)."""
+    the rotated weight instead of the rotated tokens (each to x's dtype, relative 2^-9 in bf16). At small M the CUDA
+    GEMV rotates x itself where it can (_fused_rotate_gemv), with the same result as the two ops."""
     check_rotation(x, perm, channel_scale, block)
     check_gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
     m, k = x.shape
@@ -416,6 +432,9 @@ def quant_linear_a16(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scal
         w = dequantize_weight(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale, block, x.dtype)
         return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
     rotated = perm is not None or channel_scale is not None or block > 1
+    if rotated and _fused_rotate_gemv(x, perm, block, bits, group_size):
+        return cuda_kernels.gemv_a16_cuda(x, packed, w_scales, codebook, bits, group_size, bias, perm, channel_scale,
+                                          block)
     xr = rotate(x, perm, channel_scale, block) if rotated else x
     return gemm_a16(xr, packed, w_scales, codebook, bits, group_size, bias)
 
