@@ -103,6 +103,22 @@ def test_dispatch_on_cpu_is_the_reference_and_forced_cuda_says_why(monkeypatch):
     assert _pick("gemm_a8", cpu, **a8) == "reference"
 
 
+@pytest.mark.skipif(not cuda_kernels.available(), reason="lrq_kernels._C not built")
+def test_weight_only_forward_fuses_the_rotation_only_where_it_measured_faster(monkeypatch):
+    """ops._fused_rotate_gemv's rule, with the backends pretended to be CUDA: one kernel at M = 1, K <= 4096, for
+    4-bit per-channel weights without a permutation (results/ab_fused_rot.md); rotate + GEMV otherwise."""
+    from lrq_kernels.ops import _fused_rotate_gemv
+    monkeypatch.setattr(ops, "_pick", lambda op, device, **shape: "cuda")
+    x = torch.empty(1, 3072, dtype=torch.bfloat16)
+    assert _fused_rotate_gemv(x, None, 1024, 4, 0)
+    assert not _fused_rotate_gemv(x, torch.arange(3072), 1024, 4, 0)          # ARS gather: 0.93-1.05x, not kept
+    assert not _fused_rotate_gemv(x, None, 1024, 3, 0)                        # 3-bit: 0.94-1.03x
+    assert not _fused_rotate_gemv(x, None, 1024, 4, 128)                      # group scales: not measured
+    assert not _fused_rotate_gemv(torch.empty(2, 3072, dtype=torch.bfloat16), None, 1024, 4, 0)
+    assert not _fused_rotate_gemv(torch.empty(1, 12288, dtype=torch.bfloat16), None, 1024, 4, 0)
+    assert not _fused_rotate_gemv(torch.empty(1, 4096, dtype=torch.bfloat16), None, 4096, 4, 0)
+
+
 def test_rotate_op_is_the_reference_rotation_in_x_dtype():
     torch.manual_seed(0)
     x = torch.randn(5, 96, dtype=torch.bfloat16)
