@@ -69,6 +69,14 @@ def test_torch_compile_fullgraph_and_cuda_graph():
     assert_compile_and_cuda_graph_match_eager(q, torch.randn(77, 3072, device="cuda", dtype=torch.bfloat16))
 
 
+def test_weight_only_at_one_token_compiles_and_captures():
+    """W4A16 at M = 1: the GEMV that rotates x itself (ops._fused_rotate_gemv), under torch.compile and a CUDA graph."""
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(torch.nn.Linear(3072, 1024).cuda(), QuantConfig(a_bits=16))
+    assert q.perm is None and q.block > 1                                # no calibration: the block Hadamard
+    assert_compile_and_cuda_graph_match_eager(q, torch.randn(1, 3072, device="cuda", dtype=torch.bfloat16))
+
+
 def test_gptq_on_cuda_agrees_with_cpu():
     # the same calibration tokens, collected on the GPU and on the CPU: the GPU's GPTQ (cuSOLVER Cholesky,
     # float32 column loop) makes the same codes up to rounding ties, and the same output error
