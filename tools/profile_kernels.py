@@ -1,6 +1,7 @@
 """Launches one hot kernel on a FLUX shape for Nsight Compute (the device machines have ncu):
 
     ncu --set full --profile-from-start off -o gemv python tools/profile_kernels.py gemv
+    ncu --set full --profile-from-start off -o gemv_rot python tools/profile_kernels.py gemv --rotate
     ncu --set full --profile-from-start off -o rq python tools/profile_kernels.py rq
     ncu --set full --profile-from-start off -o rq_ars python tools/profile_kernels.py rq --ars --k 12288
     ncu --set full --profile-from-start off -o gemm python tools/profile_kernels.py gemm
@@ -36,7 +37,10 @@ def main():
     ap.add_argument("--block", type=int, default=1024, help="rq, dequant: Hadamard block")
     ap.add_argument("--tma", action="store_true", help="gemm_cuda: codes in gemm_order, the TMA kernel")
     ap.add_argument("--ars", action="store_true",
-                    help="rq: with the ARS gather (an int32 permutation and channel scales, as QuantLinear keeps them)")
+                    help="rq, gemv --rotate: with the ARS gather (an int32 permutation and channel scales, as "
+                         "QuantLinear keeps them)")
+    ap.add_argument("--rotate", action="store_true",
+                    help="gemv: the GEMV that rotates x itself (M = 1, K <= 4096; block Hadamard of --block)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_kernels: needs a CUDA GPU")
@@ -51,7 +55,16 @@ def main():
         if not cuda_kernels.available():
             sys.exit(f"profile_kernels: {cuda_kernels.why_unavailable()}")
         x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
-        run = lambda: cuda_kernels.gemv_a16_cuda(x, packed, sw, cb, args.bits, 0, None)  # noqa: E731
+        rot = {}
+        if args.rotate:
+            why = cuda_kernels.gemv_a16_rotate_unsupported(m, k, args.block)
+            if why:
+                sys.exit(f"profile_kernels: gemv --rotate: {why}")
+            rot = dict(block=args.block)
+            if args.ars:
+                rot.update(perm=torch.randperm(k, device="cuda", generator=g).to(torch.int32),
+                           channel_scale=torch.rand(k, device="cuda", generator=g) + 0.5)
+        run = lambda: cuda_kernels.gemv_a16_cuda(x, packed, sw, cb, args.bits, 0, None, **rot)  # noqa: E731
     elif args.kernel == "dequant":      # the weight-only path's dequantize_weight (the weight, rotation undone)
         run = lambda: cuda_kernels.unrotate_weight_cuda(packed, sw, cb, args.bits, k, 0, None, None,  # noqa: E731
                                                         args.block, torch.bfloat16)
