@@ -27,9 +27,9 @@
 // fc1 (bench_linear.md, 06:08 UTC: 14.1 us against the GEMV's 11.2). Here each CTA rotates x itself, into shared
 // memory, while its first weight loads are on their way into L2: x is a few KB and stays in L2, and the
 // butterflies are rotate_quant's (hadamard.cuh), so the rotated values are bit-equal to ops.rotate's. Every CTA
-// repeats the rotation, so it pays only for small K x M: at M = 4 (K = 3072) and at K >= 12288 the fused forward
-// took up to 1.2x the time of the two kernels (results/ab_fused_rot_v1.md, a first version that allowed M <= 8 and
-// M * K <= 16384).
+// repeats the rotation, so it pays only for a small token: at M = 4 (K = 3072) and at K >= 12288 the fused forward
+// took up to 1.2x the time of the two kernels, 1.9x with the ARS gather read from global memory
+// (results/ab_fused_rot_v1.md, a first version that allowed M <= 8 and M * K <= 16384).
 #include "hadamard.cuh"
 #include "lrq.h"
 
@@ -144,7 +144,7 @@ __device__ __forceinline__ uint32_t lookup(const uint32_t* table, uint32_t byte_
 // into xs with 16-byte loads and reads its values from there (scalar gathers from global memory took the forward
 // to 1.92x the unfused time at K = 15360, results/ab_fused_rot_v1.md), then overwrites xs with the result.
 constexpr int kRotV = 4;
-constexpr int kRotMaxK = 4096;                 // measured faster than the separate kernel up to K = 3072 (above)
+constexpr int kRotMaxK = 4096;                 // faster than two kernels at K = 3072, not at 12288 (above)
 constexpr int kRotMaxBlock = 256 * kRotV;
 template <typename T>
 __device__ __forceinline__ void rotate_into_shared(const T* __restrict__ x, int k, const int16_t* __restrict__ perm16,
@@ -210,7 +210,7 @@ __global__ void __launch_bounds__(kThreads, ROT && BITS == 4 && GROUP == 0 ? 4 :
   __shared__ __align__(16) uint32_t lut[ENTRIES * 32];
   __shared__ float partial[NBUF][kWarps][E][32];
   extern __shared__ __align__(16) uint8_t dynamic_smem[];
-  T* xs = reinterpret_cast<T*>(dynamic_smem);   // ROT: the rotated x [M, K]
+  T* xs = reinterpret_cast<T*>(dynamic_smem);   // ROT: the rotated token, K values
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
