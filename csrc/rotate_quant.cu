@@ -37,7 +37,8 @@ __device__ __forceinline__ uint32_t quantize_pair(float y0, float y1, float qmax
 //   [kBarOffset, +8)           one mbarrier (8 bytes) a ring stage, on Hopper: the stage's rows have landed;
 //   [ring_offset, ...)         `stages` copies of a group's R * K input values (x's dtype), filled by bulk copies
 //                              (sm_90) or cp.async (sm_80);
-//   [exchange_offset, ...)     R * K floats for butterfly stages across warps (blocks over 256 * V only).
+//   [exchange_offset, ...)     R * K floats for butterfly stages across warps (blocks over 256 * V only), or on the
+//                              transposed path kTrWarpFloats a warp for its exchange and its codes.
 constexpr int kMaxStages = 4;
 constexpr int kBarOffset = 2 * kMaxTokensPerCta;                // 256 bytes: 8-byte aligned
 struct Layout { int stages, ring_offset, exchange_offset; int64_t stage_elems; };
@@ -49,6 +50,127 @@ constexpr bool kBulkRing = true;
 #else
 constexpr bool kBulkRing = false;
 #endif
+
+// Blocks of 1024 with codes out (FLUX, Wan: every K = 1024 n), the transposed path (TR). The lane stages of the
+// strided layout (hadamard.cuh: bits 3-7 of the index across lanes) cost a shuffle and an FFMA a value a stage, 10
+// of the ~30 instructions a value, and all of the kernel's MIO pressure (ncu, session 12). Here a warp owns one
+// block of 1024 values (32 a lane) and does all ten stages in registers, in two phases of five, with one exchange
+// through shared memory between them:
+//   phase 1: lane l holds e = 32 l + c (c = 0..31): bits 0-4 of the index in registers;
+//   phase 2: lane l holds e = l + 32 c: bits 5-9 in registers.
+// The stages run in the reference's order (bit 0 first), each value's additions the same as the reference's, so
+// codes and scales are bit-equal. The exchange is the 32 x 32 transpose M[l][c] -> M[c][l] in two rounds of 2 KB
+// (each lane gives 16 values and takes 16, so no round holds more than 32 values a lane in registers):
+//   - phase 1's last stage (bit 4) swaps its halves on lanes 16-31 (the FFMA by -1 instead of +1, the same
+//     rounding), so that slot i holds c = 16 (l >> 4) + i: round 0 sends slots 0-15, round 1 slots 16-31;
+//   - phase 2 receives rows c = 16 (l >> 4) + i in round 0 and the other half in round 1, runs bits 5-8 on each
+//     half, and bit 9 last as F + G and F - G, which is the reference's upper value negated on lanes 16-31; the
+//     sign goes into those values' inverse scale (exact);
+//   - a round holds two 16 x 16 blocks (M[r][c] with r >> 4 == c >> 4, or !=), rows of 16 floats written as
+//     float4 chunks swizzled by row (chunk q at q ^ ((row >> 1) & 3)), the second block 16 floats further on, so
+//     that the float4 writes and the column reads are free of bank conflicts.
+// Codes go through the same shared memory (a byte a value at its output position, natural or GEMM order) and out
+// as 16-byte stores of 512 contiguous bytes a warp.
+constexpr int kTrBlockFloats = 16 * 16 + 16;                  // a 16 x 16 block and the pad before the next
+constexpr int kTrWarpFloats = 2 * kTrBlockFloats;             // 2176 bytes a warp (codes: the first 1024)
+
+template <typename T, int FMT, typename Refill, typename TokenScales>
+__device__ __forceinline__ void transposed_group(const T* stage, float* exchange, void* out, int64_t stride_out,
+                                                 int64_t row0, int live_tokens, int tok_w, int col_w, int lane,
+                                                 int warp, unsigned* amax_bits, const float* inv_scale, float qmax,
+                                                 bool gemm_order, Refill&& refill, TokenScales&& token_scales) {
+  const bool live = tok_w < live_tokens;
+  float a[32];
+  if (live) {
+    const T* src = stage + (warp << 10) + (lane << 5);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) load8_shared<T>(src + 8 * q, a + 8 * q);
+  } else {
+#pragma unroll
+    for (int c = 0; c < 32; ++c) a[c] = 0.f;
+  }
+  refill();
+
+  // Phase 1: bits 0-3, then bit 4 with the halves swapped on lanes 16-31.
+#pragma unroll
+  for (int h = 1; h < 16; h <<= 1)
+#pragma unroll
+    for (int c = 0; c < 32; ++c)
+      if (!(c & h)) { const float lo = a[c], hi = a[c + h]; a[c] = lo + hi; a[c + h] = lo - hi; }
+  const int half = lane >> 4, r = lane & 15;
+  const float swap = half ? -1.f : 1.f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    const float lo = a[i], hi = a[16 + i];
+    a[i] = __fmaf_rn(swap, hi, lo);
+    a[16 + i] = __fmaf_rn(-swap, hi, lo);
+  }
+
+  // The exchange: this lane writes row r of block `half`; reads column r of block half ^ round.
+  float* xw = exchange + warp * kTrWarpFloats;
+  float* wrow = xw + half * kTrBlockFloats + r * 16;
+  const int wsw = (r >> 1) & 3, rq = r >> 2, rl = r & 3;
+  float b[32];
+#pragma unroll
+  for (int round = 0; round < 2; ++round) {
+    __syncwarp();                                             // the previous reads of this region are done
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float* v = a + 16 * round + 4 * q;
+      // (a float4 or uint4 assignment here came out of nvcc 13.0 as four 4-byte stores)
+      asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_u32(wrow + ((q ^ wsw) << 2))),
+                   "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]) : "memory");
+    }
+    __syncwarp();
+    const float* rblk = xw + (half ^ round) * kTrBlockFloats;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) b[16 * round + i] = rblk[i * 16 + ((rq ^ ((i >> 1) & 3)) << 2) + rl];
+  }
+
+  // Phase 2: bits 5-8 inside each half, then bit 9 (b[i] + b[16 + i] is the lower value on every lane).
+#pragma unroll
+  for (int h = 1; h < 16; h <<= 1)
+#pragma unroll
+    for (int c = 0; c < 32; ++c)
+      if (!(c & h)) { const float lo = b[c], hi = b[c + h]; b[c] = lo + hi; b[c + h] = lo - hi; }
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    const float f = b[i], g = b[16 + i];
+    b[i] = f + g;
+    b[16 + i] = f - g;
+  }
+
+  // Per-token absmax (see the strided path), one atomic a warp.
+  unsigned mx = 0u;
+#pragma unroll
+  for (int c = 0; c < 32; ++c) mx = max(mx, __float_as_uint(fabsf(b[c])));
+  mx = __reduce_max_sync(0xffffffffu, mx);
+  if (lane == 0 && live) atomicMax(&amax_bits[tok_w], mx);
+  token_scales();                                             // two CTA barriers: the exchange region is free
+
+  const float inv = inv_scale[tok_w], inv_hi = half ? -inv : inv;
+  uint8_t* codes = reinterpret_cast<uint8_t*>(xw);
+  // Byte c of this lane is output column 32 c + lane of the block; GEMM order (gemm_a8_sm90.cu): K = 32q + 8j +
+  // 4h + e at 32j + 16h + 4q + e in each 128, i.e. 128 (c >> 2) + 4 (c & 3) plus a part from the lane.
+  const int lane_pos = gemm_order ? 32 * (lane >> 3) + 16 * ((lane >> 2) & 1) + (lane & 3) : lane;
+#pragma unroll
+  for (int c = 0; c < 32; c += 2) {
+    const float s = c < 16 ? inv : inv_hi;
+    const uint32_t w = quantize_pair<FMT>(__fmul_rn(b[c], s), __fmul_rn(b[c + 1], s), qmax);
+    const int p0 = gemm_order ? 128 * (c >> 2) + 4 * (c & 3) : 32 * c;
+    const int p1 = gemm_order ? 128 * ((c + 1) >> 2) + 4 * ((c + 1) & 3) : 32 * (c + 1);
+    codes[lane_pos + p0] = static_cast<uint8_t>(w);
+    codes[lane_pos + p1] = static_cast<uint8_t>(w >> 8);
+  }
+  __syncwarp();
+  if (live) {
+    uint8_t* dst = static_cast<uint8_t*>(out) + (row0 + tok_w) * stride_out + col_w;
+    const uint4 lo = *reinterpret_cast<const uint4*>(codes + 16 * lane);
+    const uint4 hi = *reinterpret_cast<const uint4*>(codes + 512 + 16 * lane);
+    *reinterpret_cast<uint4*>(dst + 16 * lane) = lo;
+    *reinterpret_cast<uint4*>(dst + 512 + 16 * lane) = hi;
+  }
+}
 
 // LOG_B: log2 of the Hadamard block, fixed at compile time for the blocks and V that dispatch_v lists (0: read
 // from log_b_arg). With it fixed, the stage loops have no exits, so the butterflies need no branches and no register
@@ -62,7 +184,7 @@ constexpr bool kBulkRing = false;
 // other threads' pieces and waits at a barrier first. Hopper: one bulk copy a token row, issued by thread 0, so no
 // thread spends instructions on copies (their addresses were ~2.5 of 31.5 instructions a value, ncu, session 12),
 // and an mbarrier a stage replaces the gather's barrier.
-template <typename T, int V, int FMT, int LOG_B>
+template <typename T, int V, int FMT, int LOG_B, bool TR>
 __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) rotate_quant_kernel(
     const T* __restrict__ x, int64_t stride_x, const int16_t* __restrict__ perm16,
     const float* __restrict__ scale_lanes, void* __restrict__ out, int64_t stride_out,
@@ -92,6 +214,9 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   // A slot past the CTA's R * K elements has tok >= R, so `tok < live tokens` tells the slots to compute.
   int tok[V], col[V];
   vector_slots<V>(k, lane, warp, tok, col);
+  // TR: this warp's 1024 values are elements warp * 1024 ... of the CTA's R * K, one block of token tok_w (K % 1024
+  // == 0), starting at column col_w.
+  const int tok_w = TR ? (warp << 10) / k : 0, col_w = TR ? (warp << 10) - tok_w * k : 0;
 
   // Copies group `grp`'s input into ring stage `slot` (nothing past the last group: on sm_80 an empty commit group
   // keeps the count of groups in flight the same on every iteration). Slot e of a stage is element e = tok * K + col.
@@ -113,6 +238,16 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
         const int live_tokens = live_tokens_at(row0);
         T* stage = ring + slot * lay.stage_elems;
+        if constexpr (TR) {                                   // the 32 values this lane reads in phase 1
+          if (tok_w < live_tokens) {
+            const T* src = x + (row0 + tok_w) * stride_x + col_w + (lane << 5);
+            T* dst = stage + (warp << 10) + (lane << 5);
+#pragma unroll
+            for (int q = 0; q < 4 * kPieces; ++q) cp_async16(dst + q * (16 / sizeof(T)), src + q * (16 / sizeof(T)));
+          }
+          cp_async_commit();
+          return;
+        }
 #pragma unroll
         for (int i = 0; i < V; ++i) {
           if (tok[i] >= live_tokens) continue;
@@ -134,9 +269,6 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
     const int live_tokens = live_tokens_at(row0);
     unsigned* amax_bits = amax_sets + parity * kMaxTokensPerCta;
-    bool live[V];
-#pragma unroll
-    for (int i = 0; i < V; ++i) live[i] = tok[i] < live_tokens;
 
     if constexpr (kBulkRing) {
       mbar_wait(bar0 + 8 * slot, (ring_phase >> slot) & 1u);  // every row of this group has landed
@@ -146,83 +278,28 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
       if (perm16 != nullptr) __syncthreads();                 // ... and every thread's, for the gather
     }
     const T* stage = ring + slot * lay.stage_elems;
-    float v[V][8];
-#pragma unroll
-    for (int i = 0; i < V; ++i) {
-      if (!live[i]) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
-        continue;
-      }
-      if (perm16 == nullptr) {
-        load8_shared<T>(stage + tok[i] * k + col[i], v[i]);
-      } else {
-        int idx[8];
-        load_perm8(perm16, col[i], idx);
-        const T* srow = stage + tok[i] * k;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[i][j] = to_float<T>(srow[idx[j]]);
-      }
-      if (scale_lanes != nullptr) {
-        float s[8];
-        load_scales8(scale_lanes, col[i], k, s);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], s[j]);
-      }
-    }
     // Refill the stage read on the previous iteration. sm_80 plain path: only this thread read it, and its values
     // were consumed then; gather: every thread's reads of it came before this iteration's barrier. Hopper: every
     // thread read it, before the previous iteration's amax barriers (FP8/INT codes), or before the barrier here.
-    if (kBulkRing && FMT == kSame) __syncthreads();
-    fetch(grp + (lay.stages - 1) * gridDim.x, slot == 0 ? lay.stages - 1 : slot - 1);
-    slot = slot + 1 == lay.stages ? 0 : slot + 1;
-
+    const auto refill = [&]() {
+      if (kBulkRing && FMT == kSame) __syncthreads();
+      fetch(grp + (lay.stages - 1) * gridDim.x, slot == 0 ? lay.stages - 1 : slot - 1);
+      slot = slot + 1 == lay.stages ? 0 : slot + 1;
+    };
     // Codes from a block of 4^n values (norm = 2^-n, exact): the butterflies' sums quantized with the inverse scale
     // times norm give the reference's codes (v * norm rounds to nothing, so (v * norm) * inv == v * (inv * norm)
     // unless v * norm is subnormal), and one multiply a value fewer. The amax of the unnormalised values times norm
     // is the reference's amax. With the one-token amax below: 0.92-0.93x the time on the block-1024 shapes
     // (4608 x 12288: 76% -> 83% of copy; 32760 x 5120: 80% -> 87%), 0.97x on 8192 x 4608 (the amax path alone),
     // H200, results/ab_rq_fold.md (session 14).
+    // Per-token scales from the amax bits, between two barriers. One IEEE division a token (not a vector). The
+    // inverse scale replaces the amax bits in place. The other set is cleared for the next group: its last readers,
+    // the previous group's quantize step, finished before this group's first barrier, and the next group's atomics
+    // come after this group's second.
     constexpr bool kFoldNorm = FMT != kSame && LOG_B > 0 && LOG_B % 2 == 0;
-    block_hadamard<V, !kFoldNorm>(v, log_b, norm, lane, warp, exchange, cta_elems);
-
-    if constexpr (FMT == kSame) {
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-        if (live[i]) store8<T>(static_cast<T*>(out) + (row0 + tok[i]) * stride_out + col[i], v[i]);
-    } else {
-      // Per-token absmax. The bit patterns of |v| order like the values, and a NaN's (0x7FC00000) sorts above
-      // +inf, so an integer max keeps NaN as the reference's amax does (fmaxf would drop it).
-      if (tokens_per_cta == 1) {
-        // Every slot of the CTA is token 0's or past it (zeros: their blocks never mix with token 0's), so one
-        // reduction and one atomic a warp (the per-vector vote below cost ~6 instructions a vector: ncu, session 12).
-        unsigned mx = 0u;
-#pragma unroll
-        for (int i = 0; i < V; ++i)
-#pragma unroll
-          for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
-        mx = __reduce_max_sync(0xffffffffu, mx);
-        if (lane == 0) atomicMax(&amax_bits[0], mx);
-      } else {
-#pragma unroll
-        for (int i = 0; i < V; ++i) {
-          unsigned mx = 0u;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
-          const bool one_token = __all_sync(0xffffffffu, tok[i] == __shfl_sync(0xffffffffu, tok[i], 0));
-          if (one_token) {
-            mx = __reduce_max_sync(0xffffffffu, mx);
-            if (lane == 0 && live[i]) atomicMax(&amax_bits[tok[i]], mx);   // lane 0's slot is the warp's first
-          } else if (live[i]) {
-            atomicMax(&amax_bits[tok[i]], mx);
-          }
-        }
-      }
+    float* inv_scale = reinterpret_cast<float*>(amax_bits);
+    const auto token_scales = [&]() {
       __syncthreads();
-      // One IEEE division a token (not a vector). The inverse scale replaces the amax bits in place. The other
-      // set is cleared for the next group: its last readers, the previous group's quantize step, finished
-      // before this group's first barrier, and the next group's atomics come after this group's second.
-      float* inv_scale = reinterpret_cast<float*>(amax_bits);
       if (threadIdx.x < tokens_per_cta) {
         float amax = __uint_as_float(amax_bits[threadIdx.x]);
         if (kFoldNorm) amax = __fmul_rn(amax, norm);
@@ -233,41 +310,117 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         amax_sets[(parity ^ 1) * kMaxTokensPerCta + threadIdx.x] = 0u;
       }
       __syncthreads();
+      parity ^= 1;
+    };
+
+    if constexpr (TR) {
+      transposed_group<T, FMT>(stage, exchange, out, stride_out, row0, live_tokens, tok_w, col_w, lane, warp,
+                               amax_bits, inv_scale, qmax, gemm_order, refill, token_scales);
+    } else {
+      bool live[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) live[i] = tok[i] < live_tokens;
+      float v[V][8];
 #pragma unroll
       for (int i = 0; i < V; ++i) {
-        if (!live[i]) continue;
-        const float inv = inv_scale[tok[i]];
-        uint32_t w[4];
+        if (!live[i]) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-          w[j] = quantize_pair<FMT>(__fmul_rn(v[i][2 * j], inv), __fmul_rn(v[i][2 * j + 1], inv), qmax);
-        const uint32_t lo = w[0] | (w[1] << 16), hi = w[2] | (w[3] << 16);
-        uint8_t* dst = static_cast<uint8_t*>(out) + (row0 + tok[i]) * stride_out;
-        if (gemm_order) {
-          // the W4A8 GEMM's K order (gemm_a8_sm90.cu): K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in its 128
-          const int c = col[i] & 127, base = col[i] - c + 32 * ((c >> 3) & 3) + 4 * (c >> 5);
-          *reinterpret_cast<uint32_t*>(dst + base) = lo;
-          *reinterpret_cast<uint32_t*>(dst + base + 16) = hi;
+          for (int j = 0; j < 8; ++j) v[i][j] = 0.f;
+          continue;
+        }
+        if (perm16 == nullptr) {
+          load8_shared<T>(stage + tok[i] * k + col[i], v[i]);
         } else {
-          *reinterpret_cast<uint2*>(dst + col[i]) = make_uint2(lo, hi);
+          int idx[8];
+          load_perm8(perm16, col[i], idx);
+          const T* srow = stage + tok[i] * k;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) v[i][j] = to_float<T>(srow[idx[j]]);
+        }
+        if (scale_lanes != nullptr) {
+          float s[8];
+          load_scales8(scale_lanes, col[i], k, s);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) v[i][j] = __fmul_rn(v[i][j], s[j]);
         }
       }
-      parity ^= 1;
+      refill();
+
+      block_hadamard<V, !kFoldNorm>(v, log_b, norm, lane, warp, exchange, cta_elems);
+
+      if constexpr (FMT == kSame) {
+#pragma unroll
+        for (int i = 0; i < V; ++i)
+          if (live[i]) store8<T>(static_cast<T*>(out) + (row0 + tok[i]) * stride_out + col[i], v[i]);
+      } else {
+        // Per-token absmax. The bit patterns of |v| order like the values, and a NaN's (0x7FC00000) sorts above
+        // +inf, so an integer max keeps NaN as the reference's amax does (fmaxf would drop it).
+        if (tokens_per_cta == 1) {
+          // Every slot of the CTA is token 0's or past it (zeros: their blocks never mix with token 0's), so one
+          // reduction and one atomic a warp (the per-vector vote below cost ~6 instructions a vector: ncu, session 12).
+          unsigned mx = 0u;
+#pragma unroll
+          for (int i = 0; i < V; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
+          mx = __reduce_max_sync(0xffffffffu, mx);
+          if (lane == 0) atomicMax(&amax_bits[0], mx);
+        } else {
+#pragma unroll
+          for (int i = 0; i < V; ++i) {
+            unsigned mx = 0u;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
+            const bool one_token = __all_sync(0xffffffffu, tok[i] == __shfl_sync(0xffffffffu, tok[i], 0));
+            if (one_token) {
+              mx = __reduce_max_sync(0xffffffffu, mx);
+              if (lane == 0 && live[i]) atomicMax(&amax_bits[tok[i]], mx);   // lane 0's slot is the warp's first
+            } else if (live[i]) {
+              atomicMax(&amax_bits[tok[i]], mx);
+            }
+          }
+        }
+        token_scales();
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          if (!live[i]) continue;
+          const float inv = inv_scale[tok[i]];
+          uint32_t w[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            w[j] = quantize_pair<FMT>(__fmul_rn(v[i][2 * j], inv), __fmul_rn(v[i][2 * j + 1], inv), qmax);
+          const uint32_t lo = w[0] | (w[1] << 16), hi = w[2] | (w[3] << 16);
+          uint8_t* dst = static_cast<uint8_t*>(out) + (row0 + tok[i]) * stride_out;
+          if (gemm_order) {
+            // the W4A8 GEMM's K order (gemm_a8_sm90.cu): K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in its 128
+            const int c = col[i] & 127, base = col[i] - c + 32 * ((c >> 3) & 3) + 4 * (c >> 5);
+            *reinterpret_cast<uint32_t*>(dst + base) = lo;
+            *reinterpret_cast<uint32_t*>(dst + base + 16) = hi;
+          } else {
+            *reinterpret_cast<uint2*>(dst + col[i]) = make_uint2(lo, hi);
+          }
+        }
+      }
     }
   }
   if (!kBulkRing) cp_async_wait<0>();                         // no copy outlives the CTA (empty groups only)
 }
 
-struct Plan { int v, tokens, threads; size_t smem; Layout layout; };
+struct Plan { int v, tokens, threads; size_t smem; Layout layout; bool transpose; };
 
 // V, tokens a CTA and threads: tiling_for (hadamard.cuh).
 // Ring stages: 4 where they fit in kRingBudget, down to 2 (the least a ring can be). With the ARS gather, 2: its
 // scattered shared-memory reads want more CTAs an SM rather than more groups in flight (4 stages took 1.05-1.09x
 // the time of the one-shot kernel on 3 of 6 shapes, session 12; with the int16 tables, 3 stages took 1.00-1.05x the
 // time of 2, and 4 stages 1.01-1.08x that of 3: results/ab_rq_gather3.md, ab_rq_gather4_vs_3.md, session 16).
+// The transposed path (asked for by `transpose`; block 1024, codes out, no gather) counts its exchange region in the
+// budget, and is taken where 2 stages and the region fit in kRingBudget + 8 KB (two CTAs an SM): every K of
+// dit_shapes.json with blocks of 1024 in bf16/fp16. Stages by this budget measured as fast as any other count on
+// FLUX K = 12288 and 15360 and Wan K = 5120 (H200, session 19; 3 stages instead of 4 on K = 3072: 0.94x the time,
+// one run, within that run's spread).
 // x_bytes is x's element size.
 constexpr size_t kRingBudget = 96 * 1024;
-Plan plan_for(int64_t k, int block, int x_bytes, bool gather) {
+Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = false) {
   Plan p{};
   const Tiling t = tiling_for(k, block);
   p.v = t.v;
@@ -277,18 +430,23 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather) {
   Layout& l = p.layout;
   l.stage_elems = p.tokens * k;
   const size_t stage_bytes = static_cast<size_t>(l.stage_elems) * x_bytes;
+  const size_t tr_bytes = sizeof(float) * kTrWarpFloats * (p.threads / 32);
+  p.transpose = transpose && p.v == 4 && block == 1024 && k % 1024 == 0 &&
+                2 * stage_bytes + tr_bytes <= kRingBudget + 8 * 1024;
+  const size_t extra = p.transpose ? tr_bytes : 0;
   l.stages = gather ? 2 : 4;
-  while (l.stages > 2 && l.stages * stage_bytes > kRingBudget) --l.stages;
+  while (l.stages > 2 && l.stages * stage_bytes + extra > kRingBudget) --l.stages;
   l.ring_offset = kBarOffset + 2 * kMaxStages;                   // 16-byte aligned (bulk copies): 72 floats
   const int64_t ring_floats = (l.stages * stage_bytes + 15) / 16 * 4;
   l.exchange_offset = static_cast<int>(l.ring_offset + ring_floats);
-  p.smem = sizeof(float) * (l.exchange_offset + (cross_warp ? l.stage_elems : 0));
+  const size_t exchange_bytes = p.transpose ? tr_bytes : cross_warp ? sizeof(float) * l.stage_elems : 0;
+  p.smem = sizeof(float) * l.exchange_offset + exchange_bytes;
   return p;
 }
 
-template <typename T, int V, int FMT, int LOG_B>
+template <typename T, int V, int FMT, int LOG_B, bool TR = false>
 std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
-  auto kernel = rotate_quant_kernel<T, V, FMT, LOG_B>;
+  auto kernel = rotate_quant_kernel<T, V, FMT, LOG_B, TR>;
   if (p.smem > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)p.smem);
     if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(rotate_quant)", e);
@@ -322,7 +480,11 @@ std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
       if (log_b == 9) return launch<T, 2, FMT, 9>(a, p, log_b);
       return launch<T, 2, FMT, 0>(a, p, log_b);
     case 4:
-      if (log_b == 10) return launch<T, 4, FMT, 10>(a, p, log_b);
+      if (log_b == 10) {
+        if constexpr (FMT != kSame)
+          if (p.transpose) return launch<T, 4, FMT, 10, true>(a, p, log_b);
+        return launch<T, 4, FMT, 10>(a, p, log_b);
+      }
       if (log_b == 9) return launch<T, 4, FMT, 9>(a, p, log_b);
       return launch<T, 4, FMT, 0>(a, p, log_b);
     case 8: return launch<T, 8, FMT, 0>(a, p, log_b);
@@ -374,7 +536,10 @@ std::string rotate_quant(const RotateQuantArgs& a) {
   why = set_device(a.device);
   if (!why.empty()) return why;
   const int x_bytes = a.x_dtype == kF32 ? 4 : 2;
-  const Plan p = plan_for(a.k, a.block, x_bytes, a.perm16 != nullptr);
+  // The transposed path stores 16 bytes at a time from each 1024-column block of the codes.
+  const bool transpose = a.out_format != kSame && a.perm16 == nullptr && a.scale_lanes == nullptr &&
+                         reinterpret_cast<uintptr_t>(a.out) % 16 == 0 && a.stride_out % 16 == 0;
+  const Plan p = plan_for(a.k, a.block, x_bytes, a.perm16 != nullptr, transpose);
   switch (a.x_dtype) {
     case kBF16: return dispatch_fmt<__nv_bfloat16>(a, p);
     case kF16: return dispatch_fmt<__half>(a, p);

@@ -194,6 +194,42 @@ def test_cuda_rotate_quant_nan_and_zero_tokens(monkeypatch):
 
 
 @gpu
+@pytest.mark.parametrize("m", [1, 5, 333])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("k", [1024, 2048, 3072, 5120, 12288, 15360])
+def test_cuda_rotate_quant_transposed_path_equals_the_strided_one(k, dtype, m):
+    """Blocks of 1024 with codes out and no gather take the transposed path (csrc/rotate_quant.cu, TR; 4 and 2
+    tokens a CTA at K = 1024 and 2048); a channel scale of ones sends the same values down the strided path. The
+    codes and scales of the two are identical, and the reference's."""
+    g = torch.Generator(device="cuda").manual_seed(k + m)
+    x = (torch.randn(m, k, device="cuda", generator=g) * 3).to(dtype)
+    x[:, 5] *= 40                                                    # an outlier channel
+    ones = torch.ones(k, device="cuda")
+    for a_format, a_bits in (("fp8", 8), ("int", 8), ("int", 4)):
+        codes, scales = cuda_kernels.rotate_quant_cuda(x, None, None, 1024, a_format, a_bits)
+        strided, strided_scales = cuda_kernels.rotate_quant_cuda(x, None, ones, 1024, a_format, a_bits)
+        assert torch.equal(codes.view(torch.uint8), strided.view(torch.uint8)), (a_format, a_bits)
+        assert torch.equal(scales, strided_scales)
+        rc, rs = rotate_quantize_ref(x, None, None, 1024, a_format, a_bits)
+        assert _frac_diff(codes, rc) <= 1e-4 and torch.equal(scales, rs)
+    codes_g, _ = cuda_kernels.rotate_quant_cuda(x, None, None, 1024, "fp8", 8, gemm_order=True)
+    codes, _ = cuda_kernels.rotate_quant_cuda(x, None, None, 1024, "fp8", 8)
+    assert torch.equal(cuda_kernels.gemm_order(codes).view(torch.uint8), codes_g.view(torch.uint8))
+
+
+@gpu
+def test_cuda_rotate_quant_transposed_path_nan_and_zero_tokens():
+    x = torch.randn(7, 3072, device="cuda", dtype=torch.bfloat16)
+    x[2] = 0
+    x[5, 2000] = float("nan")
+    codes, scales = cuda_kernels.rotate_quant_cuda(x, None, None, 1024, "fp8", 8)
+    assert scales[2] == 0 and (codes[2].float() == 0).all()
+    assert torch.isnan(scales[5]) and not torch.isnan(scales[[0, 1, 2, 3, 4, 6]]).any()
+    rc, rs = rotate_quantize_ref(x, None, None, 1024, "fp8", 8)
+    assert _frac_diff(codes, rc) == 0
+
+
+@gpu
 def test_cuda_rotate_quant_strided_rows(monkeypatch):
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
     base = torch.randn(9, 2 * 1152, device="cuda", dtype=torch.bfloat16)
