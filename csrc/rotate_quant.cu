@@ -11,8 +11,6 @@
 #include <algorithm>
 #include <numeric>
 #include <type_traits>
-#include <cstdio>
-#include <cstdlib>
 
 namespace lrq {
 namespace {
@@ -424,17 +422,7 @@ struct Plan { int v, tokens, threads; size_t smem; Layout layout; bool transpose
 constexpr size_t kRingBudget = 96 * 1024;
 Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = false) {
   Plan p{};
-  Tiling t = tiling_for(k, block);
-  int tune_stages = 0;
-  if (const char* env = getenv("LRQ_RQ_TUNE")) {          // SCRATCH: v:rows:stages:persm
-    int v = 0, r = 0, st = 0, ps = 0;
-    if (sscanf(env, "%d:%d:%d:%d", &v, &r, &st, &ps) == 4) {
-      if (v > 0) t.v = v;
-      if (r > 0) t.rows = r;
-      t.threads = static_cast<int>(((r > 0 ? r : t.rows) * k + 8 * t.v - 1) / (8 * t.v) + 31) / 32 * 32;
-      tune_stages = st;
-    }
-  }
+  const Tiling t = tiling_for(k, block);
   p.v = t.v;
   p.tokens = t.rows;
   p.threads = t.threads;
@@ -448,7 +436,6 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
   const size_t extra = p.transpose ? tr_bytes : 0;
   l.stages = gather ? 2 : 4;
   while (l.stages > 2 && l.stages * stage_bytes + extra > kRingBudget) --l.stages;
-  if (tune_stages > 0) l.stages = std::min(tune_stages, kMaxStages);
   l.ring_offset = kBarOffset + 2 * kMaxStages;                   // 16-byte aligned (bulk copies): 72 floats
   const int64_t ring_floats = (l.stages * stage_bytes + 15) / 16 * 4;
   l.exchange_offset = static_cast<int>(l.ring_offset + ring_floats);
@@ -467,10 +454,6 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
   int per_sm = 0;
   cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, p.threads, p.smem);
   if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(rotate_quant)", e);
-  if (const char* env = getenv("LRQ_RQ_TUNE")) {
-    int v = 0, r = 0, st = 0, ps = 0;
-    if (sscanf(env, "%d:%d:%d:%d", &v, &r, &st, &ps) == 4 && ps > 0) per_sm = std::min(per_sm, ps);
-  }
   const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
   const int64_t groups = (a.m + p.tokens - 1) / p.tokens;
   if (groups + 4 * static_cast<int64_t>(sm_count(a.device)) * 32 >= (int64_t(1) << 31))
@@ -502,7 +485,6 @@ std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
           if (p.transpose) return launch<T, 4, FMT, 10, true>(a, p, log_b);
         return launch<T, 4, FMT, 10>(a, p, log_b);
       }
-      if (log_b == 7) return launch<T, 4, FMT, 7>(a, p, log_b);   // SCRATCH
       if (log_b == 9) return launch<T, 4, FMT, 9>(a, p, log_b);
       return launch<T, 4, FMT, 0>(a, p, log_b);
     case 8: return launch<T, 8, FMT, 0>(a, p, log_b);
