@@ -70,6 +70,9 @@ def bench_rotate(m, k, copy_bw):
                            nbytes)
     r["triton_us"] = cold_us(lambda i: (lambda x=x_(i): rotate_quant_triton(x, None, None, block, "fp8", 8)), nbytes)
     r["naive_us"] = cold_us(lambda i: (lambda x=x_(i): naive_quant(x)), nbytes)
+    # PyTorch's elementwise cast moves the same bytes (x read, one byte a value written) with nothing to compute:
+    # what the memory does at this size, for comparison with the copy bandwidth (a 512 MiB bf16 copy).
+    r["cast_us"] = cold_us(lambda i: (lambda x=x_(i): x.to(torch.float8_e4m3fn)), nbytes)
     perm = torch.randperm(k, device="cuda", dtype=torch.int32)      # QuantLinear's perm buffer is int32
     cs = torch.rand(k, device="cuda") + 0.5
     r["cuda_ars_us"] = cold_us(lambda i: (lambda x=x_(i): cuda_kernels.rotate_quant_cuda(x, perm, cs, block, "fp8", 8)),
@@ -77,7 +80,7 @@ def bench_rotate(m, k, copy_bw):
     fht = fht_or_none()
     if fht is not None and (k & (k - 1)) == 0:
         r["fht_us"] = cold_us(lambda i: (lambda x=x_(i): fht(x, k ** -0.5)), 4 * m * k)
-    for name in ("cuda", "triton", "cuda_ars"):
+    for name in ("cuda", "triton", "cuda_ars", "cast"):
         r[f"{name}_pct_copy"] = 100 * nbytes / r[f"{name}_us"] / 1e3 / copy_bw
     r["cuda_over_triton"] = r["triton_us"] / r["cuda_us"]
     return r
@@ -273,12 +276,13 @@ def main():
     if rot:     # --only gemv leaves out this section and the forward one
         md += ["", "## rotate + per-token FP8 quantize (block Hadamard)", "",
                "| M | K | block | CUDA µs (% copy) | Triton µs (% copy) | CUDA / Triton speed | CUDA with ARS gather "
-               "(% copy) | naive PyTorch quantize, no rotation |",
-               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+               "(% copy) | naive PyTorch quantize, no rotation | x.to(fp8), the same bytes (% copy) |",
+               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rot:
         md.append(f"| {r['M']} | {r['K']} | {r['block']} | {r['cuda_us']:.1f} ({r['cuda_pct_copy']:.0f}%) | "
                   f"{r['triton_us']:.1f} ({r['triton_pct_copy']:.0f}%) | {r['cuda_over_triton']:.2f}× | "
-                  f"{r['cuda_ars_us']:.1f} ({r['cuda_ars_pct_copy']:.0f}%) | {r['naive_us']:.1f} |")
+                  f"{r['cuda_ars_us']:.1f} ({r['cuda_ars_pct_copy']:.0f}%) | {r['naive_us']:.1f} | "
+                  f"{r['cast_us']:.1f} ({r['cast_pct_copy']:.0f}%) |")
     md += [] if not gemv else ["", "## small-M weight-only GEMM, FLUX.1 shapes", "",
            "| layer | K | N | M | bits | group | weight MB | CUDA µs (% copy) | Triton µs | bf16 µs | CUDA × bf16 "
            "| Triton × bf16 |",

@@ -25,9 +25,11 @@ def main():
     g = torch.Generator().manual_seed(0)
     n_cases = 0
     # rotate + quantize: in-warp blocks, blocks across warps (4096), odd M, the ARS gather, every output format
-    # 300 tokens of K = 12288 outnumber the persistent grid's CTAs (two an SM), so each CTA's ring wraps around
+    # 300 tokens of K = 12288 outnumber the persistent grid's CTAs (two an SM), so each CTA's ring wraps around.
+    # Blocks of 1024 without the gather take the transposed path; at K = 1024 four tokens a CTA, the last group of
+    # M = 6 half empty.
     for m, k, block in ((1, 1152, 128), (7, 4608, 512), (3, 3072, 1024), (5, 4096, 4096), (2, 1000, 8),
-                        (300, 12288, 1024)):
+                        (300, 12288, 1024), (6, 1024, 1024)):
         x = torch.randn(m, k, generator=g).to(torch.bfloat16)
         perm = torch.randperm(k, generator=g)
         cs = torch.rand(k, generator=g) + 0.5
@@ -42,6 +44,9 @@ def main():
                 assert diff <= 1e-4 and torch.equal(scales.cpu(), rs), (m, k, fmt, diff)
             cuda_kernels.rotate_quant_cuda(xd, pd, cd, block, None, 16)
             n_cases += 3
+            if k % 128 == 0:                                    # codes in the W4A8 GEMM's K order
+                cuda_kernels.rotate_quant_cuda(xd, pd, cd, block, "fp8", 8, gemm_order=True)
+                n_cases += 1
     # small-M GEMV: both bit widths, per-channel and group scales, M past 8 (second mma row block), N not a
     # multiple of the CTA's rows
     for m, k, n, bits, group in ((1, 1152, 40, 4, 0), (9, 256, 24, 3, 64), (16, 384, 17, 4, 128), (3, 128, 8, 3, 0)):
