@@ -14,8 +14,8 @@ CUDA-graph replays over copies of the data larger than L2 together (timing.cold_
   a16fwd: the weight-only forward at small M (ops.quant_linear_a16: rotate, then the GEMV, or the GEMV rotating x
         itself), FLUX qkv / fc1 / fc2 / proj_out, M = 1, 4 and 16, 4-bit and 3-bit per channel, block Hadamard
         (rotation.default_block), and at M = 1 also with the ARS gather
-  dequant: dequantize_weight (4-bit, per-channel scales, the weight with its block Hadamard undone, bf16 out) on the
-        weights of PixArt and FLUX qkv, FLUX fc1 / fc2 / proj_out and Wan fc2 (builds from session 13 on)
+  dequant: dequantize_weight (4- and 3-bit, per-channel scales, the weight with its block Hadamard undone, bf16
+        out) on the weights of PixArt and FLUX qkv, FLUX fc1 / fc2 / proj_out and Wan fc2 (builds from session 13 on)
 Writes NAME.json and NAME.md (default ab_cuda) with the GPU, versions, date and this command.
 """
 from __future__ import annotations
@@ -141,18 +141,19 @@ def ab_rq(old, copy):
 
 def ab_dequant(old, copy):
     rows = []
-    for n, k in DEQUANT_SHAPES:
-        block = default_block(k)
-        cb = tlq_codebook(4, TLQGrid("geometric", 2 ** 0.5)).cuda()
-        ws = [(pack_codes(torch.randint(0, 16, (n, k), device="cuda", dtype=torch.uint8), 4),
-               torch.rand(n, device="cuda") + 0.5) for _ in range(4)]
-        nbytes = n * k // 2 + 4 * n + 2 * n * k            # read codes and scales, write bf16
-        r = old_and_new(old, lambda i: (lambda p=ws[i % 4]: ck.unrotate_weight_cuda(p[0], p[1], cb, 4, k, 0, None, None,
-                                                                                   block, torch.bfloat16)), nbytes)
-        r.update(N=n, K=k, block=block, old_pct_copy=100 * nbytes / r["old"] / 1e3 / copy,
-                 new_pct_copy=100 * nbytes / r["new"] / 1e3 / copy)
-        print(r, flush=True)
-        rows.append(r)
+    for bits in (4, 3):
+        for n, k in DEQUANT_SHAPES:
+            block = default_block(k)
+            cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
+            ws = [(pack_codes(torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8), bits),
+                   torch.rand(n, device="cuda") + 0.5) for _ in range(4)]
+            nbytes = n * k * bits // 8 + 4 * n + 2 * n * k            # read codes and scales, write bf16
+            r = old_and_new(old, lambda i: (lambda p=ws[i % 4]: ck.unrotate_weight_cuda(
+                p[0], p[1], cb, bits, k, 0, None, None, block, torch.bfloat16)), nbytes)
+            r.update(N=n, K=k, bits=bits, block=block, old_pct_copy=100 * nbytes / r["old"] / 1e3 / copy,
+                     new_pct_copy=100 * nbytes / r["new"] / 1e3 / copy)
+            print(r, flush=True)
+            rows.append(r)
     return rows
 
 
@@ -203,9 +204,9 @@ def main():
                f"({r['new_pct_copy']:.0f}%) | {r['new'] / r['old']:.2f} | {r['old_ars']:.1f} | {r['new_ars']:.1f} | "
                f"{r['new_ars'] / r['old_ars']:.2f} |" for r in rq]
     if dequant:
-        md += ["", "| N | K | block | old µs (% copy) | new µs (% copy) | new / old |",
-               "| ---: | ---: | ---: | ---: | ---: | ---: |"]
-        md += [f"| {r['N']} | {r['K']} | {r['block']} | {r['old']:.1f} ({r['old_pct_copy']:.0f}%) | {r['new']:.1f} "
+        md += ["", "| N | K | bits | block | old µs (% copy) | new µs (% copy) | new / old |",
+               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        md += [f"| {r['N']} | {r['K']} | {r.get('bits', 4)} | {r['block']} | {r['old']:.1f} ({r['old_pct_copy']:.0f}%) | {r['new']:.1f} "
                f"({r['new_pct_copy']:.0f}%) | {r['new'] / r['old']:.3f} |" for r in dequant]
     with open(os.path.join(args.out, args.name + ".md"), "w") as f:
         f.write("\n".join(md) + "\n")

@@ -184,6 +184,72 @@ __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, floa
   }
 }
 
+// The transposed layout for blocks of 1024 (rotate_quant.cu and unrotate_weight.cu take it where B = 1024): a warp
+// owns one block, 32 values a lane, and does all ten stages in registers, in two phases of five with one exchange
+// through shared memory between them:
+//   phase 1: lane l holds e = 32 l + c (c = 0..31): bits 0-4 of the index in registers;
+//   phase 2: lane l holds e = l + 32 c: bits 5-9 in registers.
+// The stages run in the reference's order (bit 0 first), each value's additions the same as block_hadamard's, so the
+// results are bit-equal. The exchange is the 32 x 32 transpose M[l][c] -> M[c][l] in two rounds of 2 KB (each lane
+// gives 16 values and takes 16, so no round holds more than 32 values a lane in registers):
+//   - phase 1's last stage (bit 4) swaps its halves on lanes 16-31 (the FFMA by -1 instead of +1, the same
+//     rounding), so that slot i holds c = 16 (l >> 4) + i: round 0 sends slots 0-15, round 1 slots 16-31;
+//   - phase 2 receives rows c = 16 (l >> 4) + i in round 0 and the other half in round 1, runs bits 5-8 on each
+//     half, and bit 9 last as F + G and F - G, which is the reference's upper value negated on lanes 16-31;
+//   - a round holds two 16 x 16 blocks (M[r][c] with r >> 4 == c >> 4, or !=), rows of 16 floats written as
+//     16-byte chunks swizzled by row (chunk q at q ^ ((row >> 1) & 3)), the second block 16 floats further on, so
+//     that the 16-byte writes and the column reads are free of bank conflicts.
+constexpr int kTrBlockFloats = 16 * 16 + 16;                  // a 16 x 16 block and the pad before the next
+constexpr int kTrWarpFloats = 2 * kTrBlockFloats;             // a warp's exchange region: 2176 bytes
+
+// a[c]: value 32 lane + c of the warp's block (phase 1). b[c]: the block's Hadamard (unnormalised) at lane + 32 c,
+// negated for c >= 16 on lanes 16-31 (callers fold that sign into their next multiply). xw: the warp's
+// kTrWarpFloats floats of shared memory; other lanes may still read it when this returns (a barrier before reuse).
+__device__ __forceinline__ void transposed_hadamard1024(float (&a)[32], float (&b)[32], float* xw, int lane) {
+#pragma unroll
+  for (int h = 1; h < 16; h <<= 1)                           // phase 1: bits 0-3
+#pragma unroll
+    for (int c = 0; c < 32; ++c)
+      if (!(c & h)) { const float lo = a[c], hi = a[c + h]; a[c] = lo + hi; a[c + h] = lo - hi; }
+  const int half = lane >> 4, r = lane & 15;
+  const float swap = half ? -1.f : 1.f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {                             // bit 4, the halves swapped on lanes 16-31
+    const float lo = a[i], hi = a[16 + i];
+    a[i] = __fmaf_rn(swap, hi, lo);
+    a[16 + i] = __fmaf_rn(-swap, hi, lo);
+  }
+  // The exchange: this lane writes row r of block `half`; reads column r of block half ^ round.
+  float* wrow = xw + half * kTrBlockFloats + r * 16;
+  const int wsw = (r >> 1) & 3, rq = r >> 2, rl = r & 3;
+#pragma unroll
+  for (int round = 0; round < 2; ++round) {
+    __syncwarp();                                             // the previous reads of this region are done
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float* v = a + 16 * round + 4 * q;
+      // (a float4 or uint4 assignment here came out of nvcc 13.0 as four 4-byte stores)
+      asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_u32(wrow + ((q ^ wsw) << 2))),
+                   "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]) : "memory");
+    }
+    __syncwarp();
+    const float* rblk = xw + (half ^ round) * kTrBlockFloats;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) b[16 * round + i] = rblk[i * 16 + ((rq ^ ((i >> 1) & 3)) << 2) + rl];
+  }
+#pragma unroll
+  for (int h = 1; h < 16; h <<= 1)                           // phase 2: bits 5-8 inside each half
+#pragma unroll
+    for (int c = 0; c < 32; ++c)
+      if (!(c & h)) { const float lo = b[c], hi = b[c + h]; b[c] = lo + hi; b[c + h] = lo - hi; }
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {                             // bit 9: b[i] + b[16 + i] is the lower value
+    const float f = b[i], g = b[16 + i];
+    b[i] = f + g;
+    b[16 + i] = f - g;
+  }
+}
+
 // Vectors a thread (V) and rows a CTA (R) for width K and block B, with the CTA's thread count. V, from two runs
 // of bench_cuda.py on the H100 (V = 2 everywhere, then V = 4):
 //   blocks <= 512 with K <= 8192: V = 2 (8192 x 4608: 71% of copy at V = 2, 59% at V = 4; 8858 x 2432: 70%, 57%);

@@ -51,29 +51,13 @@ constexpr bool kBulkRing = true;
 constexpr bool kBulkRing = false;
 #endif
 
-// Blocks of 1024 with codes out (FLUX, Wan: every K = 1024 n), the transposed path (TR). The lane stages of the
-// strided layout (hadamard.cuh: bits 3-7 of the index across lanes) cost a shuffle and an FFMA a value a stage, 10
-// of the ~30 instructions a value, and all of the kernel's MIO pressure (ncu, session 12). Here a warp owns one
-// block of 1024 values (32 a lane) and does all ten stages in registers, in two phases of five, with one exchange
-// through shared memory between them:
-//   phase 1: lane l holds e = 32 l + c (c = 0..31): bits 0-4 of the index in registers;
-//   phase 2: lane l holds e = l + 32 c: bits 5-9 in registers.
-// The stages run in the reference's order (bit 0 first), each value's additions the same as the reference's, so
-// codes and scales are bit-equal. The exchange is the 32 x 32 transpose M[l][c] -> M[c][l] in two rounds of 2 KB
-// (each lane gives 16 values and takes 16, so no round holds more than 32 values a lane in registers):
-//   - phase 1's last stage (bit 4) swaps its halves on lanes 16-31 (the FFMA by -1 instead of +1, the same
-//     rounding), so that slot i holds c = 16 (l >> 4) + i: round 0 sends slots 0-15, round 1 slots 16-31;
-//   - phase 2 receives rows c = 16 (l >> 4) + i in round 0 and the other half in round 1, runs bits 5-8 on each
-//     half, and bit 9 last as F + G and F - G, which is the reference's upper value negated on lanes 16-31; the
-//     sign goes into those values' inverse scale (exact);
-//   - a round holds two 16 x 16 blocks (M[r][c] with r >> 4 == c >> 4, or !=), rows of 16 floats written as
-//     float4 chunks swizzled by row (chunk q at q ^ ((row >> 1) & 3)), the second block 16 floats further on, so
-//     that the float4 writes and the column reads are free of bank conflicts.
-// Codes go through the same shared memory (a byte a value at its output position, natural or GEMM order) and out
+// Blocks of 1024 with codes out (FLUX, Wan: every K = 1024 n): the transposed path (TR). A warp owns one block
+// of 1024 values and does all ten butterfly stages in registers (hadamard.cuh, transposed_hadamard1024) instead of
+// five of them across lanes (a shuffle and an FFMA a value a stage, 10 of the ~30 instructions a value and all of
+// the kernel's MIO pressure: ncu, session 12). Measured on the H200 against the strided path (session 19,
+// results/ab_rq_transpose.md): 0.96x the time on 4608 x 3072, 0.87x on 4608 x 12288, 0.88x on 32760 x 5120.
+// Codes go through the warp's shared memory (a byte a value at its output position, natural or GEMM order) and out
 // as 16-byte stores of 512 contiguous bytes a warp.
-constexpr int kTrBlockFloats = 16 * 16 + 16;                  // a 16 x 16 block and the pad before the next
-constexpr int kTrWarpFloats = 2 * kTrBlockFloats;             // 2176 bytes a warp (codes: the first 1024)
-
 template <typename T, int FMT, typename Refill, typename TokenScales>
 __device__ __forceinline__ void transposed_group(const T* stage, float* exchange, void* out, int64_t stride_out,
                                                  int64_t row0, int live_tokens, int tok_w, int col_w, int lane,
@@ -91,54 +75,9 @@ __device__ __forceinline__ void transposed_group(const T* stage, float* exchange
   }
   refill();
 
-  // Phase 1: bits 0-3, then bit 4 with the halves swapped on lanes 16-31.
-#pragma unroll
-  for (int h = 1; h < 16; h <<= 1)
-#pragma unroll
-    for (int c = 0; c < 32; ++c)
-      if (!(c & h)) { const float lo = a[c], hi = a[c + h]; a[c] = lo + hi; a[c + h] = lo - hi; }
-  const int half = lane >> 4, r = lane & 15;
-  const float swap = half ? -1.f : 1.f;
-#pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    const float lo = a[i], hi = a[16 + i];
-    a[i] = __fmaf_rn(swap, hi, lo);
-    a[16 + i] = __fmaf_rn(-swap, hi, lo);
-  }
-
-  // The exchange: this lane writes row r of block `half`; reads column r of block half ^ round.
   float* xw = exchange + warp * kTrWarpFloats;
-  float* wrow = xw + half * kTrBlockFloats + r * 16;
-  const int wsw = (r >> 1) & 3, rq = r >> 2, rl = r & 3;
   float b[32];
-#pragma unroll
-  for (int round = 0; round < 2; ++round) {
-    __syncwarp();                                             // the previous reads of this region are done
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const float* v = a + 16 * round + 4 * q;
-      // (a float4 or uint4 assignment here came out of nvcc 13.0 as four 4-byte stores)
-      asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_u32(wrow + ((q ^ wsw) << 2))),
-                   "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]) : "memory");
-    }
-    __syncwarp();
-    const float* rblk = xw + (half ^ round) * kTrBlockFloats;
-#pragma unroll
-    for (int i = 0; i < 16; ++i) b[16 * round + i] = rblk[i * 16 + ((rq ^ ((i >> 1) & 3)) << 2) + rl];
-  }
-
-  // Phase 2: bits 5-8 inside each half, then bit 9 (b[i] + b[16 + i] is the lower value on every lane).
-#pragma unroll
-  for (int h = 1; h < 16; h <<= 1)
-#pragma unroll
-    for (int c = 0; c < 32; ++c)
-      if (!(c & h)) { const float lo = b[c], hi = b[c + h]; b[c] = lo + hi; b[c + h] = lo - hi; }
-#pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    const float f = b[i], g = b[16 + i];
-    b[i] = f + g;
-    b[16 + i] = f - g;
-  }
+  transposed_hadamard1024(a, b, xw, lane);
 
   // Per-token absmax (see the strided path), one atomic a warp.
   unsigned mx = 0u;
@@ -148,7 +87,7 @@ __device__ __forceinline__ void transposed_group(const T* stage, float* exchange
   if (lane == 0 && live) atomicMax(&amax_bits[tok_w], mx);
   token_scales();                                             // two CTA barriers: the exchange region is free
 
-  const float inv = inv_scale[tok_w], inv_hi = half ? -inv : inv;
+  const float inv = inv_scale[tok_w], inv_hi = lane >= 16 ? -inv : inv;   // b[16..31]'s sign on lanes 16-31
   uint8_t* codes = reinterpret_cast<uint8_t*>(xw);
   // Byte c of this lane is output column 32 c + lane of the block; GEMM order (gemm_a8_sm90.cu): K = 32q + 8j +
   // 4h + e at 32j + 16h + 4q + e in each 128, i.e. 128 (c >> 2) + 4 (c & 3) plus a part from the lane.

@@ -112,6 +112,80 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) un
   }
 }
 
+// Blocks of 1024 without permutation or channel scale (the weight-only forward of Hadamard layers; FLUX and Wan
+// weights): hadamard.cuh's transposed layout, a warp one block of a row. A lane decodes 32 contiguous codes (one
+// 16-byte load at 4 bits), the ten stages run in registers (transposed_hadamard1024), and the rotated row leaves
+// through the warp's shared memory as 16-byte stores. Same floats as the kernel above (tests/test_cuda_kernels.py).
+template <typename T, int BITS>
+__global__ void __launch_bounds__(Bounds<4>::kThreads, Bounds<4>::kMinBlocks) unrotate_weight_tr_kernel(
+    const uint8_t* __restrict__ packed, int row_bytes, const float* __restrict__ w_scales, int scale_stride,
+    int group_shift, const float* __restrict__ codebook, T* __restrict__ out, int n, int k, int rows_per_cta,
+    float norm) {
+  extern __shared__ __align__(16) float smem[];
+  float* table = smem;                                        // [16] the codebook
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* xw = smem + 16 + warp * kTrWarpFloats;               // the warp's exchange region, then its output row
+  if (threadIdx.x < (1 << BITS)) table[threadIdx.x] = codebook[threadIdx.x];
+  // This warp's block: row row_w of the CTA's group, columns col_w ... col_w + 1023 (K % 1024 == 0); the lane's
+  // 32 codes start at column col.
+  const int row_w = (warp << 10) / k, col_w = (warp << 10) - row_w * k, col = col_w + (lane << 5);
+  const int groups = (n + rows_per_cta - 1) / rows_per_cta;
+  __syncthreads();                                            // table
+  for (int grp = blockIdx.x; grp < groups; grp += gridDim.x) {
+    const int r = grp * rows_per_cta + row_w;
+    if (r >= n) continue;                                     // the whole warp: no CTA barrier in this loop
+    const uint8_t* prow = packed + r * row_bytes;
+    uint32_t code[32];
+    if constexpr (BITS == 4) {
+      const uint4 w = __ldg(reinterpret_cast<const uint4*>(prow + col / 2));   // low nibble first
+      const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+      for (int c = 0; c < 32; ++c) code[c] = (words[c >> 3] >> (4 * (c & 7))) & 15u;
+    } else {
+      const uint2 lo = __ldg(reinterpret_cast<const uint2*>(prow + col / 4));   // the 2-bit plane
+      const uint32_t hi = __ldg(reinterpret_cast<const uint32_t*>(prow + k / 4 + col / 8));   // the 1-bit plane
+#pragma unroll
+      for (int c = 0; c < 32; ++c)
+        code[c] = (((c < 16 ? lo.x : lo.y) >> (2 * (c & 15))) & 3u) | (((hi >> c) & 1u) << 2);
+    }
+    const float s = __fmul_rn(__ldg(w_scales + r * scale_stride + (col >> group_shift)), norm);   // 2^-5: exact
+    float a[32], b[32];
+#pragma unroll
+    for (int c = 0; c < 32; ++c) a[c] = __fmul_rn(table[code[c]], s);
+    transposed_hadamard1024(a, b, xw, lane);
+    __syncwarp();                                             // every lane's exchange reads are done
+    T* row = reinterpret_cast<T*>(xw);                        // 2 KB: the block in the output dtype
+#pragma unroll
+    for (int c = 0; c < 32; ++c) row[lane + 32 * c] = from_float<T>(c >= 16 && lane >= 16 ? -b[c] : b[c]);
+    __syncwarp();
+    T* dst = out + r * k + col_w;
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      *reinterpret_cast<uint4*>(dst + 8 * lane + 256 * q) = *reinterpret_cast<const uint4*>(row + 8 * lane + 256 * q);
+  }
+}
+
+template <typename T>
+std::string launch_tr(const UnrotateWeightArgs& a, const Tiling& t) {
+  auto kernel = a.bits == 4 ? unrotate_weight_tr_kernel<T, 4> : unrotate_weight_tr_kernel<T, 3>;
+  const size_t smem = sizeof(float) * (16 + static_cast<size_t>(kTrWarpFloats) * (t.threads / 32));
+  if (smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(unrotate_weight_tr)", e);
+  }
+  int per_sm = 0;
+  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, t.threads, smem);
+  if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(unrotate_weight_tr)", e);
+  const int64_t groups = (a.n + t.rows - 1) / t.rows;
+  const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
+  const int scale_stride = a.group_size ? a.k / a.group_size : 1;
+  const int group_shift = a.group_size ? log2_of(a.group_size) : 30;   // col < 2^30: shifts to scale 0
+  kernel<<<static_cast<unsigned>(grid), t.threads, smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
+      a.packed, static_cast<int>(a.row_bytes), a.w_scales, scale_stride, group_shift, a.codebook,
+      static_cast<T*>(a.out), a.n, a.k, t.rows, 1.f / 32.f);
+  return last_launch_error("unrotate_weight_tr_kernel");
+}
+
 template <typename T, int V, int BITS, int LOG_B>
 std::string launch_kernel(const UnrotateWeightArgs& a, const Tiling& t) {
   auto kernel = unrotate_weight_kernel<T, V, BITS, LOG_B>;
@@ -203,6 +277,10 @@ std::string unrotate_weight(const UnrotateWeightArgs& a) {
   why = set_device(a.device);
   if (!why.empty()) return why;
   const Tiling t = tiling_for(a.k, a.block);
+  // The transposed kernel: blocks of 1024 without permutation or channel scale, 16-bit output, 16-byte code rows.
+  if (a.block == 1024 && a.k % 1024 == 0 && a.perm == nullptr && a.channel_scale == nullptr && a.out_dtype != kF32 &&
+      reinterpret_cast<uintptr_t>(a.packed) % 16 == 0)
+    return a.out_dtype == kBF16 ? launch_tr<__nv_bfloat16>(a, t) : launch_tr<__half>(a, t);
   switch (a.out_dtype) {
     case kBF16: return launch_v<__nv_bfloat16>(a, t);
     case kF16: return launch_v<__half>(a, t);

@@ -17,7 +17,7 @@ from lrq_kernels.formats.packing import pack_codes
 from lrq_kernels.formats.weight import dequantize_packed
 from lrq_kernels.reference import rotate_quantize_ref
 from lrq_kernels.reference.act_quant import rotate_ref
-from lrq_kernels.reference.gemm import decode_weight_e4m3_ref, gemm_a16_ref, unrotate_weight_ref
+from lrq_kernels.reference.gemm import decode_weight_e4m3_ref, unrotate_weight_ref
 from lrq_kernels.rotation.rotation import default_block
 
 HAS_GPU = torch.cuda.is_available()
@@ -656,8 +656,11 @@ def test_w4a8_quantlinear_weight_path_graph_and_compile(monkeypatch):
 
 # --- GPU: the weight-only layer at large M (dequantize_weight, then cuBLAS) -------------------------------------
 
+# Blocks of 1024 without the permutation take the transposed kernel (4 and 2 rows a CTA at K = 1024 and 2048;
+# 300 rows of K = 12288 outnumber its persistent CTAs).
 UNROTATE_CASES = [(1, 1152, 128), (7, 4608, 512), (33, 3072, 1024), (5, 12288, 1024), (3, 4096, 4096),
-                  (2, 16384, 16384), (9, 2432, 128), (4, 40, 8), (300, 256, 256)]
+                  (2, 16384, 16384), (9, 2432, 128), (4, 40, 8), (300, 256, 256), (6, 1024, 1024), (3, 2048, 1024),
+                  (300, 12288, 1024)]
 
 
 @gpu

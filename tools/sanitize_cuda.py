@@ -78,8 +78,11 @@ def main():
                                                               None)), (m, k, block)
             n_cases += 1
     # the weight with its rotation undone: a block inside a warp and one across warps (staging in shared memory),
-    # the permutation's scatter, group scales, a partial last CTA (N = 7 rows of K = 1152, 3 rows a CTA)
-    for n, k, block, bits, group in ((7, 1152, 128, 4, 0), (3, 4096, 4096, 3, 64), (5, 12288, 1024, 4, 128)):
+    # the permutation's scatter, group scales, a partial last CTA (N = 7 rows of K = 1152, 3 rows a CTA); blocks of
+    # 1024 without the permutation take the transposed kernel (4 rows a CTA at K = 1024, the last group of N = 6 half
+    # empty; 3-bit codes)
+    for n, k, block, bits, group in ((7, 1152, 128, 4, 0), (3, 4096, 4096, 3, 64), (5, 12288, 1024, 4, 128),
+                                     (6, 1024, 1024, 3, 0)):
         packed = pack_codes(torch.randint(0, 2 ** bits, (n, k), generator=g, dtype=torch.uint8), bits)
         sw = torch.rand((n, k // group) if group else (n,), generator=g) + 0.5
         cb = nf_codebook(bits)
