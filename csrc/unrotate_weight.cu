@@ -165,23 +165,36 @@ __global__ void __launch_bounds__(Bounds<4>::kThreads, Bounds<4>::kMinBlocks) un
   }
 }
 
+// The persistent grid of either kernel (occupancy x SMs CTAs, no more than groups of rows), once its shared memory
+// is allowed; the scale layout both read.
+template <typename Kernel>
+std::string persistent_grid(Kernel kernel, const UnrotateWeightArgs& a, const Tiling& t, size_t smem, int64_t& grid) {
+  if (smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(unrotate_weight)", e);
+  }
+  int per_sm = 0;
+  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, t.threads, smem);
+  if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(unrotate_weight)", e);
+  const int64_t groups = (a.n + t.rows - 1) / t.rows;
+  grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
+  return "";
+}
+struct ScaleLayout { int stride, shift; };
+ScaleLayout scale_layout(const UnrotateWeightArgs& a) {   // shift 30: col < 2^30 shifts to scale 0
+  return a.group_size ? ScaleLayout{a.k / a.group_size, log2_of(a.group_size)} : ScaleLayout{1, 30};
+}
+
 template <typename T>
 std::string launch_tr(const UnrotateWeightArgs& a, const Tiling& t) {
   auto kernel = a.bits == 4 ? unrotate_weight_tr_kernel<T, 4> : unrotate_weight_tr_kernel<T, 3>;
   const size_t smem = sizeof(float) * (16 + static_cast<size_t>(kTrWarpFloats) * (t.threads / 32));
-  if (smem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(unrotate_weight_tr)", e);
-  }
-  int per_sm = 0;
-  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, t.threads, smem);
-  if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(unrotate_weight_tr)", e);
-  const int64_t groups = (a.n + t.rows - 1) / t.rows;
-  const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
-  const int scale_stride = a.group_size ? a.k / a.group_size : 1;
-  const int group_shift = a.group_size ? log2_of(a.group_size) : 30;   // col < 2^30: shifts to scale 0
+  int64_t grid = 0;
+  const std::string why = persistent_grid(kernel, a, t, smem, grid);
+  if (!why.empty()) return why;
+  const ScaleLayout sl = scale_layout(a);
   kernel<<<static_cast<unsigned>(grid), t.threads, smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
-      a.packed, static_cast<int>(a.row_bytes), a.w_scales, scale_stride, group_shift, a.codebook,
+      a.packed, static_cast<int>(a.row_bytes), a.w_scales, sl.stride, sl.shift, a.codebook,
       static_cast<T*>(a.out), a.n, a.k, t.rows, 1.f / 32.f);
   return last_launch_error("unrotate_weight_tr_kernel");
 }
@@ -191,20 +204,13 @@ std::string launch_kernel(const UnrotateWeightArgs& a, const Tiling& t) {
   auto kernel = unrotate_weight_kernel<T, V, BITS, LOG_B>;
   const bool staging = a.perm != nullptr || a.block > 256 * V;
   const size_t smem = sizeof(float) * (16 + (staging ? static_cast<size_t>(t.rows) * a.k : 0));
-  if (smem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(unrotate_weight)", e);
-  }
-  int per_sm = 0;
-  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, t.threads, smem);
-  if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(unrotate_weight)", e);
-  const int64_t groups = (a.n + t.rows - 1) / t.rows;
-  const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
-  const int scale_stride = a.group_size ? a.k / a.group_size : 1;
-  const int group_shift = a.group_size ? log2_of(a.group_size) : 30;   // col < 2^30: shifts to scale 0
+  int64_t grid = 0;
+  const std::string why = persistent_grid(kernel, a, t, smem, grid);
+  if (!why.empty()) return why;
+  const ScaleLayout sl = scale_layout(a);
   const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
   kernel<<<static_cast<unsigned>(grid), t.threads, smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
-      a.packed, static_cast<int>(a.row_bytes), a.w_scales, scale_stride, group_shift, a.codebook, a.perm,
+      a.packed, static_cast<int>(a.row_bytes), a.w_scales, sl.stride, sl.shift, a.codebook, a.perm,
       a.channel_scale, static_cast<T*>(a.out), a.n, a.k, log2_of(a.block), t.rows, norm);
   return last_launch_error("unrotate_weight_kernel");
 }
