@@ -231,11 +231,11 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     // is the reference's amax. With the one-token amax below: 0.92-0.93x the time on the block-1024 shapes
     // (4608 x 12288: 76% -> 83% of copy; 32760 x 5120: 80% -> 87%), 0.97x on 8192 x 4608 (the amax path alone),
     // H200, results/ab_rq_fold.md (session 14).
+    constexpr bool kFoldNorm = FMT != kSame && LOG_B > 0 && LOG_B % 2 == 0;
     // Per-token scales from the amax bits, between two barriers. One IEEE division a token (not a vector). The
     // inverse scale replaces the amax bits in place. The other set is cleared for the next group: its last readers,
     // the previous group's quantize step, finished before this group's first barrier, and the next group's atomics
     // come after this group's second.
-    constexpr bool kFoldNorm = FMT != kSame && LOG_B > 0 && LOG_B % 2 == 0;
     float* inv_scale = reinterpret_cast<float*>(amax_bits);
     const auto token_scales = [&]() {
       __syncthreads();
