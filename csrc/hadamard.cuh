@@ -184,28 +184,33 @@ __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, floa
   }
 }
 
-// The transposed layout for blocks of 1024 (rotate_quant.cu and unrotate_weight.cu take it where B = 1024): a warp
-// owns one block, 32 values a lane, and does all ten stages in registers, in two phases of five with one exchange
-// through shared memory between them:
+// The transposed layout for blocks of 128 to 1024 (rotate_quant.cu and unrotate_weight.cu): a warp owns 1024
+// consecutive values, 32 a lane (one block of 1024, or 2 of 512, or 8 of 128), and does every butterfly stage in
+// registers, in two phases with one exchange through shared memory between them:
 //   phase 1: lane l holds e = 32 l + c (c = 0..31): bits 0-4 of the index in registers;
-//   phase 2: lane l holds e = l + 32 c: bits 5-9 in registers.
+//   phase 2: lane l holds e = l + 32 j (j = 0..31): bits 5 .. log2(B) - 1 in registers (j's bits 0 .. log2(B) - 6,
+//            so that a block of 128 runs two stages here, of 512 four, of 1024 five).
 // The stages run in the reference's order (bit 0 first), each value's additions the same as block_hadamard's, so the
 // results are bit-equal. The exchange is the 32 x 32 transpose M[l][c] -> M[c][l] in two rounds of 2 KB (each lane
 // gives 16 values and takes 16, so no round holds more than 32 values a lane in registers):
 //   - phase 1's last stage (bit 4) swaps its halves on lanes 16-31 (the FFMA by -1 instead of +1, the same
 //     rounding), so that slot i holds c = 16 (l >> 4) + i: round 0 sends slots 0-15, round 1 slots 16-31;
-//   - phase 2 receives rows c = 16 (l >> 4) + i in round 0 and the other half in round 1, runs bits 5-8 on each
-//     half, and bit 9 last as F + G and F - G, which is the reference's upper value negated on lanes 16-31;
+//   - phase 2 receives rows j = 16 (l >> 4) + i in round 0 and the other half in round 1, so slot s holds
+//     j = s ^ 16 (l >> 4) from then on; its bit-9 stage (blocks of 1024) pairs the halves with an FFMA by +-1 that
+//     keeps the swap;
 //   - a round holds two 16 x 16 blocks (M[r][c] with r >> 4 == c >> 4, or !=), rows of 16 floats written as
 //     16-byte chunks swizzled by row (chunk q at q ^ ((row >> 1) & 3)), the second block 16 floats further on, so
 //     that the 16-byte writes and the column reads are free of bank conflicts.
 constexpr int kTrBlockFloats = 16 * 16 + 16;                  // a 16 x 16 block and the pad before the next
 constexpr int kTrWarpFloats = 2 * kTrBlockFloats;             // a warp's exchange region: 2176 bytes
 
-// a[c]: value 32 lane + c of the warp's block (phase 1). b[c]: the block's Hadamard (unnormalised) at lane + 32 c,
-// negated for c >= 16 on lanes 16-31 (callers fold that sign into their next multiply). xw: the warp's
-// kTrWarpFloats floats of shared memory; other lanes may still read it when this returns (a barrier before reuse).
-__device__ __forceinline__ void transposed_hadamard1024(float (&a)[32], float (&b)[32], float* xw, int lane) {
+// a[c]: value 32 lane + c of the warp's 1024 (phase 1). b[s]: the Hadamard of its block of 2^LOG_B (unnormalised) at
+// lane + 32 j, j = s ^ 16 (lane >> 4): on lanes 16-31 the two halves of b are swapped (callers place each value
+// by j, i.e. offset 512 (lane >> 4) in opposite directions for s < 16 and s >= 16). xw: the warp's kTrWarpFloats
+// floats of shared memory; other lanes may still read it when this returns (a barrier before reuse).
+template <int LOG_B>
+__device__ __forceinline__ void transposed_hadamard(float (&a)[32], float (&b)[32], float* xw, int lane) {
+  static_assert(LOG_B >= 5 && LOG_B <= 10, "the transposed layout holds blocks of 32 to 1024");
 #pragma unroll
   for (int h = 1; h < 16; h <<= 1)                           // phase 1: bits 0-3
 #pragma unroll
@@ -238,15 +243,17 @@ __device__ __forceinline__ void transposed_hadamard1024(float (&a)[32], float (&
     for (int i = 0; i < 16; ++i) b[16 * round + i] = rblk[i * 16 + ((rq ^ ((i >> 1) & 3)) << 2) + rl];
   }
 #pragma unroll
-  for (int h = 1; h < 16; h <<= 1)                           // phase 2: bits 5-8 inside each half
+  for (int h = 1; h < 16 && 32 * h < (1 << LOG_B); h <<= 1)  // phase 2: bits 5-8 inside each half
 #pragma unroll
     for (int c = 0; c < 32; ++c)
       if (!(c & h)) { const float lo = b[c], hi = b[c + h]; b[c] = lo + hi; b[c + h] = lo - hi; }
+  if constexpr (LOG_B == 10) {
 #pragma unroll
-  for (int i = 0; i < 16; ++i) {                             // bit 9: b[i] + b[16 + i] is the lower value
-    const float f = b[i], g = b[16 + i];
-    b[i] = f + g;
-    b[16 + i] = f - g;
+    for (int i = 0; i < 16; ++i) {                           // bit 9: the lower value is b[i] on lanes 0-15
+      const float f = b[i], g = b[16 + i];
+      b[i] = __fmaf_rn(swap, f, g);                           // lanes 0-15: f + g (lower); 16-31: g - f (upper)
+      b[16 + i] = __fmaf_rn(-swap, g, f);                     // lanes 0-15: f - g (upper); 16-31: f + g (lower)
+    }
   }
 }
 

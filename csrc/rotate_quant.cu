@@ -51,21 +51,55 @@ constexpr bool kBulkRing = true;
 constexpr bool kBulkRing = false;
 #endif
 
-// Blocks of 1024 with codes out (FLUX, Wan: every K = 1024 n): the transposed path (TR). A warp owns one block
-// of 1024 values and does all ten butterfly stages in registers (hadamard.cuh, transposed_hadamard1024) instead of
+// The transposed path (TR), for blocks of 128, 512 and 1024 with codes out, K >= 1024 and no ARS gather. A warp
+// owns 1024 consecutive values of the CTA's R * K (one block of 1024, 2 of 512 or 8 of 128; K % B == 0, so no block
+// straddles two tokens) and does every butterfly stage in registers (hadamard.cuh, transposed_hadamard) instead of
 // five of them across lanes (a shuffle and an FFMA a value a stage, 10 of the ~30 instructions a value and all of
-// the kernel's MIO pressure: ncu, session 12). Measured on the H200 against the strided path (session 19,
-// results/ab_rq_transpose.md): 0.96x the time on 4608 x 3072, 0.87x on 4608 x 12288, 0.88x on 32760 x 5120.
-// Codes go through the warp's shared memory (a byte a value at its output position, natural or GEMM order) and out
-// as 16-byte stores of 512 contiguous bytes a warp.
-template <typename T, int FMT, typename Refill, typename TokenScales>
+// the kernel's MIO pressure: ncu, session 12). Blocks of 1024, measured on the H200 against the strided path
+// (session 19, results/ab_rq_transpose.md): 0.96x the time on 4608 x 3072, 0.87x on 4608 x 12288, 0.88x on
+// 32760 x 5120. Codes go through the warp's shared memory (a byte a value at its output position, natural or GEMM
+// order) and out as 16-byte stores.
+//
+// Where this warp's values sit, the same for every group: its 1024 values are elements 1024 warp ... of the CTA's
+// R * K, which belong to token tok_w up to index 32 split_j (split_j = 32: all of them) and to token tok_w + 1 after
+// it (K >= 1024: never a third). Past the CTA's R * K, the token computed is R or more: not live.
+struct TrSlots {
+  int tok_w, split_j;
+  int tok1;                   // phase 1: the token of this lane's 32 values (lane >= split_j: the second)
+  unsigned second;            // phase 2: bit g set where this lane's g-th block of slots is token tok_w + 1's
+  int out_tok[2], out_col[2]; // the two 16-byte pieces of codes this lane stores: elements 1024 warp + 16 lane + 512 q
+};
+template <int LOG_B>
+__device__ __forceinline__ TrSlots tr_slots(int k, int lane, int warp) {
+  TrSlots t;
+  const int e0 = warp << 10;
+  t.tok_w = e0 / k;
+  // a multiple of 4 (blocks of >= 128 values); 32 for blocks of 1024, as K % 1024 == 0
+  t.split_j = LOG_B == 10 ? 32 : min(32, ((t.tok_w + 1) * k - e0) >> 5);
+  t.tok1 = t.tok_w + (lane >= t.split_j);
+  constexpr int G = 1 << (LOG_B - 5);                        // slots a block holds in phase 2
+  const int jx = (lane >> 4) << 4;                           // slot s holds j = s ^ jx (hadamard.cuh)
+  t.second = 0u;
+#pragma unroll
+  for (int g = 0; g < 32 / G; ++g)
+    if (G < 32 && ((g * G) ^ jx) >= t.split_j) t.second |= 1u << g;
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    const int off = 16 * lane + 512 * q;
+    t.out_tok[q] = t.tok_w + (off >= 32 * t.split_j);
+    t.out_col[q] = e0 + off - t.out_tok[q] * k;
+  }
+  return t;
+}
+
+template <typename T, int FMT, int LOG_B, typename Refill, typename TokenScales>
 __device__ __forceinline__ void transposed_group(const T* stage, float* exchange, void* out, int64_t stride_out,
-                                                 int64_t row0, int live_tokens, int tok_w, int col_w, int lane,
-                                                 int warp, unsigned* amax_bits, const float* inv_scale, float qmax,
-                                                 bool gemm_order, Refill&& refill, TokenScales&& token_scales) {
-  const bool live = tok_w < live_tokens;
+                                                 int64_t row0, int live_tokens, const TrSlots& ts, int lane,
+                                                 int warp, unsigned* amax_bits, const float* inv_scale, float norm,
+                                                 float qmax, bool gemm_order, Refill&& refill,
+                                                 TokenScales&& token_scales) {
   float a[32];
-  if (live) {
+  if (ts.tok1 < live_tokens) {
     const T* src = stage + (warp << 10) + (lane << 5);
 #pragma unroll
     for (int q = 0; q < 4; ++q) load8_shared<T>(src + 8 * q, a + 8 * q);
@@ -77,38 +111,59 @@ __device__ __forceinline__ void transposed_group(const T* stage, float* exchange
 
   float* xw = exchange + warp * kTrWarpFloats;
   float b[32];
-  transposed_hadamard1024(a, b, xw, lane);
-
-  // Per-token absmax (see the strided path), one atomic a warp.
-  unsigned mx = 0u;
+  transposed_hadamard<LOG_B>(a, b, xw, lane);
+  // Blocks of 4^n fold their norm into the scales (the kernel's kFoldNorm); 128 and 512 multiply here, as the
+  // reference does.
+  if constexpr (LOG_B % 2) {
 #pragma unroll
-  for (int c = 0; c < 32; ++c) mx = max(mx, __float_as_uint(fabsf(b[c])));
-  mx = __reduce_max_sync(0xffffffffu, mx);
-  if (lane == 0 && live) atomicMax(&amax_bits[tok_w], mx);
+    for (int c = 0; c < 32; ++c) b[c] = __fmul_rn(b[c], norm);
+  }
+
+  // Per-token absmax (see the strided path): each block's G slots max-reduce into its token's, then one reduction
+  // and one atomic a token of the warp.
+  constexpr int G = 1 << (LOG_B - 5);
+  unsigned m0 = 0u, m1 = 0u;
+#pragma unroll
+  for (int g = 0; g < 32 / G; ++g) {
+    unsigned mg = 0u;
+#pragma unroll
+    for (int c = g * G; c < (g + 1) * G; ++c) mg = max(mg, __float_as_uint(fabsf(b[c])));
+    if ((ts.second >> g) & 1u) m1 = max(m1, mg);
+    else m0 = max(m0, mg);
+  }
+  m0 = __reduce_max_sync(0xffffffffu, m0);
+  if (lane == 0 && ts.tok_w < live_tokens) atomicMax(&amax_bits[ts.tok_w], m0);
+  if constexpr (G < 32) {
+    m1 = __reduce_max_sync(0xffffffffu, m1);
+    if (lane == 0 && ts.split_j < 32 && ts.tok_w + 1 < live_tokens) atomicMax(&amax_bits[ts.tok_w + 1], m1);
+  }
   token_scales();                                             // two CTA barriers: the exchange region is free
 
-  const float inv = inv_scale[tok_w], inv_hi = lane >= 16 ? -inv : inv;   // b[16..31]'s sign on lanes 16-31
+  const float inv0 = inv_scale[ts.tok_w], inv1 = inv_scale[min(ts.tok_w + 1, kMaxTokensPerCta - 1)];
+  // b[c] is value lane + 32 j of the warp's 1024, j = c ^ 16 (lane >> 4): its byte goes to 32 j + lane, or in GEMM
+  // order (gemm_a8_sm90.cu: K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in each 128) to 128 (j >> 2) + 4 (j & 3)
+  // plus a part from the lane; either way c's position moved by +512 (c < 16) or -512 (c >= 16) on lanes 16-31.
   uint8_t* codes = reinterpret_cast<uint8_t*>(xw);
-  // Byte c of this lane is output column 32 c + lane of the block; GEMM order (gemm_a8_sm90.cu): K = 32q + 8j +
-  // 4h + e at 32j + 16h + 4q + e in each 128, i.e. 128 (c >> 2) + 4 (c & 3) plus a part from the lane.
   const int lane_pos = gemm_order ? 32 * (lane >> 3) + 16 * ((lane >> 2) & 1) + (lane & 3) : lane;
+  const int swap = (lane >> 4) << 9;
+  uint8_t* codes_lo = codes + lane_pos + swap;
+  uint8_t* codes_hi = codes + lane_pos - swap;
 #pragma unroll
   for (int c = 0; c < 32; c += 2) {
-    const float s = c < 16 ? inv : inv_hi;
+    const float s = (ts.second >> (c / G)) & 1u ? inv1 : inv0;
     const uint32_t w = quantize_pair<FMT>(__fmul_rn(b[c], s), __fmul_rn(b[c + 1], s), qmax);
     const int p0 = gemm_order ? 128 * (c >> 2) + 4 * (c & 3) : 32 * c;
     const int p1 = gemm_order ? 128 * ((c + 1) >> 2) + 4 * ((c + 1) & 3) : 32 * (c + 1);
-    codes[lane_pos + p0] = static_cast<uint8_t>(w);
-    codes[lane_pos + p1] = static_cast<uint8_t>(w >> 8);
+    uint8_t* dst = c < 16 ? codes_lo : codes_hi;
+    dst[p0] = static_cast<uint8_t>(w);
+    dst[p1] = static_cast<uint8_t>(w >> 8);
   }
   __syncwarp();
-  if (live) {
-    uint8_t* dst = static_cast<uint8_t*>(out) + (row0 + tok_w) * stride_out + col_w;
-    const uint4 lo = *reinterpret_cast<const uint4*>(codes + 16 * lane);
-    const uint4 hi = *reinterpret_cast<const uint4*>(codes + 512 + 16 * lane);
-    *reinterpret_cast<uint4*>(dst + 16 * lane) = lo;
-    *reinterpret_cast<uint4*>(dst + 512 + 16 * lane) = hi;
-  }
+#pragma unroll
+  for (int q = 0; q < 2; ++q)
+    if (ts.out_tok[q] < live_tokens)
+      *reinterpret_cast<uint4*>(static_cast<uint8_t*>(out) + (row0 + ts.out_tok[q]) * stride_out + ts.out_col[q]) =
+          *reinterpret_cast<const uint4*>(codes + 16 * lane + 512 * q);
 }
 
 // LOG_B: log2 of the Hadamard block, fixed at compile time for the blocks and V that dispatch_v lists (0: read
@@ -153,9 +208,8 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   // A slot past the CTA's R * K elements has tok >= R, so `tok < live tokens` tells the slots to compute.
   int tok[V], col[V];
   vector_slots<V>(k, lane, warp, tok, col);
-  // TR: this warp's 1024 values are elements warp * 1024 ... of the CTA's R * K, one block of token tok_w (K % 1024
-  // == 0), starting at column col_w.
-  const int tok_w = TR ? (warp << 10) / k : 0, col_w = TR ? (warp << 10) - tok_w * k : 0;
+  TrSlots ts{};
+  if constexpr (TR) ts = tr_slots<LOG_B>(k, lane, warp);
 
   // Copies group `grp`'s input into ring stage `slot` (nothing past the last group: on sm_80 an empty commit group
   // keeps the count of groups in flight the same on every iteration). Slot e of a stage is element e = tok * K + col.
@@ -178,9 +232,10 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         const int live_tokens = live_tokens_at(row0);
         T* stage = ring + slot * lay.stage_elems;
         if constexpr (TR) {                                   // the 32 values this lane reads in phase 1
-          if (tok_w < live_tokens) {
-            const T* src = x + (row0 + tok_w) * stride_x + col_w + (lane << 5);
-            T* dst = stage + (warp << 10) + (lane << 5);
+          if (ts.tok1 < live_tokens) {
+            const int e = (warp << 10) + (lane << 5);
+            const T* src = x + (row0 + ts.tok1) * stride_x + (e - ts.tok1 * k);
+            T* dst = stage + e;
 #pragma unroll
             for (int q = 0; q < 4 * kPieces; ++q) cp_async16(dst + q * (16 / sizeof(T)), src + q * (16 / sizeof(T)));
           }
@@ -253,8 +308,8 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     };
 
     if constexpr (TR) {
-      transposed_group<T, FMT>(stage, exchange, out, stride_out, row0, live_tokens, tok_w, col_w, lane, warp,
-                               amax_bits, inv_scale, qmax, gemm_order, refill, token_scales);
+      transposed_group<T, FMT, LOG_B>(stage, exchange, out, stride_out, row0, live_tokens, ts, lane, warp,
+                                      amax_bits, inv_scale, norm, qmax, gemm_order, refill, token_scales);
     } else {
       bool live[V];
 #pragma unroll
@@ -352,29 +407,59 @@ struct Plan { int v, tokens, threads; size_t smem; Layout layout; bool transpose
 // scattered shared-memory reads want more CTAs an SM rather than more groups in flight (4 stages took 1.05-1.09x
 // the time of the one-shot kernel on 3 of 6 shapes, session 12; with the int16 tables, 3 stages took 1.00-1.05x the
 // time of 2, and 4 stages 1.01-1.08x that of 3: results/ab_rq_gather3.md, ab_rq_gather4_vs_3.md, session 16).
-// The transposed path (asked for by `transpose`; block 1024, codes out, no gather) counts its exchange region in the
-// budget, and is taken where 2 stages and the region fit in kRingBudget + 8 KB (two CTAs an SM): every K of
-// dit_shapes.json with blocks of 1024 in bf16/fp16. Stages by this budget measured as fast as any other count on
-// FLUX K = 12288 and 15360 and Wan K = 5120 (H200, session 19; 3 stages instead of 4 on K = 3072: 0.94x the time,
-// one run, within that run's spread).
+// The transposed path (asked for by `transpose`; blocks of 128, 512 or 1024, K >= 1024, codes out, no gather) has
+// tokens and threads of its own (tr_tokens), counts its exchange region in the budget, and is taken where 2 stages
+// and the region fit in kRingBudget + 8 KB (two CTAs an SM): every K of dit_shapes.json in bf16/fp16. Stages by
+// this budget measured as fast as any other count on FLUX K = 12288 and 15360 and Wan K = 5120 (H200, session 19;
+// 3 stages instead of 4 on K = 3072: 0.94x the time, one run, within that run's spread).
 // x_bytes is x's element size.
 constexpr size_t kRingBudget = 96 * 1024;
-Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = false) {
+
+// Tokens a CTA on the transposed path, whose warps take 1024 of the CTA's R * K values each (the last one partly
+// idle unless 1024 divides R * K): the least R with at least 3 warps' work and at most 1/32 of the last warp
+// idle (K = 1152: 7 tokens in 8 warps; 2432: 5 in 12; 4608: 2 in 9; K = 1024 n: 1, or 3 at K = 1024), else the
+// least idle within 16 warps (13824: 1 in 14). Then fewer while the groups would not give every SM a CTA
+// (512 x 1152: 3 tokens, 171 groups). 0: no R fits.
+inline int tr_tokens(int64_t k, int64_t m, int sms) {
+  int best = 0;
+  double best_idle = 1.0;
+  for (int r = 1; r <= kMaxTokensPerCta; ++r) {
+    const int64_t warps = (r * k + 1023) / 1024;
+    if (warps > 16) break;
+    if (r * k < 3 * 1024) continue;
+    const double idle = 1.0 - static_cast<double>(r * k) / static_cast<double>(warps * 1024);
+    if (idle <= 1.0 / 32) { best = r; break; }
+    if (idle < best_idle) { best = r; best_idle = idle; }
+  }
+  while (best > 1 && (m + best - 1) / best < sms) --best;
+  return best;
+}
+
+// m and sms (the device's SMs) only matter to the transposed path.
+Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = false, int64_t m = 0, int sms = 0) {
   Plan p{};
   const Tiling t = tiling_for(k, block);
   p.v = t.v;
   p.tokens = t.rows;
   p.threads = t.threads;
-  const bool cross_warp = block > 256 * p.v;
+  if (transpose && (block == 128 || block == 512 || block == 1024) && k >= 1024) {
+    const int r = tr_tokens(k, m, sms);
+    const size_t stage_bytes = static_cast<size_t>(r) * k * x_bytes;
+    const int threads = static_cast<int>((r * k + 1023) / 1024) * 32;
+    if (r > 0 && 2 * stage_bytes + sizeof(float) * kTrWarpFloats * (threads / 32) <= kRingBudget + 8 * 1024) {
+      p.transpose = true;
+      p.v = 4;                                                   // the kernel's launch bounds: Bounds<4>
+      p.tokens = r;
+      p.threads = threads;
+    }
+  }
+  const bool cross_warp = !p.transpose && block > 256 * p.v;
   Layout& l = p.layout;
   l.stage_elems = p.tokens * k;
   const size_t stage_bytes = static_cast<size_t>(l.stage_elems) * x_bytes;
-  const size_t tr_bytes = sizeof(float) * kTrWarpFloats * (p.threads / 32);
-  p.transpose = transpose && p.v == 4 && block == 1024 && k % 1024 == 0 &&
-                2 * stage_bytes + tr_bytes <= kRingBudget + 8 * 1024;
-  const size_t extra = p.transpose ? tr_bytes : 0;
+  const size_t tr_bytes = p.transpose ? sizeof(float) * kTrWarpFloats * (p.threads / 32) : 0;
   l.stages = gather ? 2 : 4;
-  while (l.stages > 2 && l.stages * stage_bytes + extra > kRingBudget) --l.stages;
+  while (l.stages > 2 && l.stages * stage_bytes + tr_bytes > kRingBudget) --l.stages;
   l.ring_offset = kBarOffset + 2 * kMaxStages;                   // 16-byte aligned (bulk copies): 72 floats
   const int64_t ring_floats = (l.stages * stage_bytes + 15) / 16 * 4;
   l.exchange_offset = static_cast<int>(l.ring_offset + ring_floats);
@@ -413,17 +498,20 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
 template <typename T, int FMT>
 std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
   const int log_b = log2_of(a.block);
+  if constexpr (FMT != kSame) {
+    if (p.transpose) {
+      if (log_b == 7) return launch<T, 4, FMT, 7, true>(a, p, log_b);
+      if (log_b == 9) return launch<T, 4, FMT, 9, true>(a, p, log_b);
+      if (log_b == 10) return launch<T, 4, FMT, 10, true>(a, p, log_b);
+    }
+  }
   switch (p.v) {
     case 2:
       if (log_b == 7) return launch<T, 2, FMT, 7>(a, p, log_b);
       if (log_b == 9) return launch<T, 2, FMT, 9>(a, p, log_b);
       return launch<T, 2, FMT, 0>(a, p, log_b);
     case 4:
-      if (log_b == 10) {
-        if constexpr (FMT != kSame)
-          if (p.transpose) return launch<T, 4, FMT, 10, true>(a, p, log_b);
-        return launch<T, 4, FMT, 10>(a, p, log_b);
-      }
+      if (log_b == 10) return launch<T, 4, FMT, 10>(a, p, log_b);
       if (log_b == 9) return launch<T, 4, FMT, 9>(a, p, log_b);
       return launch<T, 4, FMT, 0>(a, p, log_b);
     case 8: return launch<T, 8, FMT, 0>(a, p, log_b);
@@ -475,10 +563,10 @@ std::string rotate_quant(const RotateQuantArgs& a) {
   why = set_device(a.device);
   if (!why.empty()) return why;
   const int x_bytes = a.x_dtype == kF32 ? 4 : 2;
-  // The transposed path stores 16 bytes at a time from each 1024-column block of the codes.
+  // The transposed path stores the codes 16 bytes at a time.
   const bool transpose = a.out_format != kSame && a.perm16 == nullptr && a.scale_lanes == nullptr &&
                          reinterpret_cast<uintptr_t>(a.out) % 16 == 0 && a.stride_out % 16 == 0;
-  const Plan p = plan_for(a.k, a.block, x_bytes, a.perm16 != nullptr, transpose);
+  const Plan p = plan_for(a.k, a.block, x_bytes, a.perm16 != nullptr, transpose, a.m, sm_count(a.device));
   switch (a.x_dtype) {
     case kBF16: return dispatch_fmt<__nv_bfloat16>(a, p);
     case kF16: return dispatch_fmt<__half>(a, p);

@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) un
 
 // Blocks of 1024 without permutation or channel scale (the weight-only forward of Hadamard layers; FLUX and Wan
 // weights): hadamard.cuh's transposed layout, a warp one block of a row. A lane decodes 32 contiguous codes (one
-// 16-byte load at 4 bits), the ten stages run in registers (transposed_hadamard1024), and the rotated row leaves
+// 16-byte load at 4 bits), the ten stages run in registers (transposed_hadamard<10>), and the rotated row leaves
 // through the warp's shared memory as 16-byte stores. Same floats as the kernel above (tests/test_cuda_kernels.py).
 template <typename T, int BITS>
 __global__ void __launch_bounds__(Bounds<4>::kThreads, Bounds<4>::kMinBlocks) unrotate_weight_tr_kernel(
@@ -152,11 +152,14 @@ __global__ void __launch_bounds__(Bounds<4>::kThreads, Bounds<4>::kMinBlocks) un
     float a[32], b[32];
 #pragma unroll
     for (int c = 0; c < 32; ++c) a[c] = __fmul_rn(table[code[c]], s);
-    transposed_hadamard1024(a, b, xw, lane);
+    transposed_hadamard<10>(a, b, xw, lane);
     __syncwarp();                                             // every lane's exchange reads are done
-    T* row = reinterpret_cast<T*>(xw);                        // 2 KB: the block in the output dtype
+    // 2 KB: the block in the output dtype. b[c] is column lane + 32 (c ^ 16 (lane >> 4)) (the halves swapped on
+    // lanes 16-31).
+    T* row = reinterpret_cast<T*>(xw);
+    const int swap = (lane >> 4) << 9;
 #pragma unroll
-    for (int c = 0; c < 32; ++c) row[lane + 32 * c] = from_float<T>(c >= 16 && lane >= 16 ? -b[c] : b[c]);
+    for (int c = 0; c < 32; ++c) row[lane + 32 * c + (c < 16 ? swap : -swap)] = from_float<T>(b[c]);
     __syncwarp();
     T* dst = out + r * k + col_w;
 #pragma unroll

@@ -193,39 +193,51 @@ def test_cuda_rotate_quant_nan_and_zero_tokens(monkeypatch):
         assert _frac_diff(codes, rc) == 0
 
 
+# (K, block) of the transposed path: blocks of 1024, and blocks of 128 and 512 whose warps' 1024 values straddle two
+# tokens (K = 1152, 2432, 4608, 13824). M = 1000 gives K = 1152 7 tokens a CTA with a last group of 6, K = 2432 5,
+# K = 4608 2; M = 333 fewer (the plan keeps a CTA for every SM).
+TRANSPOSED_CASES = [(1024, 1024), (2048, 1024), (3072, 1024), (5120, 1024), (12288, 1024), (15360, 1024),
+                    (1152, 128), (2432, 128), (4608, 512), (13824, 512), (1024, 128), (2048, 512)]
+
+
 @gpu
-@pytest.mark.parametrize("m", [1, 5, 333])
+@pytest.mark.parametrize("m", [1, 5, 333, 1000])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
-@pytest.mark.parametrize("k", [1024, 2048, 3072, 5120, 12288, 15360])
-def test_cuda_rotate_quant_transposed_path_equals_the_strided_one(k, dtype, m):
-    """Blocks of 1024 with codes out and no gather take the transposed path (csrc/rotate_quant.cu, TR; 4 and 2
-    tokens a CTA at K = 1024 and 2048); a channel scale of ones sends the same values down the strided path. The
-    codes and scales of the two are identical, and the reference's."""
-    g = torch.Generator(device="cuda").manual_seed(k + m)
+@pytest.mark.parametrize("k,block", TRANSPOSED_CASES, ids=str)
+def test_cuda_rotate_quant_transposed_path_equals_the_strided_one(k, block, dtype, m):
+    """Blocks of 128, 512 and 1024 with codes out, K >= 1024 and no gather take the transposed path
+    (csrc/rotate_quant.cu, TR); a channel scale of ones sends the same values down the strided path. The codes and
+    scales of the two are identical, and the reference's."""
+    g = torch.Generator(device="cuda").manual_seed(k + m + block)
     x = (torch.randn(m, k, device="cuda", generator=g) * 3).to(dtype)
     x[:, 5] *= 40                                                    # an outlier channel
+    x[m // 2, k - 100] = 500                                         # a token's max late in its row
     ones = torch.ones(k, device="cuda")
     for a_format, a_bits in (("fp8", 8), ("int", 8), ("int", 4)):
-        codes, scales = cuda_kernels.rotate_quant_cuda(x, None, None, 1024, a_format, a_bits)
-        strided, strided_scales = cuda_kernels.rotate_quant_cuda(x, None, ones, 1024, a_format, a_bits)
+        codes, scales = cuda_kernels.rotate_quant_cuda(x, None, None, block, a_format, a_bits)
+        strided, strided_scales = cuda_kernels.rotate_quant_cuda(x, None, ones, block, a_format, a_bits)
         assert torch.equal(codes.view(torch.uint8), strided.view(torch.uint8)), (a_format, a_bits)
         assert torch.equal(scales, strided_scales)
-        rc, rs = rotate_quantize_ref(x, None, None, 1024, a_format, a_bits)
+        rc, rs = rotate_quantize_ref(x, None, None, block, a_format, a_bits)
         assert _frac_diff(codes, rc) <= 1e-4 and torch.equal(scales, rs)
-    codes_g, _ = cuda_kernels.rotate_quant_cuda(x, None, None, 1024, "fp8", 8, gemm_order=True)
-    codes, _ = cuda_kernels.rotate_quant_cuda(x, None, None, 1024, "fp8", 8)
+    codes_g, _ = cuda_kernels.rotate_quant_cuda(x, None, None, block, "fp8", 8, gemm_order=True)
+    codes, _ = cuda_kernels.rotate_quant_cuda(x, None, None, block, "fp8", 8)
     assert torch.equal(cuda_kernels.gemm_order(codes).view(torch.uint8), codes_g.view(torch.uint8))
 
 
 @gpu
-def test_cuda_rotate_quant_transposed_path_nan_and_zero_tokens():
-    x = torch.randn(7, 3072, device="cuda", dtype=torch.bfloat16)
-    x[2] = 0
-    x[5, 2000] = float("nan")
-    codes, scales = cuda_kernels.rotate_quant_cuda(x, None, None, 1024, "fp8", 8)
-    assert scales[2] == 0 and (codes[2].float() == 0).all()
-    assert torch.isnan(scales[5]) and not torch.isnan(scales[[0, 1, 2, 3, 4, 6]]).any()
-    rc, rs = rotate_quantize_ref(x, None, None, 1024, "fp8", 8)
+@pytest.mark.parametrize("m,k,block", [(7, 3072, 1024), (1000, 1152, 128), (1000, 4608, 512)], ids=str)
+def test_cuda_rotate_quant_transposed_path_nan_and_zero_tokens(m, k, block):
+    """A zero token and a NaN token; at K = 1152 and 4608 their rows share warps with their neighbours'."""
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    zero, nan = 2, m - 2
+    x[zero] = 0
+    x[nan, k - 3] = float("nan")
+    codes, scales = cuda_kernels.rotate_quant_cuda(x, None, None, block, "fp8", 8)
+    assert scales[zero] == 0 and (codes[zero].float() == 0).all()
+    others = [i for i in range(m) if i != nan]
+    assert torch.isnan(scales[nan]) and not torch.isnan(scales[others]).any()
+    rc, rs = rotate_quantize_ref(x, None, None, block, "fp8", 8)
     assert _frac_diff(codes, rc) == 0
 
 

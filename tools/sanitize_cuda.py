@@ -26,10 +26,10 @@ def main():
     n_cases = 0
     # rotate + quantize: in-warp blocks, blocks across warps (4096), odd M, the ARS gather, every output format
     # 300 tokens of K = 12288 outnumber the persistent grid's CTAs (two an SM), so each CTA's ring wraps around.
-    # Blocks of 1024 without the gather take the transposed path; at K = 1024 four tokens a CTA, the last group of
-    # M = 6 half empty.
+    # Blocks of 128, 512 and 1024 without the gather take the transposed path: at M = 1000, K = 1152 has 7 tokens a
+    # CTA in 8 warps (warps straddling two tokens, the last group 6 tokens), at M = 333, K = 4608 2 tokens in 9.
     for m, k, block in ((1, 1152, 128), (7, 4608, 512), (3, 3072, 1024), (5, 4096, 4096), (2, 1000, 8),
-                        (300, 12288, 1024), (6, 1024, 1024)):
+                        (300, 12288, 1024), (6, 1024, 1024), (1000, 1152, 128), (333, 4608, 512)):
         x = torch.randn(m, k, generator=g).to(torch.bfloat16)
         perm = torch.randperm(k, generator=g)
         cs = torch.rand(k, generator=g) + 0.5
