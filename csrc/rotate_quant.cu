@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <numeric>
 #include <type_traits>
+#include <cstdio>
+#include <cstdlib>
 
 namespace lrq {
 namespace {
@@ -442,8 +444,12 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
   p.v = t.v;
   p.tokens = t.rows;
   p.threads = t.threads;
-  if (transpose && (block == 128 || block == 512 || block == 1024) && k >= 1024) {
-    const int r = tr_tokens(k, m, sms);
+  if (transpose && (block == 512 || block == 1024) && k >= 1024) {
+    int r = tr_tokens(k, m, sms);
+    if (const char* env = getenv("LRQ_RQ_TUNE")) {          // SCRATCH: rows:stages:persm
+      int tr = 0, st = 0, ps = 0;
+      if (sscanf(env, "%d:%d:%d", &tr, &st, &ps) == 3 && tr > 0) r = tr;
+    }
     const size_t stage_bytes = static_cast<size_t>(r) * k * x_bytes;
     const int threads = static_cast<int>((r * k + 1023) / 1024) * 32;
     if (r > 0 && 2 * stage_bytes + sizeof(float) * kTrWarpFloats * (threads / 32) <= kRingBudget + 8 * 1024) {
@@ -458,8 +464,12 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
   l.stage_elems = p.tokens * k;
   const size_t stage_bytes = static_cast<size_t>(l.stage_elems) * x_bytes;
   const size_t tr_bytes = p.transpose ? sizeof(float) * kTrWarpFloats * (p.threads / 32) : 0;
-  l.stages = gather ? 2 : 4;
+  l.stages = gather ? 2 : p.transpose ? 3 : 4;
   while (l.stages > 2 && l.stages * stage_bytes + tr_bytes > kRingBudget) --l.stages;
+  if (const char* env = getenv("LRQ_RQ_TUNE")) {
+    int tr = 0, st = 0, ps = 0;
+    if (sscanf(env, "%d:%d:%d", &tr, &st, &ps) == 3 && st > 0) l.stages = std::min(st, kMaxStages);
+  }
   l.ring_offset = kBarOffset + 2 * kMaxStages;                   // 16-byte aligned (bulk copies): 72 floats
   const int64_t ring_floats = (l.stages * stage_bytes + 15) / 16 * 4;
   l.exchange_offset = static_cast<int>(l.ring_offset + ring_floats);
@@ -478,6 +488,10 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
   int per_sm = 0;
   cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, p.threads, p.smem);
   if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(rotate_quant)", e);
+  if (const char* env = getenv("LRQ_RQ_TUNE")) {
+    int tr = 0, st = 0, ps = 0;
+    if (sscanf(env, "%d:%d:%d", &tr, &st, &ps) == 3 && ps > 0) per_sm = std::min(per_sm, ps);
+  }
   const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
   const int64_t groups = (a.m + p.tokens - 1) / p.tokens;
   if (groups + 4 * static_cast<int64_t>(sm_count(a.device)) * 32 >= (int64_t(1) << 31))
@@ -500,7 +514,6 @@ std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
   const int log_b = log2_of(a.block);
   if constexpr (FMT != kSame) {
     if (p.transpose) {
-      if (log_b == 7) return launch<T, 4, FMT, 7, true>(a, p, log_b);
       if (log_b == 9) return launch<T, 4, FMT, 9, true>(a, p, log_b);
       if (log_b == 10) return launch<T, 4, FMT, 10, true>(a, p, log_b);
     }
