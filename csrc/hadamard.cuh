@@ -184,9 +184,9 @@ __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, floa
   }
 }
 
-// The transposed layout for blocks of 128 to 1024 (rotate_quant.cu and unrotate_weight.cu): a warp owns 1024
-// consecutive values, 32 a lane (one block of 1024, or 2 of 512, or 8 of 128), and does every butterfly stage in
-// registers, in two phases with one exchange through shared memory between them:
+// The transposed layout for blocks of 32 to 1024 (taken by rotate_quant.cu for blocks of 512 and 1024, by
+// unrotate_weight.cu for 1024): a warp owns 1024 consecutive values, 32 a lane (one block of 1024, or 2 of 512, ...),
+// and does every butterfly stage in registers, in two phases with one exchange through shared memory between them:
 //   phase 1: lane l holds e = 32 l + c (c = 0..31): bits 0-4 of the index in registers;
 //   phase 2: lane l holds e = l + 32 j (j = 0..31): bits 5 .. log2(B) - 1 in registers (j's bits 0 .. log2(B) - 6,
 //            so that a block of 128 runs two stages here, of 512 four, of 1024 five).

@@ -11,8 +11,6 @@
 #include <algorithm>
 #include <numeric>
 #include <type_traits>
-#include <cstdio>
-#include <cstdlib>
 
 namespace lrq {
 namespace {
@@ -53,14 +51,18 @@ constexpr bool kBulkRing = true;
 constexpr bool kBulkRing = false;
 #endif
 
-// The transposed path (TR), for blocks of 128, 512 and 1024 with codes out, K >= 1024 and no ARS gather. A warp
-// owns 1024 consecutive values of the CTA's R * K (one block of 1024, 2 of 512 or 8 of 128; K % B == 0, so no block
-// straddles two tokens) and does every butterfly stage in registers (hadamard.cuh, transposed_hadamard) instead of
-// five of them across lanes (a shuffle and an FFMA a value a stage, 10 of the ~30 instructions a value and all of
-// the kernel's MIO pressure: ncu, session 12). Blocks of 1024, measured on the H200 against the strided path
-// (session 19, results/ab_rq_transpose.md): 0.96x the time on 4608 x 3072, 0.87x on 4608 x 12288, 0.88x on
-// 32760 x 5120. Codes go through the warp's shared memory (a byte a value at its output position, natural or GEMM
-// order) and out as 16-byte stores.
+// The transposed path (TR), for blocks of 512 and 1024 with codes out, K >= 1024 and no ARS gather. A warp owns
+// 1024 consecutive values of the CTA's R * K (one block of 1024 or 2 of 512; K % B == 0, so no block straddles two
+// tokens) and does every butterfly stage in registers (hadamard.cuh, transposed_hadamard) instead of five of them
+// across lanes (a shuffle and an FFMA a value a stage, 10 of the ~30 instructions a value and all of the kernel's
+// MIO pressure: ncu, session 12). Measured on the H200 against the strided path, new / old time: blocks of 1024
+// (session 19, results/ab_rq_transpose.md) 0.96x on 4608 x 3072, 0.87x on 4608 x 12288, 0.88x on 32760 x 5120;
+// blocks of 512 (session 20, results/ab_rq_tr512.md) 0.93x on 8192 x 4608 and 32760 x 13824. Blocks of 128 (two
+// stages in phase 2; the strided path crosses lanes in only four) stay strided: transposed, 8192 x 1152 took 1.19x
+// the strided time and 8858 x 2432 1.16x (results/ab_rq_tr128.md), and the best tokens a CTA and ring depth of
+// results/sweep_rq_tr_h200.txt still took 15.7 and 30.4 us against the strided 14.6 and 27.4 (another process).
+// Codes go through the warp's shared memory (a byte a value at its output position, natural or GEMM order) and out
+// as 16-byte stores.
 //
 // Where this warp's values sit, the same for every group: its 1024 values are elements 1024 warp ... of the CTA's
 // R * K, which belong to token tok_w up to index 32 split_j (split_j = 32: all of them) and to token tok_w + 1 after
@@ -76,7 +78,7 @@ __device__ __forceinline__ TrSlots tr_slots(int k, int lane, int warp) {
   TrSlots t;
   const int e0 = warp << 10;
   t.tok_w = e0 / k;
-  // a multiple of 4 (blocks of >= 128 values); 32 for blocks of 1024, as K % 1024 == 0
+  // a multiple of 16 (blocks of 512); 32 for blocks of 1024, as K % 1024 == 0
   t.split_j = LOG_B == 10 ? 32 : min(32, ((t.tok_w + 1) * k - e0) >> 5);
   t.tok1 = t.tok_w + (lane >= t.split_j);
   constexpr int G = 1 << (LOG_B - 5);                        // slots a block holds in phase 2
@@ -114,8 +116,8 @@ __device__ __forceinline__ void transposed_group(const T* stage, float* exchange
   float* xw = exchange + warp * kTrWarpFloats;
   float b[32];
   transposed_hadamard<LOG_B>(a, b, xw, lane);
-  // Blocks of 4^n fold their norm into the scales (the kernel's kFoldNorm); 128 and 512 multiply here, as the
-  // reference does.
+  // Blocks of 4^n fold their norm into the scales (the kernel's kFoldNorm); 512 multiplies here, as the reference
+  // does.
   if constexpr (LOG_B % 2) {
 #pragma unroll
     for (int c = 0; c < 32; ++c) b[c] = __fmul_rn(b[c], norm);
@@ -409,19 +411,20 @@ struct Plan { int v, tokens, threads; size_t smem; Layout layout; bool transpose
 // scattered shared-memory reads want more CTAs an SM rather than more groups in flight (4 stages took 1.05-1.09x
 // the time of the one-shot kernel on 3 of 6 shapes, session 12; with the int16 tables, 3 stages took 1.00-1.05x the
 // time of 2, and 4 stages 1.01-1.08x that of 3: results/ab_rq_gather3.md, ab_rq_gather4_vs_3.md, session 16).
-// The transposed path (asked for by `transpose`; blocks of 128, 512 or 1024, K >= 1024, codes out, no gather) has
-// tokens and threads of its own (tr_tokens), counts its exchange region in the budget, and is taken where 2 stages
-// and the region fit in kRingBudget + 8 KB (two CTAs an SM): every K of dit_shapes.json in bf16/fp16. Stages by
-// this budget measured as fast as any other count on FLUX K = 12288 and 15360 and Wan K = 5120 (H200, session 19;
-// 3 stages instead of 4 on K = 3072: 0.94x the time, one run, within that run's spread).
+// The transposed path (asked for by `transpose`; blocks of 512 or 1024, K >= 1024, codes out, no gather) has tokens
+// and threads of its own (tr_tokens) and 2 stages, its exchange region counted in the budget; it is taken where they
+// fit in kRingBudget + 8 KB (two CTAs an SM): every K of dit_shapes.json in bf16/fp16. 2 stages leave room for more
+// CTAs an SM, which measured faster than deeper rings (H200, session 20, results/sweep_rq_tr_h200.txt, new / old
+// time): 8192 x 4608 at 2 stages 0.91x that of 4 (3 CTAs an SM against 2); 4608 x 3072 at 2 or 3 stages 0.95x that
+// of 4; 32760 x 5120 at 3 stages 1.07x that of 2 or 4 (results/ab_rq_tr_3stages.md); K = 12288 and 15360 alike.
 // x_bytes is x's element size.
 constexpr size_t kRingBudget = 96 * 1024;
 
 // Tokens a CTA on the transposed path, whose warps take 1024 of the CTA's R * K values each (the last one partly
 // idle unless 1024 divides R * K): the least R with at least 3 warps' work and at most 1/32 of the last warp
-// idle (K = 1152: 7 tokens in 8 warps; 2432: 5 in 12; 4608: 2 in 9; K = 1024 n: 1, or 3 at K = 1024), else the
-// least idle within 16 warps (13824: 1 in 14). Then fewer while the groups would not give every SM a CTA
-// (512 x 1152: 3 tokens, 171 groups). 0: no R fits.
+// idle (K = 4608: 2 tokens in 9 warps; 1536: 2 in 3; K = 1024 n: 1, or 3 at K = 1024), else the least idle within
+// 16 warps (13824: 1 in 14). Then fewer while the groups would not give every SM a CTA (M = 256, K = 4608: 1 token).
+// 0: no R fits.
 inline int tr_tokens(int64_t k, int64_t m, int sms) {
   int best = 0;
   double best_idle = 1.0;
@@ -445,11 +448,7 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
   p.tokens = t.rows;
   p.threads = t.threads;
   if (transpose && (block == 512 || block == 1024) && k >= 1024) {
-    int r = tr_tokens(k, m, sms);
-    if (const char* env = getenv("LRQ_RQ_TUNE")) {          // SCRATCH: rows:stages:persm
-      int tr = 0, st = 0, ps = 0;
-      if (sscanf(env, "%d:%d:%d", &tr, &st, &ps) == 3 && tr > 0) r = tr;
-    }
+    const int r = tr_tokens(k, m, sms);
     const size_t stage_bytes = static_cast<size_t>(r) * k * x_bytes;
     const int threads = static_cast<int>((r * k + 1023) / 1024) * 32;
     if (r > 0 && 2 * stage_bytes + sizeof(float) * kTrWarpFloats * (threads / 32) <= kRingBudget + 8 * 1024) {
@@ -464,12 +463,8 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
   l.stage_elems = p.tokens * k;
   const size_t stage_bytes = static_cast<size_t>(l.stage_elems) * x_bytes;
   const size_t tr_bytes = p.transpose ? sizeof(float) * kTrWarpFloats * (p.threads / 32) : 0;
-  l.stages = gather ? 2 : p.transpose ? 3 : 4;
+  l.stages = gather || p.transpose ? 2 : 4;
   while (l.stages > 2 && l.stages * stage_bytes + tr_bytes > kRingBudget) --l.stages;
-  if (const char* env = getenv("LRQ_RQ_TUNE")) {
-    int tr = 0, st = 0, ps = 0;
-    if (sscanf(env, "%d:%d:%d", &tr, &st, &ps) == 3 && st > 0) l.stages = std::min(st, kMaxStages);
-  }
   l.ring_offset = kBarOffset + 2 * kMaxStages;                   // 16-byte aligned (bulk copies): 72 floats
   const int64_t ring_floats = (l.stages * stage_bytes + 15) / 16 * 4;
   l.exchange_offset = static_cast<int>(l.ring_offset + ring_floats);
@@ -488,10 +483,6 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
   int per_sm = 0;
   cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, p.threads, p.smem);
   if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(rotate_quant)", e);
-  if (const char* env = getenv("LRQ_RQ_TUNE")) {
-    int tr = 0, st = 0, ps = 0;
-    if (sscanf(env, "%d:%d:%d", &tr, &st, &ps) == 3 && ps > 0) per_sm = std::min(per_sm, ps);
-  }
   const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
   const int64_t groups = (a.m + p.tokens - 1) / p.tokens;
   if (groups + 4 * static_cast<int64_t>(sm_count(a.device)) * 32 >= (int64_t(1) << 31))
