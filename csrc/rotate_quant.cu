@@ -69,7 +69,7 @@ constexpr bool kBulkRing = false;
 // it (K >= 1024: never a third). Past the CTA's R * K, the token computed is R or more: not live.
 struct TrSlots {
   int tok_w, split_j;
-  int tok1;                   // phase 1: the token of this lane's 32 values (lane >= split_j: the second)
+  int tok1, col1;             // phase 1: the token of this lane's 32 values (lane >= split_j: the second), column
   unsigned second;            // phase 2: bit g set where this lane's g-th block of slots is token tok_w + 1's
   int out_tok[2], out_col[2]; // the two 16-byte pieces of codes this lane stores: elements 1024 warp + 16 lane + 512 q
 };
@@ -81,6 +81,7 @@ __device__ __forceinline__ TrSlots tr_slots(int k, int lane, int warp) {
   // a multiple of 16 (blocks of 512); 32 for blocks of 1024, as K % 1024 == 0
   t.split_j = LOG_B == 10 ? 32 : min(32, ((t.tok_w + 1) * k - e0) >> 5);
   t.tok1 = t.tok_w + (lane >= t.split_j);
+  t.col1 = e0 + (lane << 5) - t.tok1 * k;
   constexpr int G = 1 << (LOG_B - 5);                        // slots a block holds in phase 2
   const int jx = (lane >> 4) << 4;                           // slot s holds j = s ^ jx (hadamard.cuh)
   t.second = 0u;
@@ -170,6 +171,80 @@ __device__ __forceinline__ void transposed_group(const T* stage, float* exchange
           *reinterpret_cast<const uint4*>(codes + 16 * lane + 512 * q);
 }
 
+// Blocks of 128 on the transposed path's slots (tr_slots), without its transpose: a lane's 32 contiguous values
+// run bits 0-4 in registers and bits 5-6 across lanes (lane bits 0 and 1: a shuffle and an FFMA a value a stage, as
+// block_hadamard does), so a lane ends with 32 consecutive values of one token and writes their codes as two 16-byte
+// stores (or eight 4-byte ones in GEMM order), with no exchange and no staging of codes. The strided path does
+// 3 register stages and 4 across lanes (session 20: the full transposed layout, 7 register stages plus the
+// exchange and byte-wise code staging, measured 1.07-1.19x the strided time on 8192 x 1152 and 8858 x 2432).
+template <typename T, int FMT, int LOG_B, typename Refill, typename TokenScales>
+__device__ __forceinline__ void lane_contiguous_group(const T* stage, void* out, int64_t stride_out, int64_t row0,
+                                                      int live_tokens, const TrSlots& ts, int lane, int warp,
+                                                      unsigned* amax_bits, const float* inv_scale, float norm,
+                                                      float qmax, bool gemm_order, Refill&& refill,
+                                                      TokenScales&& token_scales) {
+  static_assert(LOG_B >= 5 && LOG_B <= 7, "blocks of 32 to 128: at most two stages across lanes");
+  const bool live = ts.tok1 < live_tokens;
+  float a[32];
+  if (live) {
+    const T* src = stage + (warp << 10) + (lane << 5);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) load8_shared<T>(src + 8 * q, a + 8 * q);
+  } else {
+#pragma unroll
+    for (int c = 0; c < 32; ++c) a[c] = 0.f;
+  }
+  refill();
+#pragma unroll
+  for (int h = 1; h < 32; h <<= 1)                           // bits 0-4
+#pragma unroll
+    for (int c = 0; c < 32; ++c)
+      if (!(c & h)) { const float lo = a[c], hi = a[c + h]; a[c] = lo + hi; a[c + h] = lo - hi; }
+#pragma unroll
+  for (int h = 1; 32 * h < (1 << LOG_B); h <<= 1) {          // bits 5-6: lane bits 0-1
+    const float sign = (lane & h) ? -1.f : 1.f;
+#pragma unroll
+    for (int c = 0; c < 32; ++c) a[c] = __fmaf_rn(sign, a[c], __shfl_xor_sync(0xffffffffu, a[c], h));
+  }
+  if constexpr (LOG_B % 2) {
+#pragma unroll
+    for (int c = 0; c < 32; ++c) a[c] = __fmul_rn(a[c], norm);
+  }
+
+  // Per-token absmax: this lane's values are token tok1's, which is tok_w or tok_w + 1.
+  unsigned mx = 0u;
+#pragma unroll
+  for (int c = 0; c < 32; ++c) mx = max(mx, __float_as_uint(fabsf(a[c])));
+  const bool second = ts.tok1 != ts.tok_w;
+  const unsigned m0 = __reduce_max_sync(0xffffffffu, second ? 0u : mx);
+  const unsigned m1 = __reduce_max_sync(0xffffffffu, second ? mx : 0u);
+  if (lane == 0 && ts.tok_w < live_tokens) atomicMax(&amax_bits[ts.tok_w], m0);
+  if (lane == 0 && ts.split_j < 32 && ts.tok_w + 1 < live_tokens) atomicMax(&amax_bits[ts.tok_w + 1], m1);
+  token_scales();
+
+  const float inv = inv_scale[min(ts.tok1, kMaxTokensPerCta - 1)];
+  uint32_t w[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t lo = quantize_pair<FMT>(__fmul_rn(a[4 * i], inv), __fmul_rn(a[4 * i + 1], inv), qmax);
+    const uint32_t hi = quantize_pair<FMT>(__fmul_rn(a[4 * i + 2], inv), __fmul_rn(a[4 * i + 3], inv), qmax);
+    w[i] = lo | (hi << 16);
+  }
+  if (!live) return;
+  uint8_t* dst = static_cast<uint8_t*>(out) + (row0 + ts.tok1) * stride_out + ts.col1;
+  if (gemm_order) {
+    // the W4A8 GEMM's K order (gemm_a8_sm90.cu): K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in its 128; this
+    // lane's values are q = (col1 & 127) / 32, so word i = 2j + h goes to 16 i + 4q
+    const int c = ts.col1 & 127;
+    uint8_t* base = dst - c + (c >> 3);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) *reinterpret_cast<uint32_t*>(base + 16 * i) = w[i];
+  } else {
+    reinterpret_cast<uint4*>(dst)[0] = make_uint4(w[0], w[1], w[2], w[3]);
+    reinterpret_cast<uint4*>(dst)[1] = make_uint4(w[4], w[5], w[6], w[7]);
+  }
+}
+
 // LOG_B: log2 of the Hadamard block, fixed at compile time for the blocks and V that dispatch_v lists (0: read
 // from log_b_arg). With it fixed, the stage loops have no exits, so the butterflies need no branches and no register
 // copies back to the loop's registers (ncu, session 6: branches and copies were ~5 of 36 instructions a value).
@@ -237,9 +312,8 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         T* stage = ring + slot * lay.stage_elems;
         if constexpr (TR) {                                   // the 32 values this lane reads in phase 1
           if (ts.tok1 < live_tokens) {
-            const int e = (warp << 10) + (lane << 5);
-            const T* src = x + (row0 + ts.tok1) * stride_x + (e - ts.tok1 * k);
-            T* dst = stage + e;
+            const T* src = x + (row0 + ts.tok1) * stride_x + ts.col1;
+            T* dst = stage + (warp << 10) + (lane << 5);
 #pragma unroll
             for (int q = 0; q < 4 * kPieces; ++q) cp_async16(dst + q * (16 / sizeof(T)), src + q * (16 / sizeof(T)));
           }
@@ -311,7 +385,10 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
       parity ^= 1;
     };
 
-    if constexpr (TR) {
+    if constexpr (TR && LOG_B <= 7) {
+      lane_contiguous_group<T, FMT, LOG_B>(stage, out, stride_out, row0, live_tokens, ts, lane, warp, amax_bits,
+                                           inv_scale, norm, qmax, gemm_order, refill, token_scales);
+    } else if constexpr (TR) {
       transposed_group<T, FMT, LOG_B>(stage, exchange, out, stride_out, row0, live_tokens, ts, lane, warp,
                                       amax_bits, inv_scale, norm, qmax, gemm_order, refill, token_scales);
     } else {
@@ -447,11 +524,15 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
   p.v = t.v;
   p.tokens = t.rows;
   p.threads = t.threads;
-  if (transpose && (block == 512 || block == 1024) && k >= 1024) {
+  // blocks of 128: lane_contiguous_group, no exchange region
+  const auto exchange_for = [&](int threads) -> size_t {
+    return block > 128 ? sizeof(float) * kTrWarpFloats * (threads / 32) : 0;
+  };
+  if (transpose && (block == 128 || block == 512 || block == 1024) && k >= 1024) {
     const int r = tr_tokens(k, m, sms);
     const size_t stage_bytes = static_cast<size_t>(r) * k * x_bytes;
     const int threads = static_cast<int>((r * k + 1023) / 1024) * 32;
-    if (r > 0 && 2 * stage_bytes + sizeof(float) * kTrWarpFloats * (threads / 32) <= kRingBudget + 8 * 1024) {
+    if (r > 0 && 2 * stage_bytes + exchange_for(threads) <= kRingBudget + 8 * 1024) {
       p.transpose = true;
       p.v = 4;                                                   // the kernel's launch bounds: Bounds<4>
       p.tokens = r;
@@ -462,7 +543,7 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
   Layout& l = p.layout;
   l.stage_elems = p.tokens * k;
   const size_t stage_bytes = static_cast<size_t>(l.stage_elems) * x_bytes;
-  const size_t tr_bytes = p.transpose ? sizeof(float) * kTrWarpFloats * (p.threads / 32) : 0;
+  const size_t tr_bytes = p.transpose ? exchange_for(p.threads) : 0;
   l.stages = gather || p.transpose ? 2 : 4;
   while (l.stages > 2 && l.stages * stage_bytes + tr_bytes > kRingBudget) --l.stages;
   l.ring_offset = kBarOffset + 2 * kMaxStages;                   // 16-byte aligned (bulk copies): 72 floats
@@ -505,6 +586,7 @@ std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
   const int log_b = log2_of(a.block);
   if constexpr (FMT != kSame) {
     if (p.transpose) {
+      if (log_b == 7) return launch<T, 4, FMT, 7, true>(a, p, log_b);
       if (log_b == 9) return launch<T, 4, FMT, 9, true>(a, p, log_b);
       if (log_b == 10) return launch<T, 4, FMT, 10, true>(a, p, log_b);
     }
