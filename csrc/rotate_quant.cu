@@ -57,12 +57,9 @@ constexpr bool kBulkRing = false;
 // across lanes (a shuffle and an FFMA a value a stage, 10 of the ~30 instructions a value and all of the kernel's
 // MIO pressure: ncu, session 12). Measured on the H200 against the strided path, new / old time: blocks of 1024
 // (session 19, results/ab_rq_transpose.md) 0.96x on 4608 x 3072, 0.87x on 4608 x 12288, 0.88x on 32760 x 5120;
-// blocks of 512 (session 20, results/ab_rq_tr512.md) 0.93x on 8192 x 4608 and 32760 x 13824. Blocks of 128 (two
-// stages in phase 2; the strided path crosses lanes in only four) stay strided: transposed, 8192 x 1152 took 1.19x
-// the strided time and 8858 x 2432 1.16x (results/ab_rq_tr128.md), and the best tokens a CTA and ring depth of
-// results/sweep_rq_tr_h200.txt still took 15.7 and 30.4 us against the strided 14.6 and 27.4 (another process).
-// Codes go through the warp's shared memory (a byte a value at its output position, natural or GEMM order) and out
-// as 16-byte stores.
+// blocks of 512 (session 20, results/ab_rq_tr512.md) 0.93x on 8192 x 4608 and 32760 x 13824. Codes go through the
+// warp's shared memory (a byte a value at its output position, natural or GEMM order) and out as 16-byte stores.
+// Blocks of 128 take the same slots without the transpose (lane_contiguous_group below).
 //
 // Where this warp's values sit, the same for every group: its 1024 values are elements 1024 warp ... of the CTA's
 // R * K, which belong to token tok_w up to index 32 split_j (split_j = 32: all of them) and to token tok_w + 1 after
@@ -78,7 +75,7 @@ __device__ __forceinline__ TrSlots tr_slots(int k, int lane, int warp) {
   TrSlots t;
   const int e0 = warp << 10;
   t.tok_w = e0 / k;
-  // a multiple of 16 (blocks of 512); 32 for blocks of 1024, as K % 1024 == 0
+  // a multiple of 4 (blocks of >= 128 values); 32 for blocks of 1024, as K % 1024 == 0
   t.split_j = LOG_B == 10 ? 32 : min(32, ((t.tok_w + 1) * k - e0) >> 5);
   t.tok1 = t.tok_w + (lane >= t.split_j);
   t.col1 = e0 + (lane << 5) - t.tok1 * k;
@@ -174,9 +171,11 @@ __device__ __forceinline__ void transposed_group(const T* stage, float* exchange
 // Blocks of 128 on the transposed path's slots (tr_slots), without its transpose: a lane's 32 contiguous values
 // run bits 0-4 in registers and bits 5-6 across lanes (lane bits 0 and 1: a shuffle and an FFMA a value a stage, as
 // block_hadamard does), so a lane ends with 32 consecutive values of one token and writes their codes as two 16-byte
-// stores (or eight 4-byte ones in GEMM order), with no exchange and no staging of codes. The strided path does
-// 3 register stages and 4 across lanes (session 20: the full transposed layout, 7 register stages plus the
-// exchange and byte-wise code staging, measured 1.07-1.19x the strided time on 8192 x 1152 and 8858 x 2432).
+// stores (or eight 4-byte ones in GEMM order), with no exchange and no staging of codes. Against the strided path
+// (3 register stages, 4 across lanes), new / old time on the H200 (session 20, results/ab_rq_lanes128.md): 0.88x on
+// 8192 x 1152 (72% -> 82% of copy), 0.97x on 8858 x 2432, 0.92x on 512 x 1152. The full transposed layout (7
+// register stages, then the exchange and byte-wise code staging) had taken 1.19x and 1.16x (results/ab_rq_tr128.md;
+// no better at any tokens a CTA or ring depth, results/sweep_rq_tr_h200.txt).
 template <typename T, int FMT, int LOG_B, typename Refill, typename TokenScales>
 __device__ __forceinline__ void lane_contiguous_group(const T* stage, void* out, int64_t stride_out, int64_t row0,
                                                       int live_tokens, const TrSlots& ts, int lane, int warp,
@@ -488,19 +487,22 @@ struct Plan { int v, tokens, threads; size_t smem; Layout layout; bool transpose
 // scattered shared-memory reads want more CTAs an SM rather than more groups in flight (4 stages took 1.05-1.09x
 // the time of the one-shot kernel on 3 of 6 shapes, session 12; with the int16 tables, 3 stages took 1.00-1.05x the
 // time of 2, and 4 stages 1.01-1.08x that of 3: results/ab_rq_gather3.md, ab_rq_gather4_vs_3.md, session 16).
-// The transposed path (asked for by `transpose`; blocks of 512 or 1024, K >= 1024, codes out, no gather) has tokens
-// and threads of its own (tr_tokens) and 2 stages, its exchange region counted in the budget; it is taken where they
-// fit in kRingBudget + 8 KB (two CTAs an SM): every K of dit_shapes.json in bf16/fp16. 2 stages leave room for more
-// CTAs an SM, which measured faster than deeper rings (H200, session 20, results/sweep_rq_tr_h200.txt, new / old
-// time): 8192 x 4608 at 2 stages 0.91x that of 4 (3 CTAs an SM against 2); 4608 x 3072 at 2 or 3 stages 0.95x that
-// of 4; 32760 x 5120 at 3 stages 1.07x that of 2 or 4 (results/ab_rq_tr_3stages.md); K = 12288 and 15360 alike.
+// The transposed path (asked for by `transpose`; blocks of 128, 512 or 1024, K >= 1024, codes out, no gather) has
+// tokens and threads of its own (tr_tokens) and 2 stages, its exchange region (none for 128) counted in the budget;
+// it is taken where they fit in kRingBudget + 8 KB (two CTAs an SM): every K of dit_shapes.json in bf16/fp16.
+// 2 stages leave room for more CTAs an SM, which measured faster than deeper rings (H200, session 20,
+// results/sweep_rq_tr_h200.txt, new / old time): 8192 x 4608 at 2 stages 0.91x that of 4 (3 CTAs an SM against 2);
+// 4608 x 3072 at 2 or 3 stages 0.95x that of 4; 32760 x 5120 at 3 stages 1.07x that of 2 or 4
+// (results/ab_rq_tr_3stages.md); K = 12288 and 15360 alike. (Blocks of 128 without the transpose: 2 stages, not
+// swept.)
 // x_bytes is x's element size.
 constexpr size_t kRingBudget = 96 * 1024;
 
 // Tokens a CTA on the transposed path, whose warps take 1024 of the CTA's R * K values each (the last one partly
 // idle unless 1024 divides R * K): the least R with at least 3 warps' work and at most 1/32 of the last warp
-// idle (K = 4608: 2 tokens in 9 warps; 1536: 2 in 3; K = 1024 n: 1, or 3 at K = 1024), else the least idle within
-// 16 warps (13824: 1 in 14). Then fewer while the groups would not give every SM a CTA (M = 256, K = 4608: 1 token).
+// idle (K = 1152: 7 tokens in 8 warps; 2432: 5 in 12; 4608: 2 in 9; K = 1024 n: 1, or 3 at K = 1024), else the
+// least idle within 16 warps (13824: 1 in 14). Then fewer while the groups would not give every SM a CTA
+// (512 x 1152: 3 tokens, 171 groups).
 // 0: no R fits.
 inline int tr_tokens(int64_t k, int64_t m, int sms) {
   int best = 0;
