@@ -94,14 +94,10 @@ __device__ __forceinline__ TrSlots tr_slots(int k, int lane, int warp) {
   return t;
 }
 
-template <typename T, int FMT, int LOG_B, typename Refill, typename TokenScales>
-__device__ __forceinline__ void transposed_group(const T* stage, float* exchange, void* out, int64_t stride_out,
-                                                 int64_t row0, int live_tokens, const TrSlots& ts, int lane,
-                                                 int warp, unsigned* amax_bits, const float* inv_scale, float norm,
-                                                 float qmax, bool gemm_order, Refill&& refill,
-                                                 TokenScales&& token_scales) {
-  float a[32];
-  if (ts.tok1 < live_tokens) {
+// Phase 1's values of this lane: elements 1024 warp + 32 lane ... + 31 of the staged group (zeros if not live).
+template <typename T>
+__device__ __forceinline__ void load_lane32(const T* stage, bool live, int lane, int warp, float (&a)[32]) {
+  if (live) {
     const T* src = stage + (warp << 10) + (lane << 5);
 #pragma unroll
     for (int q = 0; q < 4; ++q) load8_shared<T>(src + 8 * q, a + 8 * q);
@@ -109,6 +105,16 @@ __device__ __forceinline__ void transposed_group(const T* stage, float* exchange
 #pragma unroll
     for (int c = 0; c < 32; ++c) a[c] = 0.f;
   }
+}
+
+template <typename T, int FMT, int LOG_B, typename Refill, typename TokenScales>
+__device__ __forceinline__ void transposed_group(const T* stage, float* exchange, void* out, int64_t stride_out,
+                                                 int64_t row0, int live_tokens, const TrSlots& ts, int lane,
+                                                 int warp, unsigned* amax_bits, const float* inv_scale, float norm,
+                                                 float qmax, bool gemm_order, Refill&& refill,
+                                                 TokenScales&& token_scales) {
+  float a[32];
+  load_lane32<T>(stage, ts.tok1 < live_tokens, lane, warp, a);
   refill();
 
   float* xw = exchange + warp * kTrWarpFloats;
@@ -185,14 +191,7 @@ __device__ __forceinline__ void lane_contiguous_group(const T* stage, void* out,
   static_assert(LOG_B >= 5 && LOG_B <= 7, "blocks of 32 to 128: at most two stages across lanes");
   const bool live = ts.tok1 < live_tokens;
   float a[32];
-  if (live) {
-    const T* src = stage + (warp << 10) + (lane << 5);
-#pragma unroll
-    for (int q = 0; q < 4; ++q) load8_shared<T>(src + 8 * q, a + 8 * q);
-  } else {
-#pragma unroll
-    for (int c = 0; c < 32; ++c) a[c] = 0.f;
-  }
+  load_lane32<T>(stage, live, lane, warp, a);
   refill();
 #pragma unroll
   for (int h = 1; h < 32; h <<= 1)                           // bits 0-4
