@@ -208,14 +208,20 @@ constexpr int kTrWarpFloats = 2 * kTrBlockFloats;             // a warp's exchan
 // lane + 32 j, j = s ^ 16 (lane >> 4): on lanes 16-31 the two halves of b are swapped (callers place each value
 // by j, i.e. offset 512 (lane >> 4) in opposite directions for s < 16 and s >= 16). xw: the warp's kTrWarpFloats
 // floats of shared memory; other lanes may still read it when this returns (a barrier before reuse).
+// Butterfly stages h = 1, 2, 4, ... < kEnd over a lane's 32 registers, bit 0 first (lower = a + b, upper = a - b).
+template <int kEnd>
+__device__ __forceinline__ void register_butterflies(float (&v)[32]) {
+#pragma unroll
+  for (int h = 1; h < kEnd; h <<= 1)
+#pragma unroll
+    for (int c = 0; c < 32; ++c)
+      if (!(c & h)) { const float lo = v[c], hi = v[c + h]; v[c] = lo + hi; v[c + h] = lo - hi; }
+}
+
 template <int LOG_B>
 __device__ __forceinline__ void transposed_hadamard(float (&a)[32], float (&b)[32], float* xw, int lane) {
   static_assert(LOG_B >= 5 && LOG_B <= 10, "the transposed layout holds blocks of 32 to 1024");
-#pragma unroll
-  for (int h = 1; h < 16; h <<= 1)                           // phase 1: bits 0-3
-#pragma unroll
-    for (int c = 0; c < 32; ++c)
-      if (!(c & h)) { const float lo = a[c], hi = a[c + h]; a[c] = lo + hi; a[c + h] = lo - hi; }
+  register_butterflies<16>(a);                               // phase 1: bits 0-3
   const int half = lane >> 4, r = lane & 15;
   const float swap = half ? -1.f : 1.f;
 #pragma unroll
@@ -242,11 +248,7 @@ __device__ __forceinline__ void transposed_hadamard(float (&a)[32], float (&b)[3
 #pragma unroll
     for (int i = 0; i < 16; ++i) b[16 * round + i] = rblk[i * 16 + ((rq ^ ((i >> 1) & 3)) << 2) + rl];
   }
-#pragma unroll
-  for (int h = 1; h < 16 && 32 * h < (1 << LOG_B); h <<= 1)  // phase 2: bits 5-8 inside each half
-#pragma unroll
-    for (int c = 0; c < 32; ++c)
-      if (!(c & h)) { const float lo = b[c], hi = b[c + h]; b[c] = lo + hi; b[c + h] = lo - hi; }
+  register_butterflies<(LOG_B < 9 ? 1 << (LOG_B - 5) : 16)>(b);  // phase 2: bits 5-8 inside each half
   if constexpr (LOG_B == 10) {
 #pragma unroll
     for (int i = 0; i < 16; ++i) {                           // bit 9: the lower value is b[i] on lanes 0-15

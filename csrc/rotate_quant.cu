@@ -193,11 +193,7 @@ __device__ __forceinline__ void lane_contiguous_group(const T* stage, void* out,
   float a[32];
   load_lane32<T>(stage, live, lane, warp, a);
   refill();
-#pragma unroll
-  for (int h = 1; h < 32; h <<= 1)                           // bits 0-4
-#pragma unroll
-    for (int c = 0; c < 32; ++c)
-      if (!(c & h)) { const float lo = a[c], hi = a[c + h]; a[c] = lo + hi; a[c + h] = lo - hi; }
+  register_butterflies<32>(a);                               // bits 0-4
 #pragma unroll
   for (int h = 1; 32 * h < (1 << LOG_B); h <<= 1) {          // bits 5-6: lane bits 0-1
     const float sign = (lane & h) ? -1.f : 1.f;
@@ -501,8 +497,7 @@ constexpr size_t kRingBudget = 96 * 1024;
 // idle unless 1024 divides R * K): the least R with at least 3 warps' work and at most 1/32 of the last warp
 // idle (K = 1152: 7 tokens in 8 warps; 2432: 5 in 12; 4608: 2 in 9; K = 1024 n: 1, or 3 at K = 1024), else the
 // least idle within 16 warps (13824: 1 in 14). Then fewer while the groups would not give every SM a CTA
-// (512 x 1152: 3 tokens, 171 groups).
-// 0: no R fits.
+// (512 x 1152: 3 tokens, 171 groups). 0: no R fits.
 inline int tr_tokens(int64_t k, int64_t m, int sms) {
   int best = 0;
   double best_idle = 1.0;
