@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <numeric>
 #include <type_traits>
+#include <cstdio>
+#include <cstdlib>
 
 namespace lrq {
 namespace {
@@ -256,7 +258,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     const T* __restrict__ x, int64_t stride_x, const int16_t* __restrict__ perm16,
     const float* __restrict__ scale_lanes, void* __restrict__ out, int64_t stride_out,
     float* __restrict__ scales, int64_t m, int k, int log_b_arg, int tokens_per_cta, Layout lay, float norm,
-    float qmax, bool gemm_order) {
+    float qmax, bool gemm_order, bool contiguous) {
   const int log_b = LOG_B ? LOG_B : log_b_arg;
   extern __shared__ __align__(16) float smem[];
   unsigned* amax_sets = reinterpret_cast<unsigned*>(smem);   // [2][kMaxTokensPerCta]
@@ -266,9 +268,23 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   const int cta_elems = tokens_per_cta * k;
   const int groups = static_cast<int>((m + tokens_per_cta - 1) / tokens_per_cta);   // < 2^31 (launcher)
   constexpr int kPieces = 8 * sizeof(T) / 16;                 // 16-byte pieces of a vector of 8 values
-  // Tokens of the group starting at row0 that exist (the last group may be partial).
+  // Iteration `it` of this CTA takes the R tokens from row first + it * step, those below `end` (the last may be
+  // partial).
+  int64_t first, step, end;
+  int iters;
+  if (contiguous) {
+    first = m * blockIdx.x / gridDim.x;
+    end = m * (blockIdx.x + 1) / gridDim.x;
+    step = tokens_per_cta;
+    iters = static_cast<int>((end - first + tokens_per_cta - 1) / tokens_per_cta);
+  } else {
+    first = static_cast<int64_t>(blockIdx.x) * tokens_per_cta;
+    end = m;
+    step = static_cast<int64_t>(gridDim.x) * tokens_per_cta;
+    iters = groups > static_cast<int>(blockIdx.x) ? (groups - 1 - static_cast<int>(blockIdx.x)) / gridDim.x + 1 : 0;
+  }
   const auto live_tokens_at = [&](int64_t row0) {
-    return static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), m - row0));
+    return static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), end - row0));
   };
 
   if (threadIdx.x < 2 * kMaxTokensPerCta) amax_sets[threadIdx.x] = 0u;
@@ -287,10 +303,10 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   // Copies group `grp`'s input into ring stage `slot` (nothing past the last group: on sm_80 an empty commit group
   // keeps the count of groups in flight the same on every iteration). Slot e of a stage is element e = tok * K + col.
   // Hopper: the calling thread 0 arms the stage's barrier with the group's bytes and copies each live token's row.
-  auto fetch = [&](int grp, int slot) {
+  auto fetch = [&](int it, int slot) {
     if constexpr (kBulkRing) {
-      if (threadIdx.x == 0 && grp < groups) {
-        const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
+      if (threadIdx.x == 0 && it < iters) {
+        const int64_t row0 = first + it * step;
         const int live_tokens = live_tokens_at(row0);
         const uint32_t bar = bar0 + 8 * slot, row_bytes = static_cast<uint32_t>(k * sizeof(T));
         const uint32_t stage = smem_u32(ring + slot * lay.stage_elems);
@@ -300,8 +316,8 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
           bulk_copy_g2s(stage + t * row_bytes, x + (row0 + t) * stride_x, row_bytes, bar);
       }
     } else {
-      if (grp < groups) {
-        const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
+      if (it < iters) {
+        const int64_t row0 = first + it * step;
         const int live_tokens = live_tokens_at(row0);
         T* stage = ring + slot * lay.stage_elems;
         if constexpr (TR) {                                   // the 32 values this lane reads in phase 1
@@ -326,13 +342,13 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
       cp_async_commit();
     }
   };
-  for (int s = 0; s + 1 < lay.stages; ++s) fetch(blockIdx.x + s * gridDim.x, s);
+  for (int s = 0; s + 1 < lay.stages; ++s) fetch(s, s);
   __syncthreads();                                            // amax_sets initialised
 
   int slot = 0, parity = 0;
   uint32_t ring_phase = 0;                                    // bit s: the parity of stage s's next phase
-  for (int grp = blockIdx.x; grp < groups; grp += gridDim.x) {
-    const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
+  for (int it = 0; it < iters; ++it) {
+    const int64_t row0 = first + it * step;
     const int live_tokens = live_tokens_at(row0);
     unsigned* amax_bits = amax_sets + parity * kMaxTokensPerCta;
 
@@ -349,7 +365,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     // thread read it, before the previous iteration's amax barriers (FP8/INT codes), or before the barrier here.
     const auto refill = [&]() {
       if (kBulkRing && FMT == kSame) __syncthreads();
-      fetch(grp + (lay.stages - 1) * gridDim.x, slot == 0 ? lay.stages - 1 : slot - 1);
+      fetch(it + lay.stages - 1, slot == 0 ? lay.stages - 1 : slot - 1);
       slot = slot + 1 == lay.stages ? 0 : slot + 1;
     };
     // Codes from a block of 4^n values (norm = 2^-n, exact): the butterflies' sums quantized with the inverse scale
@@ -369,8 +385,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
       if (threadIdx.x < tokens_per_cta) {
         float amax = __uint_as_float(amax_bits[threadIdx.x]);
         if (kFoldNorm) amax = __fmul_rn(amax, norm);
-        const int64_t row = row0 + threadIdx.x;
-        if (row < m) scales[row] = __fdiv_rn(amax, qmax);
+        if (threadIdx.x < live_tokens) scales[row0 + threadIdx.x] = __fdiv_rn(amax, qmax);
         const float inv = amax > 0.f ? __fdiv_rn(qmax, amax) : 0.f;
         inv_scale[threadIdx.x] = kFoldNorm ? __fmul_rn(inv, norm) : inv;
         amax_sets[(parity ^ 1) * kMaxTokensPerCta + threadIdx.x] = 0u;
@@ -525,7 +540,11 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
     return block > 128 ? sizeof(float) * kTrWarpFloats * (threads / 32) : 0;
   };
   if (transpose && (block == 128 || block == 512 || block == 1024) && k >= 1024) {
-    const int r = tr_tokens(k, m, sms);
+    int r = tr_tokens(k, m, sms);
+    if (const char* env = getenv("LRQ_RQ_TUNE")) {          // SCRATCH: rows:stages:persm:contiguous
+      int tr = 0, st = 0, ps = 0, ct = 0;
+      if (sscanf(env, "%d:%d:%d:%d", &tr, &st, &ps, &ct) >= 1 && tr > 0) r = tr;
+    }
     const size_t stage_bytes = static_cast<size_t>(r) * k * x_bytes;
     const int threads = static_cast<int>((r * k + 1023) / 1024) * 32;
     if (r > 0 && 2 * stage_bytes + exchange_for(threads) <= kRingBudget + 8 * 1024) {
@@ -542,6 +561,10 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
   const size_t tr_bytes = p.transpose ? exchange_for(p.threads) : 0;
   l.stages = gather || p.transpose ? 2 : 4;
   while (l.stages > 2 && l.stages * stage_bytes + tr_bytes > kRingBudget) --l.stages;
+  if (const char* env = getenv("LRQ_RQ_TUNE")) {
+    int tr = 0, st = 0, ps = 0, ct = 0;
+    if (sscanf(env, "%d:%d:%d:%d", &tr, &st, &ps, &ct) >= 2 && st > 0) l.stages = std::min(st, kMaxStages);
+  }
   l.ring_offset = kBarOffset + 2 * kMaxStages;                   // 16-byte aligned (bulk copies): 72 floats
   const int64_t ring_floats = (l.stages * stage_bytes + 15) / 16 * 4;
   l.exchange_offset = static_cast<int>(l.ring_offset + ring_floats);
@@ -560,14 +583,24 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
   int per_sm = 0;
   cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, p.threads, p.smem);
   if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(rotate_quant)", e);
+  bool contiguous = false;
+  int grid_override = 0;
+  if (const char* env = getenv("LRQ_RQ_TUNE")) {
+    int tr = 0, st = 0, ps = 0, ct = 0;
+    sscanf(env, "%d:%d:%d:%d:%d", &tr, &st, &ps, &ct, &grid_override);
+    if (ps > 0) per_sm = std::min(per_sm, ps);
+    contiguous = ct != 0;
+  }
   const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
   const int64_t groups = (a.m + p.tokens - 1) / p.tokens;
   if (groups + 4 * static_cast<int64_t>(sm_count(a.device)) * 32 >= (int64_t(1) << 31))
     return "rotate_quant: M=" + std::to_string(a.m) + " is too large (token groups must fit in 31 bits)";
-  const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
+  int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
+  if (grid_override > 0) grid = std::min<int64_t>(groups, grid_override);
+  if (grid_override < 0) grid = (groups + (groups + grid - 1) / grid - 1) / ((groups + grid - 1) / grid);
   kernel<<<static_cast<unsigned>(grid), p.threads, p.smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
       static_cast<const T*>(a.x), a.stride_x, a.perm16, a.scale_lanes, a.out, a.stride_out,
-      a.scales, a.m, a.k, log_b, p.tokens, p.layout, norm, a.qmax, a.gemm_order);
+      a.scales, a.m, a.k, log_b, p.tokens, p.layout, norm, a.qmax, a.gemm_order, contiguous);
   return last_launch_error("rotate_quant_kernel");
 }
 
