@@ -11,8 +11,6 @@
 #include <algorithm>
 #include <numeric>
 #include <type_traits>
-#include <cstdio>
-#include <cstdlib>
 
 namespace lrq {
 namespace {
@@ -258,7 +256,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     const T* __restrict__ x, int64_t stride_x, const int16_t* __restrict__ perm16,
     const float* __restrict__ scale_lanes, void* __restrict__ out, int64_t stride_out,
     float* __restrict__ scales, int64_t m, int k, int log_b_arg, int tokens_per_cta, Layout lay, float norm,
-    float qmax, bool gemm_order, bool contiguous) {
+    float qmax, bool gemm_order) {
   const int log_b = LOG_B ? LOG_B : log_b_arg;
   extern __shared__ __align__(16) float smem[];
   unsigned* amax_sets = reinterpret_cast<unsigned*>(smem);   // [2][kMaxTokensPerCta]
@@ -268,23 +266,9 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   const int cta_elems = tokens_per_cta * k;
   const int groups = static_cast<int>((m + tokens_per_cta - 1) / tokens_per_cta);   // < 2^31 (launcher)
   constexpr int kPieces = 8 * sizeof(T) / 16;                 // 16-byte pieces of a vector of 8 values
-  // Iteration `it` of this CTA takes the R tokens from row first + it * step, those below `end` (the last may be
-  // partial).
-  int64_t first, step, end;
-  int iters;
-  if (contiguous) {
-    first = m * blockIdx.x / gridDim.x;
-    end = m * (blockIdx.x + 1) / gridDim.x;
-    step = tokens_per_cta;
-    iters = static_cast<int>((end - first + tokens_per_cta - 1) / tokens_per_cta);
-  } else {
-    first = static_cast<int64_t>(blockIdx.x) * tokens_per_cta;
-    end = m;
-    step = static_cast<int64_t>(gridDim.x) * tokens_per_cta;
-    iters = groups > static_cast<int>(blockIdx.x) ? (groups - 1 - static_cast<int>(blockIdx.x)) / gridDim.x + 1 : 0;
-  }
+  // Tokens of the group starting at row0 that exist (the last group may be partial).
   const auto live_tokens_at = [&](int64_t row0) {
-    return static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), end - row0));
+    return static_cast<int>(min(static_cast<int64_t>(tokens_per_cta), m - row0));
   };
 
   if (threadIdx.x < 2 * kMaxTokensPerCta) amax_sets[threadIdx.x] = 0u;
@@ -303,10 +287,10 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   // Copies group `grp`'s input into ring stage `slot` (nothing past the last group: on sm_80 an empty commit group
   // keeps the count of groups in flight the same on every iteration). Slot e of a stage is element e = tok * K + col.
   // Hopper: the calling thread 0 arms the stage's barrier with the group's bytes and copies each live token's row.
-  auto fetch = [&](int it, int slot) {
+  auto fetch = [&](int grp, int slot) {
     if constexpr (kBulkRing) {
-      if (threadIdx.x == 0 && it < iters) {
-        const int64_t row0 = first + it * step;
+      if (threadIdx.x == 0 && grp < groups) {
+        const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
         const int live_tokens = live_tokens_at(row0);
         const uint32_t bar = bar0 + 8 * slot, row_bytes = static_cast<uint32_t>(k * sizeof(T));
         const uint32_t stage = smem_u32(ring + slot * lay.stage_elems);
@@ -316,8 +300,8 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
           bulk_copy_g2s(stage + t * row_bytes, x + (row0 + t) * stride_x, row_bytes, bar);
       }
     } else {
-      if (it < iters) {
-        const int64_t row0 = first + it * step;
+      if (grp < groups) {
+        const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
         const int live_tokens = live_tokens_at(row0);
         T* stage = ring + slot * lay.stage_elems;
         if constexpr (TR) {                                   // the 32 values this lane reads in phase 1
@@ -342,13 +326,13 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
       cp_async_commit();
     }
   };
-  for (int s = 0; s + 1 < lay.stages; ++s) fetch(s, s);
+  for (int s = 0; s + 1 < lay.stages; ++s) fetch(blockIdx.x + s * gridDim.x, s);
   __syncthreads();                                            // amax_sets initialised
 
   int slot = 0, parity = 0;
   uint32_t ring_phase = 0;                                    // bit s: the parity of stage s's next phase
-  for (int it = 0; it < iters; ++it) {
-    const int64_t row0 = first + it * step;
+  for (int grp = blockIdx.x; grp < groups; grp += gridDim.x) {
+    const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
     const int live_tokens = live_tokens_at(row0);
     unsigned* amax_bits = amax_sets + parity * kMaxTokensPerCta;
 
@@ -365,7 +349,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     // thread read it, before the previous iteration's amax barriers (FP8/INT codes), or before the barrier here.
     const auto refill = [&]() {
       if (kBulkRing && FMT == kSame) __syncthreads();
-      fetch(it + lay.stages - 1, slot == 0 ? lay.stages - 1 : slot - 1);
+      fetch(grp + (lay.stages - 1) * gridDim.x, slot == 0 ? lay.stages - 1 : slot - 1);
       slot = slot + 1 == lay.stages ? 0 : slot + 1;
     };
     // Codes from a block of 4^n values (norm = 2^-n, exact): the butterflies' sums quantized with the inverse scale
@@ -385,7 +369,8 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
       if (threadIdx.x < tokens_per_cta) {
         float amax = __uint_as_float(amax_bits[threadIdx.x]);
         if (kFoldNorm) amax = __fmul_rn(amax, norm);
-        if (threadIdx.x < live_tokens) scales[row0 + threadIdx.x] = __fdiv_rn(amax, qmax);
+        const int64_t row = row0 + threadIdx.x;
+        if (row < m) scales[row] = __fdiv_rn(amax, qmax);
         const float inv = amax > 0.f ? __fdiv_rn(qmax, amax) : 0.f;
         inv_scale[threadIdx.x] = kFoldNorm ? __fmul_rn(inv, norm) : inv;
         amax_sets[(parity ^ 1) * kMaxTokensPerCta + threadIdx.x] = 0u;
@@ -490,7 +475,8 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   if (!kBulkRing) cp_async_wait<0>();                         // no copy outlives the CTA (empty groups only)
 }
 
-struct Plan { int v, tokens, threads; size_t smem; Layout layout; bool transpose; };
+// max_ctas_per_sm: 0 leaves CTAs an SM to the occupancy calculator.
+struct Plan { int v, tokens, threads; size_t smem; Layout layout; bool transpose; int max_ctas_per_sm; };
 
 // V, tokens a CTA and threads: tiling_for (hadamard.cuh).
 // Ring stages: 4 where they fit in kRingBudget, down to 2 (the least a ring can be). With the ARS gather, 2: its
@@ -498,21 +484,22 @@ struct Plan { int v, tokens, threads; size_t smem; Layout layout; bool transpose
 // the time of the one-shot kernel on 3 of 6 shapes, session 12; with the int16 tables, 3 stages took 1.00-1.05x the
 // time of 2, and 4 stages 1.01-1.08x that of 3: results/ab_rq_gather3.md, ab_rq_gather4_vs_3.md, session 16).
 // The transposed path (asked for by `transpose`; blocks of 128, 512 or 1024, K >= 1024, codes out, no gather) has
-// tokens and threads of its own (tr_tokens) and 2 stages, its exchange region (none for 128) counted in the budget;
-// it is taken where they fit in kRingBudget + 8 KB (two CTAs an SM): every K of dit_shapes.json in bf16/fp16.
+// tokens and threads of its own (lane_tokens for blocks of 128, tr_tokens for the others) and 2 stages, its exchange
+// region (none for 128) counted in the budget; it is taken where they fit in kRingBudget + 8 KB (two CTAs an SM):
+// every K of dit_shapes.json in bf16/fp16.
 // 2 stages leave room for more CTAs an SM, which measured faster than deeper rings (H200, session 20,
 // results/sweep_rq_tr_h200.txt, new / old time): 8192 x 4608 at 2 stages 0.91x that of 4 (3 CTAs an SM against 2);
 // 4608 x 3072 at 2 or 3 stages 0.95x that of 4; 32760 x 5120 at 3 stages 1.07x that of 2 or 4
-// (results/ab_rq_tr_3stages.md); K = 12288 and 15360 alike. (Blocks of 128 without the transpose: 2 stages, not
-// swept.)
+// (results/ab_rq_tr_3stages.md); K = 12288 and 15360 alike. (Blocks of 128, lane-contiguous without a transpose:
+// 2 stages; their tokens and CTAs an SM were swept in session 21, see lane_tokens.)
 // x_bytes is x's element size.
 constexpr size_t kRingBudget = 96 * 1024;
 
-// Tokens a CTA on the transposed path, whose warps take 1024 of the CTA's R * K values each (the last one partly
-// idle unless 1024 divides R * K): the least R with at least 3 warps' work and at most 1/32 of the last warp
-// idle (K = 1152: 7 tokens in 8 warps; 2432: 5 in 12; 4608: 2 in 9; K = 1024 n: 1, or 3 at K = 1024), else the
-// least idle within 16 warps (13824: 1 in 14). Then fewer while the groups would not give every SM a CTA
-// (512 x 1152: 3 tokens, 171 groups). 0: no R fits.
+// Tokens a CTA on the transposed path (blocks of 512 and 1024), whose warps take 1024 of the CTA's R * K values each
+// (the last one partly idle unless 1024 divides R * K): the least R with at least 3 warps' work and at most 1/32 of
+// the last warp idle (K = 4608: 2 tokens in 9 warps; 1536: 2 in 3; K = 1024 n: 1, or 3 at K = 1024), else the
+// least idle within 16 warps (13824: 1 in 14). Then fewer while the groups would not give every SM a CTA.
+// 0: no R fits.
 inline int tr_tokens(int64_t k, int64_t m, int sms) {
   int best = 0;
   double best_idle = 1.0;
@@ -528,6 +515,20 @@ inline int tr_tokens(int64_t k, int64_t m, int sms) {
   return best;
 }
 
+// Tokens a CTA for blocks of 128 (lane_contiguous_group): the least R with R * K >= 4096, 4 or 5 warps (K = 1152:
+// 4 in 5 warps; 2432: 2 in 5), fewer while the groups would not give every SM a CTA. The path runs at most
+// kLaneCtasPerSm CTAs an SM. Swept on the H200 (session 21, results/sweep_rq_grid_h200.txt, time over ba52743's
+// 7 tokens in 8 warps and 5 in 12, 4 CTAs an SM by registers, and 2 an SM): 8192 x 1152 at 4 tokens and 4 CTAs an SM
+// 0.94x (6 an SM, as registers allow: 0.98x; 3 tokens 0.97x); 8858 x 2432 at 2 tokens 0.85-0.86x with 4 or 6 CTAs an
+// SM. Grids that are not a multiple of the SMs (cut to even rounds of groups) measured 1.03-1.12x slower, and
+// contiguous token ranges a CTA 0.98-1.10x slower than the interleaved groups.
+constexpr int kLaneCtasPerSm = 4;
+inline int lane_tokens(int64_t k, int64_t m, int sms) {
+  int r = static_cast<int>(std::min<int64_t>(kMaxTokensPerCta, (4096 + k - 1) / k));
+  while (r > 1 && (m + r - 1) / r < sms) --r;
+  return r;
+}
+
 // m and sms (the device's SMs) only matter to the transposed path.
 Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = false, int64_t m = 0, int sms = 0) {
   Plan p{};
@@ -540,18 +541,15 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
     return block > 128 ? sizeof(float) * kTrWarpFloats * (threads / 32) : 0;
   };
   if (transpose && (block == 128 || block == 512 || block == 1024) && k >= 1024) {
-    int r = tr_tokens(k, m, sms);
-    if (const char* env = getenv("LRQ_RQ_TUNE")) {          // SCRATCH: rows:stages:persm:contiguous
-      int tr = 0, st = 0, ps = 0, ct = 0;
-      if (sscanf(env, "%d:%d:%d:%d", &tr, &st, &ps, &ct) >= 1 && tr > 0) r = tr;
-    }
+    const int r = block == 128 ? lane_tokens(k, m, sms) : tr_tokens(k, m, sms);
     const size_t stage_bytes = static_cast<size_t>(r) * k * x_bytes;
     const int threads = static_cast<int>((r * k + 1023) / 1024) * 32;
-    if (r > 0 && 2 * stage_bytes + exchange_for(threads) <= kRingBudget + 8 * 1024) {
+    if (r > 0 && threads <= Bounds<4>::kThreads && 2 * stage_bytes + exchange_for(threads) <= kRingBudget + 8 * 1024) {
       p.transpose = true;
       p.v = 4;                                                   // the kernel's launch bounds: Bounds<4>
       p.tokens = r;
       p.threads = threads;
+      p.max_ctas_per_sm = block == 128 ? kLaneCtasPerSm : 0;
     }
   }
   const bool cross_warp = !p.transpose && block > 256 * p.v;
@@ -561,10 +559,6 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
   const size_t tr_bytes = p.transpose ? exchange_for(p.threads) : 0;
   l.stages = gather || p.transpose ? 2 : 4;
   while (l.stages > 2 && l.stages * stage_bytes + tr_bytes > kRingBudget) --l.stages;
-  if (const char* env = getenv("LRQ_RQ_TUNE")) {
-    int tr = 0, st = 0, ps = 0, ct = 0;
-    if (sscanf(env, "%d:%d:%d:%d", &tr, &st, &ps, &ct) >= 2 && st > 0) l.stages = std::min(st, kMaxStages);
-  }
   l.ring_offset = kBarOffset + 2 * kMaxStages;                   // 16-byte aligned (bulk copies): 72 floats
   const int64_t ring_floats = (l.stages * stage_bytes + 15) / 16 * 4;
   l.exchange_offset = static_cast<int>(l.ring_offset + ring_floats);
@@ -583,24 +577,15 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
   int per_sm = 0;
   cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, p.threads, p.smem);
   if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(rotate_quant)", e);
-  bool contiguous = false;
-  int grid_override = 0;
-  if (const char* env = getenv("LRQ_RQ_TUNE")) {
-    int tr = 0, st = 0, ps = 0, ct = 0;
-    sscanf(env, "%d:%d:%d:%d:%d", &tr, &st, &ps, &ct, &grid_override);
-    if (ps > 0) per_sm = std::min(per_sm, ps);
-    contiguous = ct != 0;
-  }
+  if (p.max_ctas_per_sm > 0) per_sm = std::min(per_sm, p.max_ctas_per_sm);
   const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
   const int64_t groups = (a.m + p.tokens - 1) / p.tokens;
   if (groups + 4 * static_cast<int64_t>(sm_count(a.device)) * 32 >= (int64_t(1) << 31))
     return "rotate_quant: M=" + std::to_string(a.m) + " is too large (token groups must fit in 31 bits)";
-  int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
-  if (grid_override > 0) grid = std::min<int64_t>(groups, grid_override);
-  if (grid_override < 0) grid = (groups + (groups + grid - 1) / grid - 1) / ((groups + grid - 1) / grid);
+  const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, per_sm)) * sm_count(a.device));
   kernel<<<static_cast<unsigned>(grid), p.threads, p.smem, reinterpret_cast<cudaStream_t>(a.stream)>>>(
       static_cast<const T*>(a.x), a.stride_x, a.perm16, a.scale_lanes, a.out, a.stride_out,
-      a.scales, a.m, a.k, log_b, p.tokens, p.layout, norm, a.qmax, a.gemm_order, contiguous);
+      a.scales, a.m, a.k, log_b, p.tokens, p.layout, norm, a.qmax, a.gemm_order);
   return last_launch_error("rotate_quant_kernel");
 }
 
