@@ -35,8 +35,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 
 namespace lrq {
 namespace {
@@ -376,36 +374,23 @@ __global__ void __launch_bounds__(kThreads, ROT && BITS == 4 && GROUP == 0 ? 4 :
 
 bool rotates(const GemvA16Args& a) { return a.block > 1 || a.perm16 != nullptr || a.scale_lanes != nullptr; }
 
-// SCRATCH (reverted next): LRQ_GEMV_TUNE=per_sm:grid_mode:carveout:mt16
-struct Tune { int per_sm = 0, grid_mode = 0, carveout = -1, mt16 = 0; };
-inline Tune tune() {
-  Tune t;
-  if (const char* s = std::getenv("LRQ_GEMV_TUNE")) std::sscanf(s, "%d:%d:%d:%d", &t.per_sm, &t.grid_mode, &t.carveout, &t.mt16);
-  return t;
-}
-
 template <typename T, int BITS, int NT, int MT, int GROUP, bool ROT = false>
 std::string launch(const GemvA16Args& a) {
   auto kernel = gemv_a16_kernel<T, BITS, NT, MT, GROUP, ROT>;
-  const Tune tn = tune();
   const int smem = ROT ? a.k * static_cast<int>(sizeof(T)) : 0;
   cudaError_t e;
   if (ROT) {
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(gemv_a16)", e);
   }
-  e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, tn.carveout);
-  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(carveout)", e);
   int per_sm = 0;
   e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
   if (e != cudaSuccess) return cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor(gemv_a16)", e);
-  if (tn.per_sm > 0) per_sm = std::min(per_sm, tn.per_sm);
   // Persistent CTAs with the same number of weight tiles each (the last one may have fewer).
   const int tiles = (a.n + 16 * MT - 1) / (16 * MT);
   const int ctas = std::max(1, per_sm) * sm_count(a.device);
   const int per_cta = (tiles + ctas - 1) / ctas;
-  const int grid = tn.grid_mode == 2 ? tiles : tn.grid_mode == 1 ? std::min(tiles, ctas)
-                   : std::max(1, (tiles + per_cta - 1) / per_cta);
+  const int grid = std::max(1, (tiles + per_cta - 1) / per_cta);
   const int row_bytes = BITS == 4 ? (a.k + 1) / 2 : 3 * ((a.k + 7) / 8);
   const int log_b = ROT ? log2_of(a.block) : 0;
   const float norm = ROT ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block))) : 1.f;
@@ -418,12 +403,7 @@ std::string launch(const GemvA16Args& a) {
 template <typename T, int BITS, int GROUP>
 std::string dispatch_nt(const GemvA16Args& a) {
   if (rotates(a)) return launch<T, BITS, 1, 1, GROUP, true>(a);
-  if (a.m > 8) {
-    const int mt = tune().mt16;
-    if (mt == 1) return launch<T, BITS, 2, 1, GROUP>(a);
-    if constexpr (BITS == 3) { if (mt == 4) return launch<T, BITS, 2, 4, GROUP>(a); }   // 4-bit: 64 KB static smem
-    return launch<T, BITS, 2, 2, GROUP>(a);
-  }
+  if (a.m > 8) return launch<T, BITS, 2, 2, GROUP>(a);
   return a.m > 4 ? launch<T, BITS, 1, 2, GROUP>(a) : launch<T, BITS, 1, 1, GROUP>(a);
 }
 
