@@ -8,7 +8,7 @@
 2. the small-M weight-only GEMM on the FLUX.1 shapes, M in {1, 4, 16}, 4- and 3-bit codes, per-channel and
    group-128 scales: CUDA vs Triton vs F.linear bf16 (cuBLAS); GB/s over the packed weight bytes, % of copy.
 3. the whole weight-only QuantLinear forward (rotate + GEMM, bf16 in and out) on FLUX fc1 at M = 1 and 16.
-4. (--only a16) the two ways of the weight-only forward from M = 64 up, 4-bit codes, block Hadamard: the token
+4. (--only a16) the two ways of the weight-only forward from M = 32 up, 4-bit codes, block Hadamard: the token
    path (rotate every token, then the Triton GEMM that decodes codes) against the weight path (dequantize_weight:
    the weight with its rotation undone, one pass over N x K, then F.linear bf16), and F.linear bf16 alone; the
    dequantize_weight pass alone in GB/s over its bytes (packed + scales read, 2 NK written). Sets
@@ -40,6 +40,7 @@ from lrq_kernels import QuantConfig, QuantLinear, cuda as cuda_kernels, ops  # n
 from lrq_kernels.formats.codebooks import TLQGrid, tlq_codebook  # noqa: E402
 from lrq_kernels.formats.packing import pack_codes  # noqa: E402
 from lrq_kernels.rotation.rotation import default_block  # noqa: E402
+import lrq_kernels.triton.gemm as triton_gemm  # noqa: E402
 from lrq_kernels.triton.gemm import gemm_a16_triton  # noqa: E402
 from lrq_kernels.triton.rotate_quant import rotate_quant_triton  # noqa: E402
 
@@ -168,6 +169,12 @@ def bench_a16_paths(layer, k, n, m, copy_bw, bits=4):
         return cuda_kernels.unrotate_weight_cuda(p[0], p[1], cb, bits, k, 0, None, None, block, torch.bfloat16)
 
     r["token_path_us"] = cold_us(lambda i: (lambda p=w(i): token_path(p)), wbytes + 4 * m * k)
+    if m <= triton_gemm.SPLIT_K_MAX_M:          # the same with the Triton GEMM's K unsplit, as before split-K
+        saved, triton_gemm.SPLIT_K_MAX_M = triton_gemm.SPLIT_K_MAX_M, 0
+        try:
+            r["token_path_unsplit_us"] = cold_us(lambda i: (lambda p=w(i): token_path(p)), wbytes + 4 * m * k)
+        finally:
+            triton_gemm.SPLIT_K_MAX_M = saved
     r["weight_path_us"] = cold_us(lambda i: (lambda p=w(i): F.linear(x, dequant(p))), wbytes)
     r["dequant_us"] = cold_us(lambda i: (lambda p=w(i): dequant(p)), wbytes)
     del w
@@ -251,7 +258,7 @@ def main():
         print(r, flush=True)
     a16 = []
     for layer, k, n in (A16_SHAPES if args.only == "a16" else []):
-        for m in (64, 128, 256, 512, 1024, 4608):
+        for m in (32, 64, 128, 256, 512, 1024, 4608):
             a16.append(bench_a16_paths(layer, k, n, m, copy_bw))
             print({a: (round(b, 2) if isinstance(b, float) else b) for a, b in a16[-1].items()}, flush=True)
     a8 = []
@@ -297,15 +304,18 @@ def main():
     for r in fwd:
         md.append(f"| {r['M']} | {r['bits']} | {r['fwd_us']:.1f} | {r['bf16_us']:.1f} | {r['speedup']:.2f}× |")
     if a16:
-        md += ["", "## weight-only forward from M = 64: token path vs weight path (4-bit, block Hadamard)", "",
-               "Token path: rotate every token (CUDA), then the Triton GEMM. Weight path: dequantize_weight (CUDA, the "
+        md += ["", "## weight-only forward from M = 32: token path vs weight path (4-bit, block Hadamard)", "",
+               "Token path: rotate every token (CUDA), then the Triton GEMM (its K split between programs up to M = "
+               "SPLIT_K_MAX_M; 'unsplit': the same GEMM without). Weight path: dequantize_weight (CUDA, the "
                "weight with its rotation undone, bf16) then F.linear. % copy: dequantize_weight's bytes over its time.",
-               "", "| layer | K | N | M | bf16 µs | token path µs (× bf16) | weight path µs (× bf16) | "
-               "dequantize_weight µs (% copy) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+               "", "| layer | K | N | M | bf16 µs | token path µs (× bf16) | token path unsplit µs | "
+               "weight path µs (× bf16) | dequantize_weight µs (% copy) |",
+               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in a16:
+        unsplit = f"{r['token_path_unsplit_us']:.1f}" if "token_path_unsplit_us" in r else "–"
         md.append(f"| {r['layer']} | {r['K']} | {r['N']} | {r['M']} | {r['bf16_us']:.1f} | {r['token_path_us']:.1f} "
-                  f"({r['token_over_bf16']:.2f}×) | {r['weight_path_us']:.1f} ({r['weight_over_bf16']:.2f}×) | "
-                  f"{r['dequant_us']:.1f} ({r['dequant_pct_copy']:.0f}%) |")
+                  f"({r['token_over_bf16']:.2f}×) | {unsplit} | {r['weight_path_us']:.1f} "
+                  f"({r['weight_over_bf16']:.2f}×) | {r['dequant_us']:.1f} ({r['dequant_pct_copy']:.0f}%) |")
     if a8:
         md += ["", "## W·A8 forward from M = 256: kernel path vs weight path (block Hadamard, FP8 activations)", "",
                "Kernel path: rotate + quantize (CUDA, codes in the GEMM's K order), then our Hopper GEMM. Weight path: "

@@ -70,7 +70,7 @@ def launch(x, sx, packed, sw, cb, bits, k, cfg, swap, acc, prmt, out_dtype=torch
                        packed.shape[1], k8 // 4, x.stride(0), out.stride(0), 1, min(triton.next_power_of_2(m), 4096),
                        BITS=bits, GROUP=0, HAS_BIAS=False, HAS_SA=sx is not None, DOT_DTYPE=dot, BLOCK_M=bm,
                        BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, USE_PRMT=bool(prmt), USE_PRMT3=bool(prmt),
-                       FP32_STEPS=bool(acc) and dot == tl.float8e4nv, SWAP_AB=bool(swap),
+                       FP32_STEPS=bool(acc) and dot == tl.float8e4nv, SWAP_AB=bool(swap), SPLIT_K=1,
                        num_warps=warps, num_stages=stages)
     return out
 

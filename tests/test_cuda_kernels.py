@@ -724,6 +724,27 @@ def test_quant_linear_a16_large_m_takes_the_dequantized_weight_and_matches(bits,
     assert rel_err(y, ops.quant_linear_a16(x, perm, cs, 1024, packed, ws, cb, bits, group, bias)) <= 4e-3
 
 
+@gpu
+@pytest.mark.parametrize("m,n,weight_path", [(17, 1000, True), (127, 3072, True), (127, 4096, False),
+                                             (128, 4096, True), (16, 1000, False)], ids=str)
+def test_quant_linear_a16_picks_the_path_the_benchmark_measured_faster(m, n, weight_path, monkeypatch):
+    """ops.A16_DEQUANT_MIN_M and A16_DEQUANT_MAX_SMALL_M_WEIGHT: the dequantized weight from M = 17 for weights of at
+    most 3072 x 3072 elements, from M = 128 for larger ones; the token path's output agrees with it."""
+    torch.manual_seed(0)
+    k, bits = 3072, 4
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    packed = pack_codes(torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8), bits)
+    cb = tlq_codebook(bits, TLQGrid("geometric", 2 ** 0.5)).cuda()
+    ws = torch.rand(n, device="cuda") * 0.01 + 1e-3
+    calls = []
+    real = cuda_kernels.unrotate_weight_cuda
+    monkeypatch.setattr(cuda_kernels, "unrotate_weight_cuda", lambda *a: calls.append(1) or real(*a))
+    y = ops.quant_linear_a16(x, None, None, 1024, packed, ws, cb, bits, 0, None)
+    assert bool(calls) == weight_path
+    want = rotate_ref(x, None, None, 1024).double() @ dequantize_packed(packed, ws, cb, bits, k, None).double().t()
+    assert rel_err(y, want) <= 3e-3
+
+
 # --- GPU: in serving stacks ---------------------------------------------------------------------------------------
 
 @gpu

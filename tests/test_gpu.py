@@ -77,6 +77,15 @@ def test_weight_only_at_one_token_compiles_and_captures():
     assert_compile_and_cuda_graph_match_eager(q, torch.randn(1, 3072, device="cuda", dtype=torch.bfloat16))
 
 
+def test_weight_only_split_k_compiles_and_captures():
+    """W4A16 at M = 77 on a FLUX fc1-sized weight: rotate, then the Triton GEMM with K split between programs
+    (triton/gemm.py, SPLIT_K_MAX_M), whose workspace is summed in a fixed order, so compiled and graph-replayed
+    outputs equal eager ones bit for bit."""
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(torch.nn.Linear(3072, 12288).cuda(), QuantConfig(a_bits=16))
+    assert_compile_and_cuda_graph_match_eager(q, torch.randn(77, 3072, device="cuda", dtype=torch.bfloat16))
+
+
 def test_gptq_on_cuda_agrees_with_cpu():
     # the same calibration tokens, collected on the GPU and on the CPU: the GPU's GPTQ (cuSOLVER Cholesky,
     # float32 column loop) makes the same codes up to rounding ties, and the same output error

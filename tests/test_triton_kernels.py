@@ -112,6 +112,39 @@ def test_gemm_a16_against_reference(m, bits, group):
     assert rel_err(y.float(), gemm_a16_ref(x, q.dequantize())) <= 3e-3   # bf16/fp16 output rounding: 2^-9
 
 
+@pytest.mark.parametrize("m,k", [(17, 256), (33, 192), (40, 200), (256, 128)], ids=str)
+@pytest.mark.parametrize("bits,group", [(4, None), (3, None), (4, 64)])
+def test_gemm_a16_split_k_against_reference(m, k, bits, group):
+    """16 < M <= SPLIT_K_MAX_M: the K steps of a tile split between programs (lrq_kernels/triton/gemm.py; in two under
+    the interpreter where K allows, unsplit at K = 200), partial products summed in a fixed order: the bias added
+    once, and the same output on every call."""
+    import lrq_kernels.triton.gemm as tg
+    if group and k % group:
+        pytest.skip("group must divide K")
+    n = 40
+    q = _weight(n, k, bits, group)
+    x = torch.randn(m, k, device=DEV).to(ACT_DTYPE)
+    bias = torch.randn(n, device=DEV)
+    y = tg.gemm_a16_triton(x, q.packed, q.scales, q.codebook, bits, group or 0, bias)
+    assert y.shape == (m, n) and y.dtype == ACT_DTYPE
+    assert rel_err(y.float(), gemm_a16_ref(x, q.dequantize(), bias)) <= 3e-3
+    assert torch.equal(y, tg.gemm_a16_triton(x, q.packed, q.scales, q.codebook, bits, group or 0, bias))
+
+
+def test_split_k_pruning():
+    """The split-K autotuner's candidates: K a multiple of SPLIT_K K steps, else unsplit; 32-row tiles up to M = 32;
+    K steps of 128 per channel, inside one group with group scales."""
+    from lrq_kernels.triton.gemm import _gemm_split_k_tuned, _prune_split_k
+
+    def tiles(m, k, group=0):
+        return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"])
+                for c in _prune_split_k(_gemm_split_k_tuned.configs, {"M_BUCKET": m, "K": k}, GROUP=group)}
+    assert {sk for _, _, sk in tiles(64, 3072)} == {1, 2, 4} and {bm for bm, _, _ in tiles(64, 3072)} == {32, 64}
+    assert {bm for bm, _, _ in tiles(32, 3072)} == {32}
+    assert {sk for _, _, sk in tiles(64, 1000)} == {1} and {sk for _, _, sk in tiles(64, 384)} == {1}
+    assert {bk for _, bk, _ in tiles(64, 3072)} == {128} and {bk for _, bk, _ in tiles(64, 3072, 64)} == {64}
+
+
 def test_gemm_a8_k_not_multiple_of_block():
     n, k = 24, 200
     q = _weight(n, k, 3, None)

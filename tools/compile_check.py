@@ -89,10 +89,10 @@ def gemm(bits, dot, tile, a16=False, group=0, k=3072, prmt=True, fp32_steps=True
            "M_BUCKET": "i32", "BITS": "constexpr", "GROUP": "constexpr", "HAS_BIAS": "constexpr",
            "HAS_SA": "constexpr", "DOT_DTYPE": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
            "BLOCK_K": "constexpr", "GROUP_M": "constexpr", "USE_PRMT": "constexpr", "USE_PRMT3": "constexpr",
-           "FP32_STEPS": "constexpr", "SWAP_AB": "constexpr"}
+           "FP32_STEPS": "constexpr", "SWAP_AB": "constexpr", "SPLIT_K": "constexpr"}
     cst = {"K": k, "BITS": bits, "GROUP": group, "HAS_BIAS": True, "HAS_SA": not a16, "DOT_DTYPE": dot,
            "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "USE_PRMT": prmt, "USE_PRMT3": prmt,
-           "FP32_STEPS": fp32_steps and not a16, "SWAP_AB": swap}
+           "FP32_STEPS": fp32_steps and not a16, "SWAP_AB": swap, "SPLIT_K": 1}
     divisible = ["a_ptr", "sa_ptr", "w_ptr", "sw_ptr", "cb_ptr", "bias_ptr", "c_ptr", "N", "row_bytes", "hi_offset",
                  "stride_am", "stride_cm"]
     kern = compile_kernel(_gemm_kernel, sig, cst, divisible, warps, stages)

@@ -56,10 +56,13 @@ CUDA_GEMM_A8_TMA_MIN_M = 1
 # Tokens from which the weight-only forward (quant_linear_a16) dequantizes the weight with its rotation undone
 # (dequantize_weight, one pass over N x K) and runs cuBLAS's GEMM on it, instead of rotating every token and running
 # the Triton GEMM that decodes codes between its MMAs. The price is a transient N x K weight in x's dtype. Measured on
-# the H200 (benchmarks/bench_cuda.py --only a16, results/bench_cuda_a16.md, session 13; 4-bit, M = 64 ... 4608): the
-# weight path took 0.37-0.79x the token path's time on PixArt qkv, FLUX qkv and fc2 from M = 64, and 0.67-0.89x on
-# FLUX fc1 from M = 256 (1.73x and 1.20x at M = 64 and 128); 0.37-0.67x at M = 4608.
-A16_DEQUANT_MIN_M = 256
+# the H200 (`python benchmarks/bench_cuda.py --only a16`, results/bench_cuda_a16.md, session 22; 4-bit, M = 32 ...
+# 4608): from M = 128 the weight path took 0.36-0.91x the token path's time (the faster of its GEMM with K split and
+# unsplit) on PixArt qkv, FLUX qkv, fc1 and fc2; at M = 32 and 64 it took 0.41-0.81x on the weights of at most
+# A16_DEQUANT_MAX_SMALL_M_WEIGHT elements (PixArt and FLUX qkv) and 1.22-1.50x on FLUX fc1 and fc2, so those start at
+# M = 17 and the others at A16_DEQUANT_MIN_M (at M <= 16 the CUDA GEMV is faster than both).
+A16_DEQUANT_MIN_M = 128
+A16_DEQUANT_MAX_SMALL_M_WEIGHT = 3072 * 3072
 # Tokens from which gemm_a8 (and so quant_linear_a8) decodes the weight's codes to an FP8 matrix (decode_weight_e4m3,
 # one pass over N x K) and runs cuBLAS's FP8 GEMM with row-wise scales (torch._scaled_mm) on it, instead of our GEMM
 # that decodes codes between its MMAs. Where: LRQ_BACKEND=auto, FP8 codes, per-channel scales, bf16 or fp16 output, a
@@ -419,14 +422,16 @@ def quant_linear_a16(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scal
                      packed: torch.Tensor, w_scales: torch.Tensor, codebook: torch.Tensor, bits: int, group_size: int,
                      bias: Optional[torch.Tensor]) -> torch.Tensor:
     """y [M, N] = gemm_a16(rotate(x, perm, channel_scale, block), ...), in x's dtype: QuantLinear's weight-only
-    forward (block 1 with no perm or channel_scale: no rotation). From M = A16_DEQUANT_MIN_M on a GPU it computes
+    forward (block 1 with no perm or channel_scale: no rotation). From M = A16_DEQUANT_MIN_M on a GPU (from M = 17 for
+    weights of at most A16_DEQUANT_MAX_SMALL_M_WEIGHT elements) it computes
     the same product as F.linear(x, dequantize_weight(...)): cuBLAS on a transient weight in x's dtype, which rounds
     the rotated weight instead of the rotated tokens (each to x's dtype, relative 2^-9 in bf16). At small M the CUDA
     GEMV rotates x itself where it can (_fused_rotate_gemv), with the same result as the two ops."""
     check_rotation(x, perm, channel_scale, block)
     check_gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
     m, k = x.shape
-    if (m >= A16_DEQUANT_MIN_M and x.dtype in (torch.bfloat16, torch.float16)
+    small_weight = packed.shape[0] * k <= A16_DEQUANT_MAX_SMALL_M_WEIGHT
+    if ((m >= A16_DEQUANT_MIN_M or (m > 16 and small_weight)) and x.dtype in (torch.bfloat16, torch.float16)
             and _pick("dequantize_weight", x.device, k=k, block=block, bits=bits, group=group_size,
                       dtype=x.dtype) == "cuda"):
         w = dequantize_weight(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale, block, x.dtype)

@@ -166,11 +166,14 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
                  BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SA: tl.constexpr,
                  DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_M: tl.constexpr, USE_PRMT: tl.constexpr, USE_PRMT3: tl.constexpr, FP32_STEPS: tl.constexpr,
-                 SWAP_AB: tl.constexpr):
+                 SWAP_AB: tl.constexpr, SPLIT_K: tl.constexpr):
     # grouped tile order: GROUP_M row-tiles share each column of weight tiles while it is in L2
-    pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
+    # SPLIT_K > 1: program pid_k sums K steps [pid_k K / SPLIT_K, (pid_k + 1) K / SPLIT_K) of its tile and writes its
+    # partial product to slice pid_k of c, a float32 [SPLIT_K, M, N] that the caller sums (see SPLIT_K_MAX_M)
+    pid_k = tl.program_id(0) // (num_m * num_n)
+    pid = tl.program_id(0) % (num_m * num_n)
     group_id = pid // (GROUP_M * num_n)
     first_m = group_id * GROUP_M
     size_m = min(num_m - first_m, GROUP_M)
@@ -194,7 +197,8 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # K is a compile-time constant: a model has a handful of widths, and Triton's CPU interpreter cannot run a
     # loop whose bound is a runtime scalar under NumPy >= 2.4
-    for k0 in range(0, K, BLOCK_K):
+    for kk in range(0, K // SPLIT_K, BLOCK_K):
+        k0 = pid_k * (K // SPLIT_K) + kk
         offs_k = k0 + rk
         a = tl.load(a_rows + offs_k[None, :], mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
         w = _decode_weight_tile(w_ptr, t0, t1, t2, t3, offs_n, k0, N, row_bytes, hi_offset, BITS, BLOCK_N, BLOCK_K,
@@ -219,8 +223,8 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
         acc = acc * sa[:, None]
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
-        acc = acc + bias[None, :]
-    c = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
+        acc = acc + bias[None, :] * (pid_k == 0).to(tl.float32)        # added once, by the first K range
+    c = c_ptr + (pid_k.to(tl.int64) * M + offs_m.to(tl.int64)[:, None]) * stride_cm + offs_n[None, :]
     tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
@@ -262,28 +266,67 @@ _gemm_tuned = triton.autotune(
     key=["M_BUCKET", "N", "K", "GROUP", "BITS"], prune_configs_by={"early_config_prune": _prune})(_gemm_kernel)
 
 
-def _launch(a, sa, packed, w_scales, codebook, bits, k, group, bias, out_dtype, dot_dtype):
+# Split-K for the weight-only GEMM at 16 < M <= SPLIT_K_MAX_M: there the tiles above give too few programs (FLUX fc1
+# at M = 64: 96 or 192 of 64 x 128 or 64 x 64, each a chain of 24 dependent K steps), so the K steps of a tile are
+# also split between SPLIT_K programs. Rotate + this GEMM against rotate + the unsplit one (`python
+# benchmarks/bench_cuda.py --only a16`, results/bench_cuda_a16.md, H200, session 22), time: FLUX fc2 0.43-0.68x at
+# M = 32-128 (0.84x at 256), FLUX qkv 0.67-0.72x at M = 32 and 64 (0.98-1.03x at 128 and 256), FLUX fc1 0.86x at 32 but
+# 1.03-1.15x at 64-256, PixArt qkv 1.17-1.35x (the workspace's sum and cast cost ~3 us). quant_linear_a16 runs this
+# path only where the dequantized weight does not win (ops.A16_DEQUANT_MIN_M): FLUX fc1- and fc2-sized weights at
+# M = 17-127. Each writes its float32 partial product (scaled, the bias in the first) to
+# its own slice of a [SPLIT_K, M, N] workspace, which torch sums in a fixed order and casts to x's dtype: the result
+# does not depend on which program finished first (atomic adds would make it vary from run to run).
+SPLIT_K_MAX_M = 128
+_MAX_SPLIT_K = 4
+_SPLIT_K_CONFIGS = [(bm, bn, bk, 4, 4, sk) for bm in (32, 64) for bn in (64, 128) for bk in (64, 128)
+                    for sk in (1, 2, 4)]
+assert max(c[-1] for c in _SPLIT_K_CONFIGS) <= _MAX_SPLIT_K
+
+
+def _prune_split_k(configs, named_args, **kwargs):
+    m, k, group = named_args["M_BUCKET"], named_args["K"], kwargs.get("GROUP", named_args.get("GROUP", 0))
+    fits = [c for c in configs if c.kwargs["BLOCK_M"] <= max(32, m)
+            and (group % c.kwargs["BLOCK_K"] == 0 if group else c.kwargs["BLOCK_K"] == 128)]
+    split = [c for c in fits if k % (c.kwargs["SPLIT_K"] * c.kwargs["BLOCK_K"]) == 0]
+    return split or [c for c in fits if c.kwargs["SPLIT_K"] == 1]      # K not a multiple of a K step: masked steps
+
+
+_gemm_split_k_tuned = triton.autotune(
+    configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w, num_stages=st)
+             for bm, bn, bk, w, st, sk in _SPLIT_K_CONFIGS],
+    key=["M_BUCKET", "N", "K", "GROUP", "BITS"], prune_configs_by={"early_config_prune": _prune_split_k})(_gemm_kernel)
+
+
+def _launch(a, sa, packed, w_scales, codebook, bits, k, group, bias, out_dtype, dot_dtype, split_k=False):
     m = a.shape[0]
     n = packed.shape[0]
-    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    if split_k:     # slices [0, SPLIT_K) are written; SPLIT_K is the autotuner's choice, known after the launch
+        out = torch.empty((_MAX_SPLIT_K, m, n), dtype=torch.float32, device=a.device)
+    else:
+        out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
-        return out
+        return out.new_zeros((m, n), dtype=out_dtype)
     k8 = 8 * ((k + 7) // 8)
     args = (a, sa if sa is not None else a, packed, w_scales, codebook, bias if bias is not None else w_scales, out,
-            m, n, k, packed.shape[1], k8 // 4, a.stride(0), out.stride(0), (k // group) if group else 1,
+            m, n, k, packed.shape[1], k8 // 4, a.stride(0), out.stride(-2), (k // group) if group else 1,
             min(triton.next_power_of_2(m), 4096))
     # the CPU interpreter runs no PTX: the decodes there are the select-and-shift ones
     meta = dict(BITS=bits, GROUP=group, HAS_BIAS=bias is not None, HAS_SA=sa is not None, DOT_DTYPE=dot_dtype,
                 GROUP_M=8, USE_PRMT=USE_PRMT and not _INTERPRET, USE_PRMT3=USE_PRMT3 and not _INTERPRET,
                 FP32_STEPS=dot_dtype == tl.float8e4nv, SWAP_AB=_SWAP_AB)
-    if _INTERPRET:      # the interpreter runs one small tile shape; no autotuning
+    if _INTERPRET:      # the interpreter runs one small tile shape (split in two where K allows); no autotuning
         bk = 32 if dot_dtype == tl.float8e4nv else 16
-        grid = (triton.cdiv(m, 16) * triton.cdiv(n, 16),)
-        _gemm_kernel[grid](*args, BLOCK_M=16, BLOCK_N=16, BLOCK_K=bk, **meta)
+        sk = 2 if split_k and k % (2 * bk) == 0 else 1
+        grid = (triton.cdiv(m, 16) * triton.cdiv(n, 16) * sk,)
+        _gemm_kernel[grid](*args, BLOCK_M=16, BLOCK_N=16, BLOCK_K=bk, SPLIT_K=sk, **meta)
+    elif split_k:
+        grid = lambda c: (triton.cdiv(m, c["BLOCK_M"]) * triton.cdiv(n, c["BLOCK_N"]) * c["SPLIT_K"],)
+        _gemm_split_k_tuned[grid](*args, **meta)
+        sk = _gemm_split_k_tuned.best_config.kwargs["SPLIT_K"]
     else:
         grid = lambda c: (triton.cdiv(m, c["BLOCK_M"]) * triton.cdiv(n, c["BLOCK_N"]),)
-        _gemm_tuned[grid](*args, **meta)
-    return out
+        _gemm_tuned[grid](*args, SPLIT_K=1, **meta)
+    return out[:sk].sum(0).to(out_dtype) if split_k else out
 
 
 def _codebook_words(codebook: torch.Tensor) -> torch.Tensor:
@@ -303,4 +346,4 @@ def gemm_a8_triton(x_codes, x_scales, packed, w_scales, codebook, bits, k, group
 def gemm_a16_triton(x, packed, w_scales, codebook, bits, group, bias):
     dot = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}[x.dtype]
     return _launch(x.contiguous(), None, packed.contiguous(), w_scales.contiguous(), _codebook_words(codebook),
-                   bits, x.shape[1], group, bias, x.dtype, dot)
+                   bits, x.shape[1], group, bias, x.dtype, dot, split_k=16 < x.shape[0] <= SPLIT_K_MAX_M)
