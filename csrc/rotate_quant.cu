@@ -520,8 +520,8 @@ inline int tr_tokens(int64_t k, int64_t m, int sms) {
 // kLaneCtasPerSm CTAs an SM. Swept on the H200 (session 21, results/sweep_rq_grid_h200.txt, time over ba52743's
 // 7 tokens in 8 warps and 5 in 12, 4 CTAs an SM by registers, and 2 an SM): 8192 x 1152 at 4 tokens and 4 CTAs an SM
 // 0.94x (6 an SM, as registers allow: 0.98x; 3 tokens 0.97x); 8858 x 2432 at 2 tokens 0.85-0.86x with 4 or 6 CTAs an
-// SM. Grids that are not a multiple of the SMs (cut to even rounds of groups) measured 1.03-1.12x slower, and
-// contiguous token ranges a CTA 0.98-1.10x slower than the interleaved groups.
+// SM. Grids other than the resident CTAs (cut to even rounds of groups, or set by hand) took 1.05-1.22x the time
+// of the full grid, and contiguous token ranges a CTA 1.03-1.08x that of the interleaved groups.
 constexpr int kLaneCtasPerSm = 4;
 inline int lane_tokens(int64_t k, int64_t m, int sms) {
   int r = static_cast<int>(std::min<int64_t>(kMaxTokensPerCta, (4096 + k - 1) / k));

@@ -60,7 +60,7 @@ CUDA_GEMM_A8_TMA_MIN_M = 1
 # 4608): from M = 128 the weight path took 0.36-0.91x the token path's time (the faster of its GEMM with K split and
 # unsplit) on PixArt qkv, FLUX qkv, fc1 and fc2; at M = 32 and 64 it took 0.41-0.81x on the weights of at most
 # A16_DEQUANT_MAX_SMALL_M_WEIGHT elements (PixArt and FLUX qkv) and 1.22-1.50x on FLUX fc1 and fc2, so those start at
-# M = 17 and the others at A16_DEQUANT_MIN_M (at M <= 16 the CUDA GEMV is faster than both).
+# M = 17 and the others at A16_DEQUANT_MIN_M (M <= 16 keeps the CUDA GEMV).
 A16_DEQUANT_MIN_M = 128
 A16_DEQUANT_MAX_SMALL_M_WEIGHT = 3072 * 3072
 # Tokens from which gemm_a8 (and so quant_linear_a8) decodes the weight's codes to an FP8 matrix (decode_weight_e4m3,
