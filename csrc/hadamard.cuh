@@ -37,13 +37,20 @@ __device__ __forceinline__ void unpack8(const uint4* u, float v[8]) {
     const float* f = reinterpret_cast<const float*>(u);
     for (int j = 0; j < 8; ++j) v[j] = f[j];
   } else {
-    using T2 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
-    const T2* h = reinterpret_cast<const T2*>(u);
-    for (int i = 0; i < 4; ++i) {
-      float2 f;
-      if constexpr (std::is_same<T, __half>::value) f = __half22float2(h[i]);
-      else f = __bfloat1622float2(h[i]);
-      v[2 * i] = f.x; v[2 * i + 1] = f.y;
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+      // bf16 is the upper half of a float: a shift for the low value, an and for the high one. __bfloat1622float2
+      // gave a shift, a byte permute and a shift a pair (ptxas, sm_90a): 16 instructions more per 32 values.
+      const uint32_t* w = reinterpret_cast<const uint32_t*>(u);
+      for (int i = 0; i < 4; ++i) {
+        v[2 * i] = __uint_as_float(w[i] << 16);
+        v[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+      }
+    } else {
+      const __half2* h = reinterpret_cast<const __half2*>(u);
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(h[i]);
+        v[2 * i] = f.x; v[2 * i + 1] = f.y;
+      }
     }
   }
 }

@@ -94,16 +94,28 @@ __device__ __forceinline__ TrSlots tr_slots(int k, int lane, int warp) {
   return t;
 }
 
-// Phase 1's values of this lane: elements 1024 warp + 32 lane ... + 31 of the staged group (zeros if not live).
+// Phase 1's values of this lane: elements 1024 warp + 32 lane ... + 31 of the staged group. Slots of tokens that are
+// not live (past M in the last group) read whatever the stage holds: their butterflies never mix with a live token's
+// (no block straddles two tokens), and their amax, scale and codes are never used. Zeroing them instead cost ~17
+// instructions a group on every group (ptxas hoisted the zero fill above the branch, sm_90a).
 template <typename T>
-__device__ __forceinline__ void load_lane32(const T* stage, bool live, int lane, int warp, float (&a)[32]) {
-  if (live) {
-    const T* src = stage + (warp << 10) + (lane << 5);
+__device__ __forceinline__ void load_lane32(const T* stage, int lane, int warp, float (&a)[32]) {
+  const T* src = stage + (warp << 10) + (lane << 5);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) load8_shared<T>(src + 8 * q, a + 8 * q);
+  for (int q = 0; q < 4; ++q) load8_shared<T>(src + 8 * q, a + 8 * q);
+}
+
+// One code in the low byte (the upper bits arbitrary), for stores of single bytes: fp8 converts the value with
+// itself as the pair's other half, so that no byte of a pair needs a shift and a mask to reach the low byte (the
+// transposed path stores its codes a byte at a time: 32 F2FP a lane for 32 codes instead of 16 F2FP, 16 LOP3 and
+// 16 SHF).
+template <int FMT>
+__device__ __forceinline__ uint32_t quantize_one(float y, float qmax) {
+  if constexpr (FMT == kFP8) {
+    return __nv_cvt_float2_to_fp8x2(make_float2(y, y), __NV_SATFINITE, __NV_E4M3);
   } else {
-#pragma unroll
-    for (int c = 0; c < 32; ++c) a[c] = 0.f;
+    const int lim = static_cast<int>(qmax);
+    return static_cast<uint32_t>(min(max(__float2int_rn(y), -lim), lim));
   }
 }
 
@@ -114,7 +126,7 @@ __device__ __forceinline__ void transposed_group(const T* stage, float* exchange
                                                  float qmax, bool gemm_order, Refill&& refill,
                                                  TokenScales&& token_scales) {
   float a[32];
-  load_lane32<T>(stage, ts.tok1 < live_tokens, lane, warp, a);
+  load_lane32<T>(stage, lane, warp, a);
   refill();
 
   float* xw = exchange + warp * kTrWarpFloats;
@@ -157,14 +169,10 @@ __device__ __forceinline__ void transposed_group(const T* stage, float* exchange
   uint8_t* codes_lo = codes + lane_pos + swap;
   uint8_t* codes_hi = codes + lane_pos - swap;
 #pragma unroll
-  for (int c = 0; c < 32; c += 2) {
+  for (int c = 0; c < 32; ++c) {
     const float s = (ts.second >> (c / G)) & 1u ? inv1 : inv0;
-    const uint32_t w = quantize_pair<FMT>(__fmul_rn(b[c], s), __fmul_rn(b[c + 1], s), qmax);
-    const int p0 = gemm_order ? 128 * (c >> 2) + 4 * (c & 3) : 32 * c;
-    const int p1 = gemm_order ? 128 * ((c + 1) >> 2) + 4 * ((c + 1) & 3) : 32 * (c + 1);
-    uint8_t* dst = c < 16 ? codes_lo : codes_hi;
-    dst[p0] = static_cast<uint8_t>(w);
-    dst[p1] = static_cast<uint8_t>(w >> 8);
+    const int p = gemm_order ? 128 * (c >> 2) + 4 * (c & 3) : 32 * c;
+    (c < 16 ? codes_lo : codes_hi)[p] = static_cast<uint8_t>(quantize_one<FMT>(__fmul_rn(b[c], s), qmax));
   }
   __syncwarp();
 #pragma unroll
@@ -191,7 +199,7 @@ __device__ __forceinline__ void lane_contiguous_group(const T* stage, void* out,
   static_assert(LOG_B >= 5 && LOG_B <= 7, "blocks of 32 to 128: at most two stages across lanes");
   const bool live = ts.tok1 < live_tokens;
   float a[32];
-  load_lane32<T>(stage, live, lane, warp, a);
+  load_lane32<T>(stage, lane, warp, a);
   refill();
   register_butterflies<32>(a);                               // bits 0-4
 #pragma unroll
