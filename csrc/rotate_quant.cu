@@ -97,10 +97,12 @@ __device__ __forceinline__ TrSlots tr_slots(int k, int lane, int warp) {
 // Phase 1's values of this lane: elements 1024 warp + 32 lane ... + 31 of the staged group. Slots of tokens that are
 // not live (past M in the last group) read whatever the stage holds: their butterflies never mix with a live token's
 // (no block straddles two tokens), and their amax, scale and codes are never used. Zeroing them instead cost ~17
-// instructions a group on every group (ptxas hoisted the zero fill above the branch, sm_90a).
+// instructions a group on every group (ptxas hoisted the zero fill above the branch, sm_90a). Slots past the CTA's
+// R * K (the last warp's, where 1024 does not divide R * K) read the stage's last 32 values instead: past the stage
+// lies the next one, or the end of shared memory.
 template <typename T>
-__device__ __forceinline__ void load_lane32(const T* stage, int lane, int warp, float (&a)[32]) {
-  const T* src = stage + (warp << 10) + (lane << 5);
+__device__ __forceinline__ void load_lane32(const T* stage, int cta_elems, int lane, int warp, float (&a)[32]) {
+  const T* src = stage + min((warp << 10) + (lane << 5), cta_elems - 32);
 #pragma unroll
   for (int q = 0; q < 4; ++q) load8_shared<T>(src + 8 * q, a + 8 * q);
 }
@@ -120,13 +122,13 @@ __device__ __forceinline__ uint32_t quantize_one(float y, float qmax) {
 }
 
 template <typename T, int FMT, int LOG_B, typename Refill, typename TokenScales>
-__device__ __forceinline__ void transposed_group(const T* stage, float* exchange, void* out, int64_t stride_out,
-                                                 int64_t row0, int live_tokens, const TrSlots& ts, int lane,
-                                                 int warp, unsigned* amax_bits, const float* inv_scale, float norm,
-                                                 float qmax, bool gemm_order, Refill&& refill,
+__device__ __forceinline__ void transposed_group(const T* stage, int cta_elems, float* exchange, void* out,
+                                                 int64_t stride_out, int64_t row0, int live_tokens, const TrSlots& ts,
+                                                 int lane, int warp, unsigned* amax_bits, const float* inv_scale,
+                                                 float norm, float qmax, bool gemm_order, Refill&& refill,
                                                  TokenScales&& token_scales) {
   float a[32];
-  load_lane32<T>(stage, lane, warp, a);
+  load_lane32<T>(stage, cta_elems, lane, warp, a);
   refill();
 
   float* xw = exchange + warp * kTrWarpFloats;
@@ -191,15 +193,15 @@ __device__ __forceinline__ void transposed_group(const T* stage, float* exchange
 // register stages, then the exchange and byte-wise code staging) had taken 1.19x and 1.16x (results/ab_rq_tr128.md;
 // no better at any tokens a CTA or ring depth, results/sweep_rq_tr_h200.txt).
 template <typename T, int FMT, int LOG_B, typename Refill, typename TokenScales>
-__device__ __forceinline__ void lane_contiguous_group(const T* stage, void* out, int64_t stride_out, int64_t row0,
-                                                      int live_tokens, const TrSlots& ts, int lane, int warp,
-                                                      unsigned* amax_bits, const float* inv_scale, float norm,
+__device__ __forceinline__ void lane_contiguous_group(const T* stage, int cta_elems, void* out, int64_t stride_out,
+                                                      int64_t row0, int live_tokens, const TrSlots& ts, int lane,
+                                                      int warp, unsigned* amax_bits, const float* inv_scale, float norm,
                                                       float qmax, bool gemm_order, Refill&& refill,
                                                       TokenScales&& token_scales) {
   static_assert(LOG_B >= 5 && LOG_B <= 7, "blocks of 32 to 128: at most two stages across lanes");
   const bool live = ts.tok1 < live_tokens;
   float a[32];
-  load_lane32<T>(stage, lane, warp, a);
+  load_lane32<T>(stage, cta_elems, lane, warp, a);
   refill();
   register_butterflies<32>(a);                               // bits 0-4
 #pragma unroll
@@ -388,10 +390,10 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     };
 
     if constexpr (TR && LOG_B <= 7) {
-      lane_contiguous_group<T, FMT, LOG_B>(stage, out, stride_out, row0, live_tokens, ts, lane, warp, amax_bits,
-                                           inv_scale, norm, qmax, gemm_order, refill, token_scales);
+      lane_contiguous_group<T, FMT, LOG_B>(stage, cta_elems, out, stride_out, row0, live_tokens, ts, lane, warp,
+                                           amax_bits, inv_scale, norm, qmax, gemm_order, refill, token_scales);
     } else if constexpr (TR) {
-      transposed_group<T, FMT, LOG_B>(stage, exchange, out, stride_out, row0, live_tokens, ts, lane, warp,
+      transposed_group<T, FMT, LOG_B>(stage, cta_elems, exchange, out, stride_out, row0, live_tokens, ts, lane, warp,
                                       amax_bits, inv_scale, norm, qmax, gemm_order, refill, token_scales);
     } else {
       bool live[V];
