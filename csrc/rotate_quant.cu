@@ -110,7 +110,9 @@ __device__ __forceinline__ void load_lane32(const T* stage, int cta_elems, int l
 // One code in the low byte (the upper bits arbitrary), for stores of single bytes: fp8 converts the value with
 // itself as the pair's other half, so that no byte of a pair needs a shift and a mask to reach the low byte (the
 // transposed path stores its codes a byte at a time: 32 F2FP a lane for 32 codes instead of 16 F2FP, 16 LOP3 and
-// 16 SHF).
+// 16 SHF). With the bf16 unpack (hadamard.cuh) and the loads above, new / old time on the H200 (session 23,
+// results/ab_rq_fewer_instr.md): 0.96x on 4608 x 3072 and 8192 x 4608 (87% -> 91% of copy each), 0.97x on 4608 x
+// 12288, 0.98x on 8192 x 1152 (lane_contiguous_group: the unpack and the loads only) and 32760 x 5120.
 template <int FMT>
 __device__ __forceinline__ uint32_t quantize_one(float y, float qmax) {
   if constexpr (FMT == kFP8) {
