@@ -17,17 +17,31 @@ namespace {
 
 constexpr int kMaxTokensPerCta = kMaxRowsPerCta;
 
-// Two code bytes (element 0 in the low byte). fp8: the hardware's round-to-nearest-even cast with .satfinite,
-// which is the reference's clamp to +-448 then cast (and keeps NaN); int: rint (half to even; NaN -> 0 in cvt.rni),
-// clamp to +-qmax.
+// One code in the low byte (the upper bits arbitrary), for stores of single bytes. fp8: the hardware's
+// round-to-nearest-even cast with .satfinite, which is the reference's clamp to +-448 then cast (and keeps NaN); int:
+// rint (half to even; NaN -> 0 in cvt.rni), clamp to +-qmax. fp8 converts the value paired with itself, so that no
+// byte needs a shift and a mask to reach the low byte: the transposed path stores its codes a byte at a time, 32
+// F2FP a lane for 32 codes instead of 16 F2FP, 16 LOP3 and 16 SHF. With the bf16 unpack (hadamard.cuh) and
+// load_lane32's unguarded loads, new / old time on the H200 (session 23, results/ab_rq_fewer_instr.md): 0.96x on
+// 4608 x 3072 and 8192 x 4608 (87% -> 91% of copy each), 0.97x on 4608 x 12288, 0.98x on 8192 x 1152
+// (lane_contiguous_group: the unpack and the loads only) and 32760 x 5120.
+template <int FMT>
+__device__ __forceinline__ uint32_t quantize_one(float y, float qmax) {
+  if constexpr (FMT == kFP8) {
+    return __nv_cvt_float2_to_fp8x2(make_float2(y, y), __NV_SATFINITE, __NV_E4M3);
+  } else {
+    const int lim = static_cast<int>(qmax);
+    return static_cast<uint32_t>(min(max(__float2int_rn(y), -lim), lim));
+  }
+}
+
+// Two code bytes (element 0 in the low byte): fp8 converts both in one instruction.
 template <int FMT>
 __device__ __forceinline__ uint32_t quantize_pair(float y0, float y1, float qmax) {
   if constexpr (FMT == kFP8) {
     return static_cast<uint32_t>(__nv_cvt_float2_to_fp8x2(make_float2(y0, y1), __NV_SATFINITE, __NV_E4M3));
   } else {
-    const int lim = static_cast<int>(qmax);
-    const int q0 = min(max(__float2int_rn(y0), -lim), lim), q1 = min(max(__float2int_rn(y1), -lim), lim);
-    return (static_cast<uint32_t>(q0) & 0xFFu) | ((static_cast<uint32_t>(q1) & 0xFFu) << 8);
+    return (quantize_one<FMT>(y0, qmax) & 0xFFu) | ((quantize_one<FMT>(y1, qmax) & 0xFFu) << 8);
   }
 }
 
@@ -105,22 +119,6 @@ __device__ __forceinline__ void load_lane32(const T* stage, int cta_elems, int l
   const T* src = stage + min((warp << 10) + (lane << 5), cta_elems - 32);
 #pragma unroll
   for (int q = 0; q < 4; ++q) load8_shared<T>(src + 8 * q, a + 8 * q);
-}
-
-// One code in the low byte (the upper bits arbitrary), for stores of single bytes: fp8 converts the value with
-// itself as the pair's other half, so that no byte of a pair needs a shift and a mask to reach the low byte (the
-// transposed path stores its codes a byte at a time: 32 F2FP a lane for 32 codes instead of 16 F2FP, 16 LOP3 and
-// 16 SHF). With the bf16 unpack (hadamard.cuh) and the loads above, new / old time on the H200 (session 23,
-// results/ab_rq_fewer_instr.md): 0.96x on 4608 x 3072 and 8192 x 4608 (87% -> 91% of copy each), 0.97x on 4608 x
-// 12288, 0.98x on 8192 x 1152 (lane_contiguous_group: the unpack and the loads only) and 32760 x 5120.
-template <int FMT>
-__device__ __forceinline__ uint32_t quantize_one(float y, float qmax) {
-  if constexpr (FMT == kFP8) {
-    return __nv_cvt_float2_to_fp8x2(make_float2(y, y), __NV_SATFINITE, __NV_E4M3);
-  } else {
-    const int lim = static_cast<int>(qmax);
-    return static_cast<uint32_t>(min(max(__float2int_rn(y), -lim), lim));
-  }
 }
 
 template <typename T, int FMT, int LOG_B, typename Refill, typename TokenScales>
