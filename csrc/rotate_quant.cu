@@ -1,7 +1,9 @@
 // Fused rotate + per-token quantize: x [M, K] -> codes [M, K] (e4m3 or int8) and scales [M] (float32), or the
 // rotated values in x's dtype (the weight-only path). Numerics are lrq_kernels/reference/act_quant.py's, bit for
 // bit: the same butterfly additions in the same order (bit 0 of the index first), the normalisation as one
-// float32 multiply, IEEE division for scale and inverse, round to nearest even, NaN confined to its token.
+// float32 multiply, IEEE division for scale and inverse, round to nearest even, NaN confined to its token. One
+// exception, on blocks of 128 (four_lane_group): an exact zero is +0 where the reference's is -0, which only a block
+// of signed-zero inputs gives (an e4m3 code 0x00 for its 0x80; int codes are the same).
 //
 // Layout and butterflies: hadamard.cuh (a CTA owns R whole tokens; a thread V vectors of 8 contiguous values).
 #include "hadamard.cuh"
@@ -24,7 +26,7 @@ constexpr int kMaxTokensPerCta = kMaxRowsPerCta;
 // F2FP a lane for 32 codes instead of 16 F2FP, 16 LOP3 and 16 SHF. With the bf16 unpack (hadamard.cuh) and
 // load_lane32's unguarded loads, new / old time on the H200 (session 23, results/ab_rq_fewer_instr.md): 0.96x on
 // 4608 x 3072 and 8192 x 4608 (87% -> 91% of copy each), 0.97x on 4608 x 12288, 0.98x on 8192 x 1152
-// (lane_contiguous_group: the unpack and the loads only) and 32760 x 5120.
+// (the blocks-of-128 path: the unpack and the loads only) and 32760 x 5120.
 template <int FMT>
 __device__ __forceinline__ uint32_t quantize_one(float y, float qmax) {
   if constexpr (FMT == kFP8) {
@@ -43,6 +45,21 @@ __device__ __forceinline__ uint32_t quantize_pair(float y0, float y1, float qmax
   } else {
     return (quantize_one<FMT>(y0, qmax) & 0xFFu) | ((quantize_one<FMT>(y1, qmax) & 0xFFu) << 8);
   }
+}
+
+// The largest |v[i]| of N values, NaN if any is NaN (as the reference's amax): a tree of max.NaN with the absolute
+// value as an operand modifier, one FMNMX.NAN a value (sm_90a). Its bits order like the values, and NaN's sort above
+// +inf, so the per-token reduction across lanes and warps is an integer max of them. The integer max of |v|'s bits
+// that it replaces took an and for each value plus half a three-way integer max (sm_90a SASS).
+__device__ __forceinline__ float max_nan(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+template <int N>
+__device__ __forceinline__ float abs_max(const float* v) {
+  if constexpr (N == 1) return fabsf(v[0]);
+  else return max_nan(abs_max<N / 2>(v), abs_max<N - N / 2>(v + N / 2));
 }
 
 // Shared memory of a CTA, in floats from the start of the dynamic allocation:
@@ -73,7 +90,7 @@ constexpr bool kBulkRing = false;
 // (session 19, results/ab_rq_transpose.md) 0.96x on 4608 x 3072, 0.87x on 4608 x 12288, 0.88x on 32760 x 5120;
 // blocks of 512 (session 20, results/ab_rq_tr512.md) 0.93x on 8192 x 4608 and 32760 x 13824. Codes go through the
 // warp's shared memory (a byte a value at its output position, natural or GEMM order) and out as 16-byte stores.
-// Blocks of 128 take the same slots without the transpose (lane_contiguous_group below).
+// Blocks of 128 take the same slots without the transpose (four_lane_group below).
 //
 // Where this warp's values sit, the same for every group: its 1024 values are elements 1024 warp ... of the CTA's
 // R * K, which belong to token tok_w up to index 32 split_j (split_j = 32: all of them) and to token tok_w + 1 after
@@ -147,9 +164,7 @@ __device__ __forceinline__ void transposed_group(const T* stage, int cta_elems, 
   unsigned m0 = 0u, m1 = 0u;
 #pragma unroll
   for (int g = 0; g < 32 / G; ++g) {
-    unsigned mg = 0u;
-#pragma unroll
-    for (int c = g * G; c < (g + 1) * G; ++c) mg = max(mg, __float_as_uint(fabsf(b[c])));
+    const unsigned mg = __float_as_uint(abs_max<G>(b + g * G));
     if ((ts.second >> g) & 1u) m1 = max(m1, mg);
     else m0 = max(m0, mg);
   }
@@ -184,41 +199,87 @@ __device__ __forceinline__ void transposed_group(const T* stage, int cta_elems, 
           *reinterpret_cast<const uint4*>(codes + 16 * lane + 512 * q);
 }
 
-// Blocks of 128 on the transposed path's slots (tr_slots), without its transpose: a lane's 32 contiguous values
-// run bits 0-4 in registers and bits 5-6 across lanes (lane bits 0 and 1: a shuffle and an FFMA a value a stage, as
-// block_hadamard does), so a lane ends with 32 consecutive values of one token and writes their codes as two 16-byte
-// stores (or eight 4-byte ones in GEMM order), with no exchange and no staging of codes. Against the strided path
-// (3 register stages, 4 across lanes), new / old time on the H200 (session 20, results/ab_rq_lanes128.md): 0.88x on
-// 8192 x 1152 (72% -> 82% of copy), 0.97x on 8858 x 2432, 0.92x on 512 x 1152. The full transposed layout (7
-// register stages, then the exchange and byte-wise code staging) had taken 1.19x and 1.16x (results/ab_rq_tr128.md;
-// no better at any tokens a CTA or ring depth, results/sweep_rq_tr_h200.txt).
+// Blocks of 128 on the transposed path's slots (tr_slots), without its transpose: a block is 4 lanes' 32 contiguous
+// values (position p = lane & 3 holds its values 32 p ... 32 p + 31), bits 0-4 run in registers and bits 5-6 across
+// the 4 lanes. Against the strided path (3 register stages, 4 across lanes), new / old time on the H200 (session 20,
+// results/ab_rq_lanes128.md): 0.88x on 8192 x 1152 (72% -> 82% of copy), 0.97x on 8858 x 2432, 0.92x on 512 x 1152.
+// The full transposed layout (7 register stages, then the exchange and byte-wise code staging) had taken 1.19x and
+// 1.16x (results/ab_rq_tr128.md; no better at any tokens a CTA or ring depth, results/sweep_rq_tr_h200.txt).
+//
+// The stages across lanes exchange half the values, not all (session 24): in the stage on lane bit b, the two lanes
+// of a pair each keep half of the indices c they share, send the other half, and compute both outputs (sum and
+// difference) of the half they kept. That is half a shuffle and one FADD a value a stage, where a shuffle and an
+// FFMA by +-1 of every value took twice that. Two things make it cost no selects:
+//   - Which half a lane sends has to be the same registers on every lane. The register stages on bits 3 and 4 are
+//     FFMAs by +-1 that swap their two halves on lanes whose bit 1, resp. bit 0, is set (as transposed_hadamard's
+//     bit-4 stage does), so that a lane always keeps slots 0-15 (then 0-7) and sends the rest.
+//   - The upper lane of a pair computes own - received = -(lower - upper) exactly (IEEE rounding is symmetric), so
+//     each output carries a sign of its lane, folded into the final multiply by +-1/sqrt(128).
+// Each lane ends with 4 runs of 8 values (one a position p, at column 32 p + 16 (lane & 1) + 8 (lane >> 1 & 1) of
+// the block), all of its block's token, and writes their codes as four 8-byte stores (eight 4-byte ones in GEMM
+// order).
 template <typename T, int FMT, int LOG_B, typename Refill, typename TokenScales>
-__device__ __forceinline__ void lane_contiguous_group(const T* stage, int cta_elems, void* out, int64_t stride_out,
-                                                      int64_t row0, int live_tokens, const TrSlots& ts, int lane,
-                                                      int warp, unsigned* amax_bits, const float* inv_scale, float norm,
-                                                      float qmax, bool gemm_order, Refill&& refill,
-                                                      TokenScales&& token_scales) {
-  static_assert(LOG_B >= 5 && LOG_B <= 7, "blocks of 32 to 128: at most two stages across lanes");
+__device__ __forceinline__ void four_lane_group(const T* stage, int cta_elems, void* out, int64_t stride_out,
+                                                int64_t row0, int live_tokens, const TrSlots& ts, int lane, int warp,
+                                                unsigned* amax_bits, const float* inv_scale, float norm, float qmax,
+                                                bool gemm_order, Refill&& refill, TokenScales&& token_scales) {
+  static_assert(LOG_B == 7, "blocks of 128: 4 lanes of 32 values");
   const bool live = ts.tok1 < live_tokens;
   float a[32];
   load_lane32<T>(stage, cta_elems, lane, warp, a);
   refill();
-  register_butterflies<32>(a);                               // bits 0-4
+  register_butterflies<8>(a);                                // bits 0-2
+  // Bits 3 and 4, their halves swapped on lanes with lane bit 1, resp. 0: slot s then holds c = s ^ 8 b1 ^ 16 b0.
+  const float swap1 = (lane & 2) ? -1.f : 1.f, swap0 = (lane & 1) ? -1.f : 1.f;
 #pragma unroll
-  for (int h = 1; 32 * h < (1 << LOG_B); h <<= 1) {          // bits 5-6: lane bits 0-1
-    const float sign = (lane & h) ? -1.f : 1.f;
+  for (int c = 0; c < 32; ++c)
+    if (!(c & 8)) {
+      const float lo = a[c], hi = a[c + 8];
+      a[c] = __fmaf_rn(swap1, hi, lo);
+      a[c + 8] = __fmaf_rn(-swap1, hi, lo);
+    }
 #pragma unroll
-    for (int c = 0; c < 32; ++c) a[c] = __fmaf_rn(sign, a[c], __shfl_xor_sync(0xffffffffu, a[c], h));
+  for (int c = 0; c < 16; ++c) {
+    const float lo = a[c], hi = a[c + 16];
+    a[c] = __fmaf_rn(swap0, hi, lo);
+    a[c + 16] = __fmaf_rn(-swap0, hi, lo);
   }
-  if constexpr (LOG_B % 2) {
+  // Bit 5 (lane bit 0): keep slots 0-15 (c = 16 b0 + (s ^ 8 b1)), send 16-31, which on the partner hold the same c.
+  // sum: position p & 2; diff: position (p & 2) + 1, times -1 on lanes with bit 0 set.
+  float sum[16], diff[16];
 #pragma unroll
-    for (int c = 0; c < 32; ++c) a[c] = __fmul_rn(a[c], norm);
+  for (int i = 0; i < 16; ++i) {
+    const float r = __shfl_xor_sync(0xffffffffu, a[16 + i], 1);
+    sum[i] = a[i] + r;
+    diff[i] = a[i] - r;
   }
+  // Bit 6 (lane bit 1): keep slots 0-7 (c = 16 b0 + 8 b1 + s), send 8-15. y[p]: position p, times the sign of the
+  // lane's bit 1 (p = 2, 3) and of its bit 0 (p = 1, 3).
+  float y[4][8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float r = __shfl_xor_sync(0xffffffffu, sum[8 + i], 2);
+    y[0][i] = sum[i] + r;
+    y[2][i] = sum[i] - r;
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float r = __shfl_xor_sync(0xffffffffu, diff[8 + i], 2);
+    y[1][i] = diff[i] + r;
+    y[3][i] = diff[i] - r;
+  }
+  // The normalisation with the signs: y * (+-norm) + 0, which is y * (+-norm) but for an exact zero, always +0. The
+  // reference's zero is -0 only where a's lower value is -0 and its upper +0 (or both -0 for a sum), that is where
+  // the block's inputs are signed zeros; a zero from values that cancel, and every value of a zero token, is +0, as
+  // here. (Without the + 0 the carried signs turned such zeros into -0: e4m3 code 0x80 where the reference has 0.)
+  const float signed_norm[4] = {norm, swap0 * norm, swap1 * norm, swap0 * swap1 * norm};
+#pragma unroll
+  for (int p = 0; p < 4; ++p)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) y[p][i] = __fmaf_rn(y[p][i], signed_norm[p], 0.f);
 
   // Per-token absmax: this lane's values are token tok1's, which is tok_w or tok_w + 1.
-  unsigned mx = 0u;
-#pragma unroll
-  for (int c = 0; c < 32; ++c) mx = max(mx, __float_as_uint(fabsf(a[c])));
+  const unsigned mx = __float_as_uint(abs_max<32>(&y[0][0]));
   const bool second = ts.tok1 != ts.tok_w;
   const unsigned m0 = __reduce_max_sync(0xffffffffu, second ? 0u : mx);
   const unsigned m1 = __reduce_max_sync(0xffffffffu, second ? mx : 0u);
@@ -227,25 +288,29 @@ __device__ __forceinline__ void lane_contiguous_group(const T* stage, int cta_el
   token_scales();
 
   const float inv = inv_scale[min(ts.tok1, kMaxTokensPerCta - 1)];
-  uint32_t w[8];
+  uint32_t w[4][2];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const uint32_t lo = quantize_pair<FMT>(__fmul_rn(a[4 * i], inv), __fmul_rn(a[4 * i + 1], inv), qmax);
-    const uint32_t hi = quantize_pair<FMT>(__fmul_rn(a[4 * i + 2], inv), __fmul_rn(a[4 * i + 3], inv), qmax);
-    w[i] = lo | (hi << 16);
-  }
+  for (int p = 0; p < 4; ++p)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float* v = y[p] + 4 * h;
+      const uint32_t lo = quantize_pair<FMT>(__fmul_rn(v[0], inv), __fmul_rn(v[1], inv), qmax);
+      const uint32_t hi = quantize_pair<FMT>(__fmul_rn(v[2], inv), __fmul_rn(v[3], inv), qmax);
+      w[p][h] = lo | (hi << 16);
+    }
   if (!live) return;
-  uint8_t* dst = static_cast<uint8_t*>(out) + (row0 + ts.tok1) * stride_out + ts.col1;
+  const int run = 16 * (lane & 1) + 8 * ((lane >> 1) & 1);   // this lane's columns in each 32 of the block
+  uint8_t* block = static_cast<uint8_t*>(out) + (row0 + ts.tok1) * stride_out + ts.col1 - 32 * (lane & 3);
   if (gemm_order) {
-    // the W4A8 GEMM's K order (gemm_a8_sm90.cu): K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in its 128; this
-    // lane's values are q = (col1 & 127) / 32, so word i = 2j + h goes to 16 i + 4q
-    const int c = ts.col1 & 127;
-    uint8_t* base = dst - c + (c >> 3);
+    // the W4A8 GEMM's K order (gemm_a8_sm90.cu): K = 32q + 8j + 4h + e at 32j + 16h + 4q + e in its 128; position p
+    // is q and run = 8j
 #pragma unroll
-    for (int i = 0; i < 8; ++i) *reinterpret_cast<uint32_t*>(base + 16 * i) = w[i];
+    for (int p = 0; p < 4; ++p)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) *reinterpret_cast<uint32_t*>(block + 4 * run + 16 * h + 4 * p) = w[p][h];
   } else {
-    reinterpret_cast<uint4*>(dst)[0] = make_uint4(w[0], w[1], w[2], w[3]);
-    reinterpret_cast<uint4*>(dst)[1] = make_uint4(w[4], w[5], w[6], w[7]);
+#pragma unroll
+    for (int p = 0; p < 4; ++p) *reinterpret_cast<uint2*>(block + 32 * p + run) = make_uint2(w[p][0], w[p][1]);
   }
 }
 
@@ -390,8 +455,8 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     };
 
     if constexpr (TR && LOG_B <= 7) {
-      lane_contiguous_group<T, FMT, LOG_B>(stage, cta_elems, out, stride_out, row0, live_tokens, ts, lane, warp,
-                                           amax_bits, inv_scale, norm, qmax, gemm_order, refill, token_scales);
+      four_lane_group<T, FMT, LOG_B>(stage, cta_elems, out, stride_out, row0, live_tokens, ts, lane, warp, amax_bits,
+                                     inv_scale, norm, qmax, gemm_order, refill, token_scales);
     } else if constexpr (TR) {
       transposed_group<T, FMT, LOG_B>(stage, cta_elems, exchange, out, stride_out, row0, live_tokens, ts, lane, warp,
                                       amax_bits, inv_scale, norm, qmax, gemm_order, refill, token_scales);
@@ -432,24 +497,19 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
         for (int i = 0; i < V; ++i)
           if (live[i]) store8<T>(static_cast<T*>(out) + (row0 + tok[i]) * stride_out + col[i], v[i]);
       } else {
-        // Per-token absmax. The bit patterns of |v| order like the values, and a NaN's (0x7FC00000) sorts above
-        // +inf, so an integer max keeps NaN as the reference's amax does (fmaxf would drop it).
+        // Per-token absmax (abs_max), as float bits.
         if (tokens_per_cta == 1) {
           // Every slot of the CTA is token 0's or past it (zeros: their blocks never mix with token 0's), so one
           // reduction and one atomic a warp (the per-vector vote below cost ~6 instructions a vector: ncu, session 12).
-          unsigned mx = 0u;
+          float m = abs_max<8>(v[0]);
 #pragma unroll
-          for (int i = 0; i < V; ++i)
-#pragma unroll
-            for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
-          mx = __reduce_max_sync(0xffffffffu, mx);
+          for (int i = 1; i < V; ++i) m = max_nan(m, abs_max<8>(v[i]));
+          const unsigned mx = __reduce_max_sync(0xffffffffu, __float_as_uint(m));
           if (lane == 0) atomicMax(&amax_bits[0], mx);
         } else {
 #pragma unroll
           for (int i = 0; i < V; ++i) {
-            unsigned mx = 0u;
-#pragma unroll
-            for (int j = 0; j < 8; ++j) mx = max(mx, __float_as_uint(fabsf(v[i][j])));
+            unsigned mx = __float_as_uint(abs_max<8>(v[i]));
             const bool one_token = __all_sync(0xffffffffu, tok[i] == __shfl_sync(0xffffffffu, tok[i], 0));
             if (one_token) {
               mx = __reduce_max_sync(0xffffffffu, mx);
@@ -500,7 +560,7 @@ struct Plan { int v, tokens, threads; size_t smem; Layout layout; bool transpose
 // 2 stages leave room for more CTAs an SM, which measured faster than deeper rings (H200, session 20,
 // results/sweep_rq_tr_h200.txt, new / old time): 8192 x 4608 at 2 stages 0.91x that of 4 (3 CTAs an SM against 2);
 // 4608 x 3072 at 2 or 3 stages 0.95x that of 4; 32760 x 5120 at 3 stages 1.07x that of 2 or 4
-// (results/ab_rq_tr_3stages.md); K = 12288 and 15360 alike. (Blocks of 128, lane-contiguous without a transpose:
+// (results/ab_rq_tr_3stages.md); K = 12288 and 15360 alike. (Blocks of 128, four_lane_group without a transpose:
 // 2 stages; their tokens and CTAs an SM were swept in session 21, see lane_tokens.)
 // x_bytes is x's element size.
 constexpr size_t kRingBudget = 96 * 1024;
@@ -525,7 +585,7 @@ inline int tr_tokens(int64_t k, int64_t m, int sms) {
   return best;
 }
 
-// Tokens a CTA for blocks of 128 (lane_contiguous_group): the least R with R * K >= 4096, 4 or 5 warps (K = 1152:
+// Tokens a CTA for blocks of 128 (four_lane_group): the least R with R * K >= 4096, 4 or 5 warps (K = 1152:
 // 4 in 5 warps; 2432: 2 in 5), fewer while the groups would not give every SM a CTA. The path runs at most
 // kLaneCtasPerSm CTAs an SM. Swept on the H200 (session 21, results/sweep_rq_grid_h200.txt, time over ba52743's
 // 7 tokens in 8 warps and 5 in 12, 4 CTAs an SM by registers, and 2 an SM): 8192 x 1152 at 4 tokens and 4 CTAs an SM
@@ -546,7 +606,7 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
   p.v = t.v;
   p.tokens = t.rows;
   p.threads = t.threads;
-  // blocks of 128: lane_contiguous_group, no exchange region
+  // blocks of 128: four_lane_group, no exchange region
   const auto exchange_for = [&](int threads) -> size_t {
     return block > 128 ? sizeof(float) * kTrWarpFloats * (threads / 32) : 0;
   };

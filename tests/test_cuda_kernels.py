@@ -195,7 +195,7 @@ def test_cuda_rotate_quant_nan_and_zero_tokens(monkeypatch):
 
 # (K, block) of the transposed path: blocks of 1024; blocks of 512 and 128 whose warps' 1024 values straddle two
 # tokens (K = 1152, 1536, 2432, 2560, 4608, 13824; blocks of 128 run without the transpose, csrc/rotate_quant.cu
-# lane_contiguous_group). At M = 999 K = 1152 and 1024 take 4 tokens a CTA (a last group of 3), 2432, 1536, 2560 and
+# four_lane_group). At M = 999 K = 1152 and 1024 take 4 tokens a CTA (a last group of 3), 2432, 1536, 2560 and
 # 4608 2 (a last group of 1); at M = 333 K = 1152 takes 2; at M = 1 and 5, 1 (the plan keeps a CTA for every SM).
 TRANSPOSED_CASES = [(1024, 1024), (2048, 1024), (3072, 1024), (5120, 1024), (12288, 1024), (15360, 1024),
                     (1536, 512), (2560, 512), (4608, 512), (13824, 512), (2048, 512), (1152, 128), (2432, 128),
@@ -242,6 +242,29 @@ def test_cuda_rotate_quant_transposed_path_nan_and_zero_tokens(m, k, block):
     assert torch.isnan(scales[nan]) and not torch.isnan(scales[others]).any()
     rc, rs = rotate_quantize_ref(x, None, None, block, "fp8", 8)
     assert _frac_diff(codes, rc) <= 1e-4 and torch.isnan(rs[nan]) and torch.equal(scales[others], rs[others])
+
+
+@gpu
+@pytest.mark.parametrize("m", [1, 600], ids=str)
+def test_cuda_rotate_quant_blocks_of_128_zeros(m):
+    """Blocks of 128 (csrc/rotate_quant.cu, four_lane_group) carry signs across their lane stages and give an exact
+    zero as +0. Small integers cancel to exact zeros all through the butterflies; a zero token, a token of -0 and a
+    block of -0 give zeros. Codes are the reference's as bytes except where its rotated value is -0 (which only a
+    block of signed-zero inputs gives), and there they are +0."""
+    g = torch.Generator(device="cuda").manual_seed(m)
+    x = torch.randint(-2, 3, (m, 1152), device="cuda", generator=g).to(torch.bfloat16)
+    x[m // 3] = 0
+    x[m // 2] = -0.0
+    x[m - 1, 256:384] = -0.0
+    rot = rotate_ref(x, None, None, 128)
+    neg_zero = (rot == 0) & torch.signbit(rot)
+    assert m == 1 or neg_zero.any()
+    for a_format in ("fp8", "int"):
+        codes, scales = cuda_kernels.rotate_quant_cuda(x, None, None, 128, a_format, 8)
+        rc, rs = rotate_quantize_ref(x, None, None, 128, a_format, 8)
+        got, want = codes.view(torch.uint8), rc.view(torch.uint8)
+        assert torch.equal(scales, rs)
+        assert torch.equal(got[~neg_zero], want[~neg_zero]) and (got[neg_zero] == 0).all(), a_format
 
 
 @gpu

@@ -45,10 +45,14 @@ def quantize_tokens_with_amax_ref(r: torch.Tensor, amax: torch.Tensor, a_format:
     channels with the absmax of the whole token, so that its codes are those of the unsharded layer."""
     qmax = act_qmax(a_format, a_bits)
     r, amax = r.float(), amax.float()
-    # a tensor divisor, not the Python float: PyTorch's CUDA division by a scalar multiplies by its float32
-    # reciprocal (off by an ulp from amax / qmax), so the reference would depend on its device
-    scale = amax / torch.full_like(amax, qmax)
-    inv = torch.where(amax > 0, qmax / amax, torch.zeros_like(amax))
+    # qmax as a tensor, not the Python float, on both sides of the division: PyTorch's CUDA division by a scalar
+    # multiplies by its float32 reciprocal (off by an ulp from amax / qmax), so the reference would depend on its
+    # device; and a Python float over a tensor runs as amax.reciprocal() * qmax on every device (an ulp off the
+    # quotient for a quarter of amax values, which moved int codes at exact ties of r * inv away from the kernels',
+    # whose inverse is the IEEE quotient).
+    q = torch.full_like(amax, qmax)
+    scale = amax / q
+    inv = torch.where(amax > 0, q / amax, torch.zeros_like(amax))
     y = r * inv[:, None]
     if a_format == "fp8":
         codes = y.clamp(-qmax, qmax).to(torch.float8_e4m3fn)
