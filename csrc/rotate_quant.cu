@@ -348,10 +348,9 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
 
   if (threadIdx.x < 2 * kMaxTokensPerCta) amax_sets[threadIdx.x] = 0u;
   const uint32_t bar0 = smem_u32(smem + kBarOffset);          // stage s's mbarrier at bar0 + 8 s
-  // The copier (the last warp's first thread: warp 0 computes the token scales) alone arms the barriers and issues
-  // the copies; the others first wait on a barrier after the __syncthreads below.
-  const bool copier = threadIdx.x == blockDim.x - 32;
-  if (kBulkRing && copier)
+  // Thread 0 alone arms the barriers and issues the copies; the others first wait on a barrier after the
+  // __syncthreads below.
+  if (kBulkRing && threadIdx.x == 0)
     for (int s = 0; s < lay.stages; ++s) mbar_init(bar0 + 8 * s, 1);
 
   // A slot past the CTA's R * K elements has tok >= R, so `tok < live tokens` tells the slots to compute.
@@ -365,7 +364,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
   // Hopper: the calling thread 0 arms the stage's barrier with the group's bytes and copies each live token's row.
   auto fetch = [&](int grp, int slot) {
     if constexpr (kBulkRing) {
-      if (copier && grp < groups) {
+      if (threadIdx.x == 0 && grp < groups) {
         const int64_t row0 = static_cast<int64_t>(grp) * tokens_per_cta;
         const int live_tokens = live_tokens_at(row0);
         const uint32_t bar = bar0 + 8 * slot, row_bytes = static_cast<uint32_t>(k * sizeof(T));
