@@ -13,8 +13,6 @@
 #include <algorithm>
 #include <numeric>
 #include <type_traits>
-#include <cstdio>
-#include <cstdlib>
 
 namespace lrq {
 namespace {
@@ -616,20 +614,13 @@ Plan plan_for(int64_t k, int block, int x_bytes, bool gather, bool transpose = f
     const int r = block == 128 ? lane_tokens(k, m, sms) : tr_tokens(k, m, sms);
     const size_t stage_bytes = static_cast<size_t>(r) * k * x_bytes;
     const int threads = static_cast<int>((r * k + 1023) / 1024) * 32;
-    int rr = r, cap = block == 128 ? kLaneCtasPerSm : 0;
-    if (block == 128 && std::getenv("LRQ_SCRATCH_LANE")) {      // scratch sweep: tokens,ctas
-      sscanf(std::getenv("LRQ_SCRATCH_LANE"), "%d,%d", &rr, &cap);
-    }
-    const int thr = static_cast<int>((rr * k + 1023) / 1024) * 32;
-    const size_t sb = static_cast<size_t>(rr) * k * x_bytes;
-    if (rr > 0 && thr <= Bounds<4>::kThreads && 2 * sb + exchange_for(thr) <= kRingBudget + 8 * 1024) {
+    if (r > 0 && threads <= Bounds<4>::kThreads && 2 * stage_bytes + exchange_for(threads) <= kRingBudget + 8 * 1024) {
       p.transpose = true;
       p.v = 4;                                                   // the kernel's launch bounds: Bounds<4>
-      p.tokens = rr;
-      p.threads = thr;
-      p.max_ctas_per_sm = cap;
+      p.tokens = r;
+      p.threads = threads;
+      p.max_ctas_per_sm = block == 128 ? kLaneCtasPerSm : 0;
     }
-    (void)stage_bytes; (void)threads;
   }
   const bool cross_warp = !p.transpose && block > 256 * p.v;
   Layout& l = p.layout;
