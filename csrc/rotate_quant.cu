@@ -50,7 +50,8 @@ __device__ __forceinline__ uint32_t quantize_pair(float y0, float y1, float qmax
 // The largest |v[i]| of N values, NaN if any is NaN (as the reference's amax): a tree of max.NaN with the absolute
 // value as an operand modifier, one FMNMX.NAN a value (sm_90a). Its bits order like the values, and NaN's sort above
 // +inf, so the per-token reduction across lanes and warps is an integer max of them. The integer max of |v|'s bits
-// that it replaces took an and for each value plus half a three-way integer max (sm_90a SASS).
+// that it replaces took an and for each value plus half a three-way integer max (sm_90a SASS); with it the paths other
+// than blocks of 128 took 0.98-1.01x the time (results/ab_rq_four_lane.md).
 __device__ __forceinline__ float max_nan(float a, float b) {
   float r;
   asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
@@ -215,6 +216,9 @@ __device__ __forceinline__ void transposed_group(const T* stage, int cta_elems, 
 //     bit-4 stage does), so that a lane always keeps slots 0-15 (then 0-7) and sends the rest.
 //   - The upper lane of a pair computes own - received = -(lower - upper) exactly (IEEE rounding is symmetric), so
 //     each output carries a sign of its lane, folded into the final multiply by +-1/sqrt(128).
+// With the amax below (abs_max), new / old time on the H200 (session 24, results/ab_rq_four_lane.md): 0.97x on
+// 8192 x 1152 (87% -> 90% of copy), 0.95x on 512 x 1152, 0.99x on 8858 x 2432. Tokens a CTA and CTAs an SM swept
+// again after it: the plan's 4 tokens and 4 CTAs an SM stay the fastest on K = 1152 (results/sweep_rq_lane_h200.txt).
 // Each lane ends with 4 runs of 8 values (one a position p, at column 32 p + 16 (lane & 1) + 8 (lane >> 1 & 1) of
 // the block), all of its block's token, and writes their codes as four 8-byte stores (eight 4-byte ones in GEMM
 // order).
