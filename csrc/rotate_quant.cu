@@ -216,12 +216,11 @@ __device__ __forceinline__ void transposed_group(const T* stage, int cta_elems, 
 //     bit-4 stage does), so that a lane always keeps slots 0-15 (then 0-7) and sends the rest.
 //   - The upper lane of a pair computes own - received = -(lower - upper) exactly (IEEE rounding is symmetric), so
 //     each output carries a sign of its lane, folded into the final multiply by +-1/sqrt(128).
-// With the amax below (abs_max), new / old time on the H200 (session 24, results/ab_rq_four_lane.md): 0.97x on
-// 8192 x 1152 (87% -> 90% of copy), 0.95x on 512 x 1152, 0.99x on 8858 x 2432. Tokens a CTA and CTAs an SM swept
-// again after it: the plan's 4 tokens and 4 CTAs an SM stay the fastest on K = 1152 (results/sweep_rq_lane_h200.txt).
 // Each lane ends with 4 runs of 8 values (one a position p, at column 32 p + 16 (lane & 1) + 8 (lane >> 1 & 1) of
 // the block), all of its block's token, and writes their codes as four 8-byte stores (eight 4-byte ones in GEMM
-// order).
+// order). With abs_max's amax, new / old time on the H200 (session 24, results/ab_rq_four_lane.md): 0.97x on
+// 8192 x 1152 (87% -> 90% of copy), 0.95x on 512 x 1152, 0.99x on 8858 x 2432. Tokens a CTA and CTAs an SM swept
+// again after it: the plan's 4 tokens and 4 CTAs an SM stay the fastest on K = 1152 (results/sweep_rq_lane_h200.txt).
 template <typename T, int FMT, int LOG_B, typename Refill, typename TokenScales>
 __device__ __forceinline__ void four_lane_group(const T* stage, int cta_elems, void* out, int64_t stride_out,
                                                 int64_t row0, int live_tokens, const TrSlots& ts, int lane, int warp,
