@@ -211,10 +211,6 @@ __device__ __forceinline__ void block_hadamard(float (&v)[V][8], int log_b, floa
 constexpr int kTrBlockFloats = 16 * 16 + 16;                  // a 16 x 16 block and the pad before the next
 constexpr int kTrWarpFloats = 2 * kTrBlockFloats;             // a warp's exchange region: 2176 bytes
 
-// a[c]: value 32 lane + c of the warp's 1024 (phase 1). b[s]: the Hadamard of its block of 2^LOG_B (unnormalised) at
-// lane + 32 j, j = s ^ 16 (lane >> 4): on lanes 16-31 the two halves of b are swapped (callers place each value
-// by j, i.e. offset 512 (lane >> 4) in opposite directions for s < 16 and s >= 16). xw: the warp's kTrWarpFloats
-// floats of shared memory; other lanes may still read it when this returns (a barrier before reuse).
 // Butterfly stages h = 1, 2, 4, ... < kEnd over a lane's 32 registers, bit 0 first (lower = a + b, upper = a - b).
 template <int kEnd>
 __device__ __forceinline__ void register_butterflies(float (&v)[32]) {
@@ -225,18 +221,31 @@ __device__ __forceinline__ void register_butterflies(float (&v)[32]) {
       if (!(c & h)) { const float lo = v[c], hi = v[c + h]; v[c] = lo + hi; v[c + h] = lo - hi; }
 }
 
+// Butterfly stage H as above, its two outputs swapped where swap is -1 (lower = a + b lands at the upper
+// index): an FFMA by +-1 each, the same rounding as the FADDs. Layouts that exchange values across lanes use it
+// so that every lane keeps and sends the same registers.
+template <int H>
+__device__ __forceinline__ void swapping_butterflies(float (&v)[32], float swap) {
+#pragma unroll
+  for (int c = 0; c < 32; ++c)
+    if (!(c & H)) {
+      const float lo = v[c], hi = v[c + H];
+      v[c] = __fmaf_rn(swap, hi, lo);
+      v[c + H] = __fmaf_rn(-swap, hi, lo);
+    }
+}
+
+// a[c]: value 32 lane + c of the warp's 1024 (phase 1). b[s]: the Hadamard of its block of 2^LOG_B (unnormalised) at
+// lane + 32 j, j = s ^ 16 (lane >> 4): on lanes 16-31 the two halves of b are swapped (callers place each value
+// by j, i.e. offset 512 (lane >> 4) in opposite directions for s < 16 and s >= 16). xw: the warp's kTrWarpFloats
+// floats of shared memory; other lanes may still read it when this returns (a barrier before reuse).
 template <int LOG_B>
 __device__ __forceinline__ void transposed_hadamard(float (&a)[32], float (&b)[32], float* xw, int lane) {
   static_assert(LOG_B >= 5 && LOG_B <= 10, "the transposed layout holds blocks of 32 to 1024");
   register_butterflies<16>(a);                               // phase 1: bits 0-3
   const int half = lane >> 4, r = lane & 15;
   const float swap = half ? -1.f : 1.f;
-#pragma unroll
-  for (int i = 0; i < 16; ++i) {                             // bit 4, the halves swapped on lanes 16-31
-    const float lo = a[i], hi = a[16 + i];
-    a[i] = __fmaf_rn(swap, hi, lo);
-    a[16 + i] = __fmaf_rn(-swap, hi, lo);
-  }
+  swapping_butterflies<16>(a, swap);                         // bit 4, the halves swapped on lanes 16-31
   // The exchange: this lane writes row r of block `half`; reads column r of block half ^ round.
   float* wrow = xw + half * kTrBlockFloats + r * 16;
   const int wsw = (r >> 1) & 3, rq = r >> 2, rl = r & 3;

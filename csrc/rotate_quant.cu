@@ -212,8 +212,8 @@ __device__ __forceinline__ void transposed_group(const T* stage, int cta_elems, 
 // difference) of the half they kept. That is half a shuffle and one FADD a value a stage, where a shuffle and an
 // FFMA by +-1 of every value took twice that. Two things make it cost no selects:
 //   - Which half a lane sends has to be the same registers on every lane. The register stages on bits 3 and 4 are
-//     FFMAs by +-1 that swap their two halves on lanes whose bit 1, resp. bit 0, is set (as transposed_hadamard's
-//     bit-4 stage does), so that a lane always keeps slots 0-15 (then 0-7) and sends the rest.
+//     FFMAs by +-1 that swap their two halves on lanes whose bit 1, resp. bit 0, is set (swapping_butterflies, as
+//     transposed_hadamard's bit-4 stage does), so that a lane always keeps slots 0-15 (then 0-7) and sends the rest.
 //   - The upper lane of a pair computes own - received = -(lower - upper) exactly (IEEE rounding is symmetric), so
 //     each output carries a sign of its lane, folded into the final multiply by +-1/sqrt(128).
 // Each lane ends with 4 runs of 8 values (one a position p, at column 32 p + 16 (lane & 1) + 8 (lane >> 1 & 1) of
@@ -234,19 +234,8 @@ __device__ __forceinline__ void four_lane_group(const T* stage, int cta_elems, v
   register_butterflies<8>(a);                                // bits 0-2
   // Bits 3 and 4, their halves swapped on lanes with lane bit 1, resp. 0: slot s then holds c = s ^ 8 b1 ^ 16 b0.
   const float swap1 = (lane & 2) ? -1.f : 1.f, swap0 = (lane & 1) ? -1.f : 1.f;
-#pragma unroll
-  for (int c = 0; c < 32; ++c)
-    if (!(c & 8)) {
-      const float lo = a[c], hi = a[c + 8];
-      a[c] = __fmaf_rn(swap1, hi, lo);
-      a[c + 8] = __fmaf_rn(-swap1, hi, lo);
-    }
-#pragma unroll
-  for (int c = 0; c < 16; ++c) {
-    const float lo = a[c], hi = a[c + 16];
-    a[c] = __fmaf_rn(swap0, hi, lo);
-    a[c + 16] = __fmaf_rn(-swap0, hi, lo);
-  }
+  swapping_butterflies<8>(a, swap1);
+  swapping_butterflies<16>(a, swap0);
   // Bit 5 (lane bit 0): keep slots 0-15 (c = 16 b0 + (s ^ 8 b1)), send 16-31, which on the partner hold the same c.
   // sum: position p & 2; diff: position (p & 2) + 1, times -1 on lanes with bit 0 set.
   float sum[16], diff[16];
