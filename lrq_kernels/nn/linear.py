@@ -11,10 +11,13 @@ State (all buffers, so .to() and state_dict carry them):
     perm           int32 [K]   (absent unless the rotation permutes; the CUDA rotate+quantize reads an int16 copy,
                                made once: lrq_kernels.cuda.gather_tables)
     channel_scale  float32 [K] (absent unless the rotation smooths)
-and the layout metadata in `_extra_state` (checked on load, before any tensor is copied).
+and the layout metadata in `_extra_state`, a uint8 tensor of its JSON (so a state dict holds only tensors and
+any tensor serializer, diffusers' `save_pretrained` included, can write it), checked on load before any tensor
+is copied.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 import torch
@@ -242,12 +245,13 @@ class QuantLinear(nn.Module):
                 "block": self.block, "bias": self.bias is not None, "permuted": self.perm is not None,
                 "smoothed": self.channel_scale is not None}
 
-    def get_extra_state(self):
-        return self.layout()
+    def get_extra_state(self) -> torch.Tensor:
+        return encode_layout(self.layout())
 
     def set_extra_state(self, state):
-        if state != self.layout():
-            raise ValueError(f"checkpoint layout {state} does not match this QuantLinear's {self.layout()}")
+        if decode_layout(state) != self.layout():
+            raise ValueError(f"checkpoint layout {decode_layout(state)} does not match this QuantLinear's "
+                             f"{self.layout()}")
 
     @classmethod
     def from_layout(cls, layout: dict, device=None) -> "QuantLinear":
@@ -291,12 +295,30 @@ class QuantLinear(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         extra = state_dict.get(prefix + "_extra_state")
-        if extra is not None and extra != self.layout():
-            raise ValueError(f"{prefix or 'QuantLinear'}: checkpoint layout {extra} does not match this "
-                             f"layer's {self.layout()}")
+        if extra is not None and decode_layout(extra) != self.layout():
+            raise ValueError(f"{prefix or 'QuantLinear'}: checkpoint layout {decode_layout(extra)} does not match "
+                             f"this layer's {self.layout()}")
         self.check_state(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+
+def encode_layout(layout: dict) -> torch.Tensor:
+    """A QuantLinear's layout as the uint8 tensor of its JSON (its `_extra_state` in a state dict)."""
+    return torch.frombuffer(bytearray(json.dumps(layout, sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def decode_layout(state) -> dict:
+    """The layout dict of an `_extra_state` entry (the uint8 JSON tensor, or the dict itself)."""
+    if isinstance(state, dict):
+        return state
+    if isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.dim() == 1:
+        try:
+            return json.loads(bytes(state.cpu().tolist()).decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"QuantLinear _extra_state is not a readable layout ({e})") from None
+    raise ValueError(f"QuantLinear _extra_state must be a layout dict or its uint8 JSON tensor, got "
+                     f"{type(state).__name__}")
 
 
 def weight_bytes(module: nn.Module) -> int:
