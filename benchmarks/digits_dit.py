@@ -29,7 +29,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from lrq_kernels.nn.model import read_checkpoint
+from lrq_kernels.nn.checkpoint import read_tensor_file
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "digits_dit")
 GENERATOR_FILE = os.path.join(ASSETS, "transformer.safetensors")
@@ -115,7 +115,7 @@ def save_generator(model: nn.Module, path: str, info: dict) -> None:
 def load_generator(path: str = GENERATOR_FILE, device="cpu"):
     """(model in float32, eval mode, on `device`; info dict of the training run). Refuses a file whose format,
     config, tensor names, shapes or values do not match, before loading anything."""
-    state, meta = read_checkpoint(path, GENERATOR_FORMAT)
+    state, meta = read_tensor_file(path, GENERATOR_FORMAT)
     cfg = json.loads(meta.get("model_config", "null"))
     if cfg != MODEL_CONFIG:
         raise ValueError(f"checkpoint {path!r} was trained with model config {cfg}, this code builds {MODEL_CONFIG}")
@@ -160,7 +160,7 @@ def save_classifier(model: DigitsClassifier, real_mu: torch.Tensor, real_cov: to
 
 def load_classifier(path: str = CLASSIFIER_FILE, device="cpu"):
     """(classifier in eval mode, real-feature mean [64] and covariance [64, 64] in float64, info dict)."""
-    state, meta = read_checkpoint(path, CLASSIFIER_FORMAT)
+    state, meta = read_tensor_file(path, CLASSIFIER_FORMAT)
     net = DigitsClassifier()
     d = DigitsClassifier.FEATURES
     for key, shape in (("real_mu", (d,)), ("real_cov", (d, d))):

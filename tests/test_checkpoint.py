@@ -18,14 +18,20 @@ TINY = dict(pixart_config(num_layers=2, sample_size=8), num_attention_heads=2, a
             cross_attention_dim=128, caption_channels=64)
 
 
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
+
 @pytest.fixture(scope="module")
 def quantized():
     """(float model, its W4A8 quantized copy, inputs, quantized output), float32 on the CPU."""
-    torch.set_grad_enabled(False)
-    model = make_pixart(TINY)
-    inp = pixart_inputs(TINY, text_tokens=8)
-    q = lrq.quantize_model(copy.deepcopy(model), QuantConfig(), skip=DIT_SKIP, progress=False)
-    return model, q, inp, q(**inp)[0]
+    with torch.no_grad():
+        model = make_pixart(TINY)
+        inp = pixart_inputs(TINY, text_tokens=8)
+        q = lrq.quantize_model(copy.deepcopy(model), QuantConfig(), skip=DIT_SKIP, progress=False)
+        return model, q, inp, q(**inp)[0]
 
 
 @pytest.fixture

@@ -164,6 +164,21 @@ def _json(meta: dict, key: str, path: str):
         raise ValueError(f"checkpoint {path!r} has unreadable {key!r} metadata ({e})") from None
 
 
+def read_tensor_file(path: str, fmt: str) -> tuple[dict, dict]:
+    """(tensors, metadata) of a whole safetensors file whose metadata "format" is `fmt` (the assets of
+    benchmarks/digits_dit.py); ValueError naming the file otherwise (missing, truncated, garbled, another format)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+        raise ValueError(f"cannot read checkpoint {path!r}: {e}") from None
+    if meta.get("format") != fmt:
+        raise ValueError(f"checkpoint {path!r} has format {meta.get('format')!r}, expected {fmt!r}")
+    return state, meta
+
+
 def read_checkpoint(path: str) -> _Checkpoint:
     """The header of a checkpoint file of save_quantized, or of a save_pretrained folder of a quantized model."""
     path = os.fspath(path)
@@ -403,4 +418,8 @@ def load_quantized_model(path: str, device="cpu", dtype: torch.dtype | None = No
     if left:
         raise ValueError(f"checkpoint {ck.path!r} leaves {len(left)} tensors of the model unset: {left[:5]}")
     # the buffers built in __init__ that the file does not hold (non-persistent ones) follow, as with .to()
-    return model.to(device) if dtype is None else model.to(device, dtype)
+    for mod in model.modules():
+        for bname, b in mod._buffers.items():
+            if b is not None and not isinstance(mod, QuantLinear):
+                mod._buffers[bname] = b.to(device, dtype if dtype is not None and b.is_floating_point() else b.dtype)
+    return model
