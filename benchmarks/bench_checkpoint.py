@@ -24,9 +24,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lrq_kernels as lrq  # noqa: E402
-from bench_dit import meta, sync  # noqa: E402
+from lrq_kernels.benchmark import meta, sync  # noqa: E402
 from lrq_kernels.integrations.diffusers import build_model, dit_plan, model_inputs  # noqa: E402
 
 GIB = 2 ** 30
@@ -66,6 +65,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--child", nargs=2, metavar=("PATH", "RESULT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.command, args.argv = "python benchmarks/bench_checkpoint.py", list(sys.argv[1:] if argv is None else argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.child:
         load_child(args.child[0], device, args.child[1], args.model, args.tiny)

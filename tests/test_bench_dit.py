@@ -1,13 +1,10 @@
 """benchmarks/bench_dit.py's mechanics on the tiny configs (CPU): rows, keys, merging, the table."""
 import json
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-import bench_dit  # noqa: E402
+from lrq_kernels import benchmark as bench_dit
 
 KEYS = {"model", "mode", "compile", "ms", "weight_gib", "peak_gib", "quant_s", "sqnr_db", "gpu", "torch", "date",
         "command"}
