@@ -70,5 +70,5 @@ setup(
         "tqdm",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "transformers"]},   # transformers: the pipeline test
 )

@@ -24,7 +24,7 @@ import torch
 
 from . import QuantConfig, calibrate, load_quantized_model, quantize_model, save_quantized, weight_bytes
 from ._threads import configure_cpu_threads
-from .integrations.diffusers import MODELS, build_model, dit_plan, model_inputs
+from .integrations.diffusers import MODELS, build_model, dit_plan, is_tiny, model_inputs
 from .nn.linear import QuantLinear
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -39,16 +39,14 @@ def _device(name: str | None) -> torch.device:
     return dev
 
 
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2 ** 30:.2f} GiB" if nbytes >= 2 ** 30 else f"{nbytes / 2 ** 20:.2f} MiB"
+
+
 def _model_name_of(model) -> str | None:
     """The MODELS name whose class this model is (for its input shapes), or None."""
     cls = type(model).__name__
     return next((name for name, spec in MODELS.items() if spec[0] == cls), None)
-
-
-def _is_tiny(model, name: str) -> bool:
-    """Whether the model is smaller than its real config (then its inputs are the tiny ones)."""
-    real = MODELS[name][1]
-    return any(model.config.get(k) != v for k, v in real.items() if k in model.config and isinstance(v, int))
 
 
 def _quant_config(args) -> QuantConfig:
@@ -73,8 +71,9 @@ def _pipeline_call(pipe, args, generator):
         kwargs.update(height=args.height, width=args.width or args.height)
     if args.guidance is not None:
         kwargs["guidance_scale"] = args.guidance
-    if "use_resolution_binning" in pipe.__call__.__code__.co_varnames:
-        kwargs["use_resolution_binning"] = False
+    import inspect
+    if "use_resolution_binning" in inspect.signature(pipe.__call__).parameters:
+        kwargs["use_resolution_binning"] = False   # keep the size asked for
     return pipe(**kwargs)
 
 
@@ -104,7 +103,7 @@ def cmd_quantize(args) -> int:
             raise SystemExit(f"--pipeline {args.pipeline}: the pipeline has no transformer")
         name = _model_name_of(model)
     model.requires_grad_(False)
-    print(f"{type(model).__name__}: {weight_bytes(model) / 2 ** 30:.2f} GiB in {args.dtype} on {device}, "
+    print(f"{type(model).__name__}: {_size(weight_bytes(model))} in {args.dtype} on {device}, "
           f"made in {time.perf_counter() - t0:.1f} s", flush=True)
     cfg = _quant_config(args)
     plan = dit_plan(cfg, args.adaln)
@@ -116,9 +115,9 @@ def cmd_quantize(args) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
     print(f"quantized {sum(isinstance(m, QuantLinear) for m in model.modules())} linears to {cfg.name} in "
-          f"{time.perf_counter() - t0:.1f} s: {weight_bytes(model) / 2 ** 30:.2f} GiB", flush=True)
+          f"{time.perf_counter() - t0:.1f} s: {_size(weight_bytes(model))}", flush=True)
     save_quantized(model, args.out)
-    print(f"saved {args.out} ({os.path.getsize(args.out) / 2 ** 30:.2f} GiB)")
+    print(f"saved {args.out} ({_size(os.path.getsize(args.out))})")
     return 0
 
 
@@ -149,7 +148,7 @@ def _calibrate(model, pipe, name, args, plan, device, dtype):
     if name is None:
         raise SystemExit(f"quantize --calibrate: no input shapes known for {type(model).__name__}; calibrate "
                          f"through its pipeline (--pipeline DIR --prompt ...)")
-    tiny = _is_tiny(model, name)
+    tiny = is_tiny(name, model)
     times = [1.0 - (i + 0.5) / steps for i in range(steps)]
 
     def run(m):
@@ -163,7 +162,7 @@ def cmd_run(args) -> int:
     dtype = DTYPES[args.dtype]
     t0 = time.perf_counter()
     model = load_quantized_model(args.checkpoint, device=device, dtype=dtype, progress=True)
-    print(f"loaded {args.checkpoint}: {type(model).__name__}, {weight_bytes(model) / 2 ** 30:.2f} GiB, in "
+    print(f"loaded {args.checkpoint}: {type(model).__name__}, {_size(weight_bytes(model))}, in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
     if args.pipeline:
         if not args.prompt:
@@ -180,7 +179,7 @@ def cmd_run(args) -> int:
     if name is None:
         raise SystemExit(f"run: no input shapes known for {type(model).__name__}; run it through its pipeline "
                          f"(--pipeline DIR --prompt ...)")
-    inputs = model_inputs(name, model, tiny=_is_tiny(model, name), seed=args.seed, device=device, dtype=dtype)
+    inputs = model_inputs(name, model, tiny=is_tiny(name, model), seed=args.seed, device=device, dtype=dtype)
     with torch.no_grad():
         out = model(**inputs)[0]
         if device.type == "cuda":
@@ -208,7 +207,7 @@ def cmd_info(args) -> int:
         formats[key] = formats.get(key, 0) + 1
     size = sum(os.path.getsize(f) for f in set(ck.files.values()))
     print(f"{args.checkpoint}: {ck.model_class}, {len(ck.layouts)} quantized linears {formats}, "
-          f"{len(ck.specs)} tensors, {size / 2 ** 30:.3f} GiB, checksums "
+          f"{len(ck.specs)} tensors, {_size(size)}, checksums "
           f"{'recorded' if ck.checksums is not None else 'absent (a save_pretrained folder)'}")
     return 0
 

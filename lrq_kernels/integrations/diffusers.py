@@ -103,6 +103,12 @@ def model_config(name: str, tiny: bool = False) -> tuple[str, dict, int]:
     return cls, dict(tiny_cfg if tiny else cfg), batch
 
 
+def is_tiny(name: str, model) -> bool:
+    """Whether `model` has the tiny config of MODELS[name] (then model_inputs should be given tiny=True)."""
+    norm = lambda v: list(v) if isinstance(v, (tuple, list)) else v   # noqa: E731  (configs store lists)
+    return all(norm(model.config.get(k)) == norm(v) for k, v in MODELS[name][3].items())
+
+
 def spread_linear_weights(model: torch.nn.Module, seed: int = 0) -> None:
     """Every nn.Linear weight drawn from N(0, 1/in_features) and its bias zeroed: diffusers' own initialisation
     leaves some layers at zero (adaLN-zero, output projections), which would hide their quantization error."""
