@@ -7,6 +7,7 @@ install time, LRQ_SKIP_CUDA_BUILD=1) or cannot load; importing this file never f
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Optional
 
@@ -142,7 +143,8 @@ def _cached(cache, key, other, make, perm):
     if key.is_inference() or (other is not None and other.is_inference()):
         return make()
     versions = (key._version, None if other is None else other._version)
-    hit = cache.get(key)
+    with _CACHE_LOCK:      # threads sharing one model share these caches
+        hit = cache.get(key)
     if hit is not None:
         other_ref, cached_versions, value = hit
         if cached_versions == versions and (None if other_ref is None else other_ref()) is other:
@@ -152,12 +154,14 @@ def _cached(cache, key, other, make, perm):
     if perm is not None:
         _check_permutation(perm)
     value = make()
-    cache[key] = (None if other is None else weakref.ref(other), versions, value)
+    with _CACHE_LOCK:
+        cache[key] = (None if other is None else weakref.ref(other), versions, value)
     return value
 
 
 # Kernel-side copies of a layer's rotation buffers, by the tensor they were made from, kept as long as it lives: a
 # QuantLinear's buffers are converted (and its permutation checked) once rather than on every forward.
+_CACHE_LOCK = threading.Lock()
 _GATHER_TABLES = WeakIdKeyDictionary()      # perm (or channel_scale without one) -> (perm16, scale_lanes)
 _UNROTATE_PERMS = WeakIdKeyDictionary()     # perm -> int32 perm
 

@@ -288,7 +288,8 @@ def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor,
     decodes codes between its MMAs."""
     n = check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
     if _a8_weight_path(x_codes.device, x_codes.shape[0], k, n, bits, group_size, x_codes.dtype, out_dtype):
-        w8 = decode_weight_e4m3(packed, codebook, bits, k)
+        w8 = transient_weight("gemm_a8", "A8_DEQUANT_MIN_M", (n, k), torch.float8_e4m3fn, x_codes.shape[0],
+                              lambda: decode_weight_e4m3(packed, codebook, bits, k))
         return torch._scaled_mm(x_codes.contiguous(), w8.t(), scale_a=x_scales.contiguous().reshape(-1, 1),
                                 scale_b=w_scales.contiguous().reshape(1, -1),
                                 bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype,
@@ -303,6 +304,20 @@ def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor,
         return gemm_a8_triton(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
     w = dequantize_packed(packed, w_scales, codebook, bits, k, group_size or None)
     return gemm_a8_ref(x_codes, x_scales, w, bias).to(out_dtype)
+
+
+def transient_weight(op: str, threshold: str, shape: tuple, dtype: torch.dtype, m: int, make):
+    """make(): the transient decoded weight of the large-M paths. A CUDA out-of-memory there is raised again as
+    torch.OutOfMemoryError saying which weight did not fit and how to avoid it; nothing was changed, so the model
+    stays usable (a smaller batch, or the fused kernels, still run)."""
+    try:
+        return make()
+    except torch.OutOfMemoryError as e:
+        mib = shape[0] * shape[1] * torch.empty((), dtype=dtype).element_size() / 2 ** 20
+        raise torch.OutOfMemoryError(
+            f"{op}: out of GPU memory for the transient {shape[0]} x {shape[1]} {str(dtype).replace('torch.', '')} "
+            f"weight ({mib:.0f} MiB) that M={m} tokens take; free GPU memory, run fewer tokens at a time, or set "
+            f"lrq_kernels.ops.{threshold} above {m} to keep the fused kernels (no transient weight). ({e})") from None
 
 
 def _a8_weight_path(device: torch.device, m: int, k: int, n: int, bits: int, group_size: int, codes_dtype: torch.dtype,
@@ -434,7 +449,9 @@ def quant_linear_a16(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scal
     if ((m >= A16_DEQUANT_MIN_M or (m > 16 and small_weight)) and x.dtype in (torch.bfloat16, torch.float16)
             and _pick("dequantize_weight", x.device, k=k, block=block, bits=bits, group=group_size,
                       dtype=x.dtype) == "cuda"):
-        w = dequantize_weight(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale, block, x.dtype)
+        w = transient_weight("quant_linear_a16", "A16_DEQUANT_MIN_M", (packed.shape[0], k), x.dtype, m,
+                             lambda: dequantize_weight(packed, w_scales, codebook, bits, k, group_size, perm,
+                                                       channel_scale, block, x.dtype))
         return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
     rotated = perm is not None or channel_scale is not None or block > 1
     if rotated and _fused_rotate_gemv(x, perm, block, bits, group_size):
