@@ -103,3 +103,28 @@ def test_gptq_on_cuda_agrees_with_cpu():
     err_cpu = (q_cpu(x) - y).pow(2).sum().item()
     err_gpu = (q_gpu(x.cuda()).float().cpu() - y).pow(2).sum().item()
     assert abs(err_gpu / err_cpu - 1) < 0.02
+
+
+# --- more than 2^31 elements (Wan's fc2 input at 160000 tokens: 160000 x 13824 = 2.2e9) ---------------------------
+
+@pytest.mark.parametrize("a_bits", [8, 16])
+def test_more_than_2_31_elements_every_path(a_bits):
+    """QuantLinear on an input of more than 2^31 elements (int32 offsets would wrap): the rows at both ends, and past
+    the 2^31-th element, equal the same layer on those rows alone (tokens are independent), which runs on small
+    tensors; rotate+quantize's codes there equal the reference's."""
+    m, k, n = 160_000, 13824, 5120
+    assert m * k > 2 ** 31
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(k, n, device="cuda")
+    q = QuantLinear.from_linear(lin, QuantConfig(a_bits=a_bits, rotation="hadamard")).cuda()
+    x = torch.empty(m, k, device="cuda", dtype=torch.bfloat16).normal_()
+    rows = torch.tensor([0, 1, m // 2, (2 ** 31) // k + 1, m - 2, m - 1], device="cuda")
+    with torch.no_grad():
+        y = q(x)
+        want = q(x[rows])
+        assert torch.isfinite(y[rows]).all()
+        assert rel_err(y[rows].float(), want.float()) < 1e-2
+        if a_bits == 8:
+            codes, sx = ops.rotate_quant(x, None, None, q.block, "fp8", 8)
+            rc, rs = rotate_quantize_ref(x[rows], None, None, q.block, "fp8", 8)
+            assert _codes_match(codes[rows], rc) and torch.allclose(sx[rows], rs, rtol=1e-6, atol=0)
