@@ -14,6 +14,7 @@ import time
 import torch
 
 from . import QuantConfig, calibrate, quantize_model, sqnr_db, weight_bytes
+from ._threads import configure_cpu_threads
 from .integrations.diffusers import DIT_SKIP, make_pixart, pixart_config, pixart_inputs
 from .nn.linear import QuantLinear
 
@@ -46,6 +47,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
+    if device.type == "cpu":
+        print(f"CPU threads: {configure_cpu_threads()} (the idle cores now; lrq_kernels/_threads.py says why)")
     cfg = pixart_config() if args.full else pixart_config(num_layers=args.layers, sample_size=32)
     text_tokens = 300 if args.full else 32
     qcfg = QuantConfig(w_bits=args.w_bits, a_bits=args.a_bits, w_format=args.w_format,
