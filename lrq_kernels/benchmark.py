@@ -203,7 +203,8 @@ CATEGORIES = (   # first match wins, on the kernel's name
     ("rotate+quantize", r"rotate_quant"),
     ("weight decode", r"decode_weight|unrotate_weight"),
     ("our GEMMs", r"gemm_wa8|gemv_a16|_gemm_kernel"),
-    ("cuBLAS FP8 GEMM (decoded weights)", r"(nvjet|gemm|xmma|cutlass).*(e4m3|f8|fp8)|(e4m3|f8|fp8).*(gemm|nvjet)"),
+    # cuBLAS names its FP8 GEMMs nvjet_sm90_qq* on Hopper (two e4m3 operands), others by the type
+    ("cuBLAS FP8 GEMM (decoded weights)", r"nvjet_sm\d+_qq|(gemm|xmma|cutlass).*(e4m3|f8|fp8)|(e4m3|f8|fp8).*gemm"),
     ("attention", r"flash|fmha|attention|sdpa|cudnn"),
     ("bf16 GEMM (float layers)", r"nvjet|gemm|xmma|cutlass|ampere|sm90"),
 )

@@ -217,8 +217,7 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 
 # --- rotate + quantize ----------------------------------------------------------------------------------------
 
-@torch.library.custom_op(f"{_LIB}::rotate_quant", mutates_args=())
-def rotate_quant(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor],
+def _rotate_quant(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor],
                  block: int, a_format: str, a_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (codes [M, K] e4m3|int8, scales [M] float32): rotation then per-token quantization."""
     check_rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
@@ -231,6 +230,9 @@ def rotate_quant(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: O
     return rotate_quantize_ref(x, perm, channel_scale, block, a_format, a_bits)
 
 
+rotate_quant = torch.library.custom_op(f"{_LIB}::rotate_quant", _rotate_quant, mutates_args=())
+
+
 @rotate_quant.register_fake
 def _(x, perm, channel_scale, block, a_format, a_bits):
     check_rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
@@ -238,8 +240,7 @@ def _(x, perm, channel_scale, block, a_format, a_bits):
     return x.new_empty((m, k), dtype=code_dtype(a_format)), x.new_empty((m,), dtype=torch.float32)
 
 
-@torch.library.custom_op(f"{_LIB}::rotate", mutates_args=())
-def rotate(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor],
+def _rotate(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor],
            block: int) -> torch.Tensor:
     """x [M, K] -> x[:, perm] * channel_scale times the normalised block Hadamard, in x's dtype (the weight-only
     path's rotation; float32 inside, rounded once at the end)."""
@@ -247,6 +248,9 @@ def rotate(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale: Optiona
     if _pick("rotate", x.device, k=x.shape[1], block=block, dtype=x.dtype) == "cuda":
         return cuda_kernels.rotate_quant_cuda(x, perm, channel_scale, block, None, 16)[0]
     return rotate_ref(x, perm, channel_scale, block).to(x.dtype)
+
+
+rotate = torch.library.custom_op(f"{_LIB}::rotate", _rotate, mutates_args=())
 
 
 @rotate.register_fake
@@ -278,8 +282,7 @@ def hadamard_quant(x: torch.Tensor, rotation=None, a_format: str = "fp8", a_bits
 
 # --- GEMMs ------------------------------------------------------------------------------------------------
 
-@torch.library.custom_op(f"{_LIB}::gemm_a8", mutates_args=())
-def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor, w_scales: torch.Tensor,
+def _gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor, w_scales: torch.Tensor,
             codebook: torch.Tensor, bits: int, k: int, group_size: int, bias: Optional[torch.Tensor],
             out_dtype: torch.dtype) -> torch.Tensor:
     """y [M, N] = x_scales[m] * (x_codes @ W_deq^T) + bias, in out_dtype (group_size 0: per-channel scales). From
@@ -289,7 +292,7 @@ def gemm_a8(x_codes: torch.Tensor, x_scales: torch.Tensor, packed: torch.Tensor,
     n = check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
     if _a8_weight_path(x_codes.device, x_codes.shape[0], k, n, bits, group_size, x_codes.dtype, out_dtype):
         w8 = transient_weight("gemm_a8", "A8_DEQUANT_MIN_M", (n, k), torch.float8_e4m3fn, x_codes.shape[0],
-                              lambda: decode_weight_e4m3(packed, codebook, bits, k))
+                              lambda: _decode_weight_e4m3(packed, codebook, bits, k))
         return torch._scaled_mm(x_codes.contiguous(), w8.t(), scale_a=x_scales.contiguous().reshape(-1, 1),
                                 scale_b=w_scales.contiguous().reshape(1, -1),
                                 bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype,
@@ -331,14 +334,16 @@ def _a8_weight_path(device: torch.device, m: int, k: int, n: int, bits: int, gro
     return _pick("decode_weight_e4m3", device, n=n, k=k, bits=bits) == "cuda"
 
 
+gemm_a8 = torch.library.custom_op(f"{_LIB}::gemm_a8", _gemm_a8, mutates_args=())
+
+
 @gemm_a8.register_fake
 def _(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype):
     n = check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
     return x_codes.new_empty((x_codes.shape[0], n), dtype=out_dtype)
 
 
-@torch.library.custom_op(f"{_LIB}::gemm_a16", mutates_args=())
-def gemm_a16(x: torch.Tensor, packed: torch.Tensor, w_scales: torch.Tensor, codebook: torch.Tensor,
+def _gemm_a16(x: torch.Tensor, packed: torch.Tensor, w_scales: torch.Tensor, codebook: torch.Tensor,
              bits: int, group_size: int, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """y [M, N] = x @ W_deq^T + bias, in x's dtype (weight-only path)."""
     check_gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias)
@@ -350,6 +355,9 @@ def gemm_a16(x: torch.Tensor, packed: torch.Tensor, w_scales: torch.Tensor, code
         return gemm_a16_triton(x, packed, w_scales, codebook, bits, group_size, bias)
     w = dequantize_packed(packed, w_scales, codebook, bits, x.shape[1], group_size or None)
     return gemm_a16_ref(x, w, bias).to(x.dtype)
+
+
+gemm_a16 = torch.library.custom_op(f"{_LIB}::gemm_a16", _gemm_a16, mutates_args=())
 
 
 @gemm_a16.register_fake
@@ -382,8 +390,8 @@ def quant_linear_a8(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scale
         check_gemm_a8(codes, scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
         return cuda_kernels.gemm_a8_cuda(codes, scales, packed, w_scales, codebook, bits, k, group_size, bias,
                                          out_dtype, x_gemm_order=True)
-    codes, scales = rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
-    return gemm_a8(codes, scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
+    codes, scales = _rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
+    return _gemm_a8(codes, scales, packed, w_scales, codebook, bits, k, group_size, bias, out_dtype)
 
 
 @quant_linear_a8.register_fake
@@ -398,8 +406,7 @@ def _(x, perm, channel_scale, block, a_format, a_bits, packed, w_scales, codeboo
 
 # --- the weight-only linear layer ----------------------------------------------------------------------------
 
-@torch.library.custom_op(f"{_LIB}::dequantize_weight", mutates_args=())
-def dequantize_weight(packed: torch.Tensor, w_scales: torch.Tensor, codebook: torch.Tensor, bits: int, k: int,
+def _dequantize_weight(packed: torch.Tensor, w_scales: torch.Tensor, codebook: torch.Tensor, bits: int, k: int,
                       group_size: int, perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor], block: int,
                       dtype: torch.dtype) -> torch.Tensor:
     """W [N, K] in dtype, with x @ W^T == rotate(x, perm, channel_scale, block) @ W_deq^T: the dequantized weight
@@ -411,6 +418,9 @@ def dequantize_weight(packed: torch.Tensor, w_scales: torch.Tensor, codebook: to
                                                  block, dtype)
     w = dequantize_packed(packed, w_scales, codebook, bits, k, group_size or None)
     return unrotate_weight_ref(w, perm, channel_scale, block).to(dtype)
+
+
+dequantize_weight = torch.library.custom_op(f"{_LIB}::dequantize_weight", _dequantize_weight, mutates_args=())
 
 
 @dequantize_weight.register_fake
@@ -450,15 +460,15 @@ def quant_linear_a16(x: torch.Tensor, perm: Optional[torch.Tensor], channel_scal
             and _pick("dequantize_weight", x.device, k=k, block=block, bits=bits, group=group_size,
                       dtype=x.dtype) == "cuda"):
         w = transient_weight("quant_linear_a16", "A16_DEQUANT_MIN_M", (packed.shape[0], k), x.dtype, m,
-                             lambda: dequantize_weight(packed, w_scales, codebook, bits, k, group_size, perm,
+                             lambda: _dequantize_weight(packed, w_scales, codebook, bits, k, group_size, perm,
                                                        channel_scale, block, x.dtype))
         return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
     rotated = perm is not None or channel_scale is not None or block > 1
     if rotated and _fused_rotate_gemv(x, perm, block, bits, group_size):
         return cuda_kernels.gemv_a16_cuda(x, packed, w_scales, codebook, bits, group_size, bias, perm, channel_scale,
                                           block)
-    xr = rotate(x, perm, channel_scale, block) if rotated else x
-    return gemm_a16(xr, packed, w_scales, codebook, bits, group_size, bias)
+    xr = _rotate(x, perm, channel_scale, block) if rotated else x
+    return _gemm_a16(xr, packed, w_scales, codebook, bits, group_size, bias)
 
 
 @quant_linear_a16.register_fake
@@ -470,14 +480,16 @@ def _(x, perm, channel_scale, block, packed, w_scales, codebook, bits, group_siz
 
 # --- the weight's codes as an FP8 matrix (the W·A8 weight path) ---------------------------------------------------
 
-@torch.library.custom_op(f"{_LIB}::decode_weight_e4m3", mutates_args=())
-def decode_weight_e4m3(packed: torch.Tensor, codebook: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+def _decode_weight_e4m3(packed: torch.Tensor, codebook: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     """[N, K] float8_e4m3fn: codebook[code(n, k)] for every packed code, no scales (W_deq = this * w_scales[:, None]
     with per-channel scales). gemm_a8's cuBLAS path multiplies it by FP8 activation codes with row-wise scales."""
     check_decode_weight_e4m3(packed, codebook, bits, k)
     if _pick("decode_weight_e4m3", packed.device, n=packed.shape[0], k=k, bits=bits) == "cuda":
         return cuda_kernels.decode_weight_e4m3_cuda(packed, codebook, bits, k)
     return decode_weight_e4m3_ref(packed, codebook, bits, k)
+
+
+decode_weight_e4m3 = torch.library.custom_op(f"{_LIB}::decode_weight_e4m3", _decode_weight_e4m3, mutates_args=())
 
 
 @decode_weight_e4m3.register_fake
