@@ -21,8 +21,8 @@ Columns: ms a forward (CUDA events, median of --iters after 2 warm-up forwards),
 model holds: allocated after it was made, minus before), peak_gib (weight_gib plus the most the forward
 allocated above what was allocated before it), quant_s (seconds to quantize, synchronized), sqnr_db (output
 against the bf16 model's, same inputs). Rows are merged into OUT/bench_dit.json by (model, mode, compile), and
-OUT/bench_dit.md is the table of all of them; --profile writes OUT/bench_dit_profile.md, one forward's GPU time by
-kernel category (torch.profiler).
+OUT/bench_dit.md is the table of all of them; --profile writes OUT/bench_dit_profile_MODEL.md, one W4A8 forward's GPU
+time by kernel category (torch.profiler).
 """
 from __future__ import annotations
 
@@ -244,7 +244,7 @@ def profile(name: str, model, inputs, args) -> None:
               "| --- | --- | ---: |"]
     for (cat, kname), ms in sorted(kernels.items(), key=lambda t: -t[1])[:15]:
         lines.append(f"| {cat} | `{kname}` | {ms:.2f} |")
-    with open(os.path.join(args.out, "bench_dit_profile.md"), "w") as f:
+    with open(os.path.join(args.out, f"bench_dit_profile_{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines[6:6 + len(totals) + 1]), flush=True)
 
@@ -300,10 +300,10 @@ def main(argv=None, command: str = COMMAND) -> list:
     if not torch.cuda.is_available() and not args.tiny:
         ap.error("the real configs need a GPU; on a CPU pass --tiny")
     os.makedirs(args.out, exist_ok=True)
-    torch.set_grad_enabled(False)
     rows = []
-    for name in args.models:
-        bench_model(name, args, rows)
+    with torch.no_grad():
+        for name in args.models:
+            bench_model(name, args, rows)
     return rows
 
 

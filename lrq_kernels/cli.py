@@ -284,5 +284,5 @@ def main(argv=None) -> int:
         return cmd_bench(args, rest)
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
-    torch.set_grad_enabled(False)
-    return {"quantize": cmd_quantize, "run": cmd_run, "info": cmd_info}[args.command](args)
+    with torch.no_grad():
+        return {"quantize": cmd_quantize, "run": cmd_run, "info": cmd_info}[args.command](args)
