@@ -33,9 +33,21 @@ def why_unavailable() -> str:
     return "" if _C is not None else f"lrq_kernels._C is not built or does not load ({_IMPORT_ERROR})"
 
 
+_CAPABILITIES: dict[int, tuple[int, int]] = {}
+
+
+def capability(device: torch.device) -> tuple[int, int]:
+    """torch.cuda.get_device_capability(device), asked once a device: a GPU's capability never changes, and the
+    query costs microseconds of host time on every call of every layer."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    cap = _CAPABILITIES.get(index)
+    if cap is None:
+        cap = _CAPABILITIES[index] = torch.cuda.get_device_capability(index)
+    return cap
+
+
 def device_ok(device: torch.device) -> bool:
-    return (_C is not None and device.type == "cuda"
-            and torch.cuda.get_device_capability(device) >= MIN_CAPABILITY)
+    return _C is not None and device.type == "cuda" and capability(device) >= MIN_CAPABILITY
 
 
 def rotate_quant_unsupported(k: int, block: int, dtype: torch.dtype) -> str:
@@ -87,7 +99,7 @@ def gemm_a8_unsupported(m: int, k: int, n: int, bits: int, group_size: int, code
         return why_unavailable()
     if codes_dtype != torch.float8_e4m3fn:
         return f"the CUDA W·A8 GEMM takes FP8 e4m3 activation codes, got {codes_dtype}"
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) != (9, 0):
+    if device.type != "cuda" or capability(device) != (9, 0):
         return f"the CUDA W·A8 GEMM runs on sm_90 (Hopper) only, got {device}"
     return _C.gemm_a8_unsupported(m, k, n, bits, group_size)
 

@@ -126,7 +126,7 @@ def _triton_why_not(op: str, device: torch.device, shape: dict, want: str) -> st
         if nbp * block > MAX_ROW_REGISTERS:
             return f"K={k} padded to {nbp * block} > {MAX_ROW_REGISTERS} values a token"
     if op == "gemm_a8" and shape.get("fp8") and device.type == "cuda":
-        cap = torch.cuda.get_device_capability(device)
+        cap = cuda_kernels.capability(device)
         if cap < (8, 9):
             raise RuntimeError(f"FP8 activations need a GPU of compute capability >= 8.9 (Ada, Hopper), got "
                                f"sm_{cap[0]}{cap[1]} on {device}; use QuantConfig(a_format='int')")
@@ -329,7 +329,7 @@ def _a8_weight_path(device: torch.device, m: int, k: int, n: int, bits: int, gro
     LRQ_BACKEND=auto, so that LRQ_BACKEND=cuda|triton still name the GEMM kernel that runs."""
     if (requested_backend() != "auto" or m < A8_DEQUANT_MIN_M or codes_dtype != torch.float8_e4m3fn or group_size
             or out_dtype not in (torch.bfloat16, torch.float16) or k % 16 or n % 16 or device.type != "cuda"
-            or torch.cuda.get_device_capability(device) < (8, 9)):
+            or cuda_kernels.capability(device) < (8, 9)):
         return False
     return _pick("decode_weight_e4m3", device, n=n, k=k, bits=bits) == "cuda"
 
