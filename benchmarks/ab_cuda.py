@@ -10,12 +10,12 @@ machine-to-machine drift between the two numbers.
 CUDA-graph replays over copies of the data larger than L2 together (timing.cold_us), as bench_cuda.py times.
   gemv: the small-M weight-only GEMM, FLUX qkv / fc1 / fc2 / proj_out, M = 1 and 16, 4-bit, 3-bit, 4-bit group 128
   rq:   rotate + per-token FP8 quantize (block of rotation.default_block), plain and with the ARS gather (an int32
-        permutation and channel scales, as QuantLinear keeps them; builds before session 16 get them as they read them)
+        permutation and channel scales, as QuantLinear keeps them; older builds get them in the layout they read)
   a16fwd: the weight-only forward at small M (ops.quant_linear_a16: rotate, then the GEMV, or the GEMV rotating x
         itself), FLUX qkv / fc1 / fc2 / proj_out, M = 1, 4 and 16, 4-bit and 3-bit per channel, block Hadamard
         (rotation.default_block), and at M = 1 also with the ARS gather
   dequant: dequantize_weight (4- and 3-bit, per-channel scales, the weight with its block Hadamard undone, bf16
-        out) on the weights of PixArt and FLUX qkv, FLUX fc1 / fc2 / proj_out and Wan fc2 (builds from session 13 on)
+        out) on the weights of PixArt and FLUX qkv, FLUX fc1 / fc2 / proj_out and Wan fc2 (builds that have dequantize_weight)
 Writes NAME.json and NAME.md (default ab_cuda) with the GPU, versions, date and this command.
 """
 from __future__ import annotations
@@ -85,8 +85,8 @@ def ab_gemv(old):
 
 
 def rq_fp8(x, perm, cs, block):
-    """FP8 rotate+quantize through whichever build is swapped in as ck._C. Builds from session 16 on read the int16
-    gather tables (cuda.rotate_quant_cuda); older ones take positional arguments, the ARS gather's indices as int32
+    """FP8 rotate+quantize through whichever build is swapped in as ck._C. Builds that take gather tables read the int16
+    tables (cuda.rotate_quant_cuda); older ones take positional arguments, the ARS gather's indices as int32
     and its scales in natural order (perm, cs: int32 and float32 tensors, or None)."""
     if "perm16" in (ck._C.rotate_quant.__doc__ or ""):
         return ck.rotate_quant_cuda(x, perm, cs, block, "fp8", 8)

@@ -5,8 +5,8 @@
 Per shape (M tokens, K in, N out), medians of CUDA-graph replays (triton.testing.do_bench_cudagraph, so launch
 overhead is out of every number alike), each call on one of several copies of its data taken in turn, together
 more than three times the L2 cache (timing.cold_us): every call reads its weights and activations from memory, as a
-layer inside a model does. (Until session 17 this script timed one copy, warm: a 4-bit weight of 19 MB stayed in
-the 60 MB L2 between calls while bf16's 75 MB did not, which flattered the small-M rows.)
+layer inside a model does. (Timing one copy, warm, would flatter the small-M rows: a 4-bit weight of 19 MB stays in
+the 60 MB L2 between calls while bf16's 75 MB does not.)
   bf16      F.linear in bf16 (cuBLAS)
   fp8       torch._scaled_mm, FP8 e4m3 with row-wise scales (per token x per channel), GEMM alone (any M where
             this torch accepts it; "–" where it refuses)

@@ -5,7 +5,7 @@
 For four activation shapes of dit_shapes.json: the plain block Hadamard, then with a channel scale only, a
 permutation with and without the scale, and the identity permutation (the gather with no scattering). µs (% of the
 copy bandwidth over x read + codes written), CUDA-graph medians over copies of the data larger than L2 (timing.py).
-Session 8 compared int64 and int32 permutations here; since session 16 the kernel reads int16 tables made once per
+The kernel reads int16 tables made once per
 permutation (cuda.gather_tables), whatever the permutation's dtype. "bank-spread perm" is a permutation whose
 gathers never conflict in shared memory (bank_spread_perm): against "perm", what random indices' bank conflicts cost.
 """

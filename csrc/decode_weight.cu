@@ -10,7 +10,7 @@
 // A thread decodes 32 codes of a row a step (16 packed bytes at 4 bits, 8 + 4 at 3 bits) by byte permutes over
 // the 16 codebook bytes held in four registers (decode_a8.cuh, the GEMM's decoders, checked on the host by
 // tests/host/decode_a8_test.cu), and writes them as two 16-byte stores. The grid strides over the row pieces.
-// Measured on the H200 (benchmarks/bench_cuda.py --only a8, results/bench_cuda_a8.md, session 14): 83-90% of the
+// Measured on the H200 (benchmarks/bench_cuda.py --only a8, results/bench_cuda_a8.md): 83-90% of the
 // copy bandwidth on the FLUX fc1 / fc2 weights (23 us), 62-80% on the 3072 x 3072 and 4608 x 1152 ones (4-7 us).
 #include "common.cuh"
 #include "decode_a8.cuh"

@@ -1,7 +1,7 @@
 // W4A8 / W3A8 GEMM for Hopper (sm_90a): FP8 e4m3 activation codes x 4- or 3-bit weight codes decoded to e4m3
 // in registers, on wgmma, with the tensor cores' partial sums added to a float32 accumulator every 128, 256 or 512
-// of K (the 1e-3 bound needs it: Hopper's FP8 wgmma accumulates with fewer bits than float32, benchmarks/NOTES.md,
-// session 3; 512 gives 3.0e-4 on FLUX fc1, session 11).
+// of K (the 1e-3 bound needs it: Hopper's FP8 wgmma accumulates with fewer bits than float32, benchmarks/NOTES.md;
+// 512 gives 3.0e-4 on FLUX fc1).
 //
 //   y[t, r] = (sum_k x[t, k] * codebook[code(r, k)]) * w_scales[r] * x_scales[t] + bias[r]
 //
@@ -10,8 +10,8 @@
 // (a K step's activation tile and weight codes), and two consumers (64 weight rows each) that decode the weights
 // of K step s + 1 while the wgmmas of step s run, then wait and add. Each stage has a "full" mbarrier (its data
 // has landed) and an "empty" one (both consumers' wgmmas are done with it), so the consumers drift apart and one's
-// float32 adds overlap the other's wgmmas (session 7's kernel, with a CTA-wide barrier every step, took 665 us on
-// FLUX fc1 against 551 for session 9's). The grid is persistent: a CTA an SM walks through tiles, and the
+// float32 adds overlap the other's wgmmas (with a CTA-wide barrier every step instead, the kernel took 665 us on
+// FLUX fc1 against 551). The grid is persistent: a CTA an SM walks through tiles, and the
 // producer fills the next tile's stages while the consumers store the last one.
 //
 // K order inside a 128-wide step. Thread (g = lane / 4, q = lane % 4) of a warp holds, for each k32 chunk j, the
@@ -93,8 +93,8 @@ constexpr int kWsThreads = 384;               // producer warpgroup + two consum
 // the 128-byte swizzle. (A 3-D box of 16-byte rows into the unswizzled layout measured 656 us on FLUX fc1 against
 // 544 for the copies: TMA moves 16-byte rows slowly.)
 // The weight codes come by TMA in both forms, one box of 128 rows a plane: at 4 bits 64 bytes a row; at 3 bits
-// 32 bytes of the 2-bit plane, then 16 of the 1-bit plane. Session 10's kernel loaded them from global memory
-// into registers two steps ahead, and its ncu profile (FLUX fc1) put a quarter of the warps' stall samples on
+// 32 bytes of the 2-bit plane, then 16 of the 1-bit plane. Loaded from global memory into registers two
+// steps ahead instead, the ncu profile (FLUX fc1) put a quarter of the warps' stall samples on
 // the decode waiting for those loads (long scoreboard); staged with the activations, they are as far ahead as
 // the ring is deep.
 template <bool kTma, int kBits> struct Stage {
@@ -170,7 +170,7 @@ __device__ __forceinline__ void load_weights(uint32_t dst, const CUtensorMap* w_
 #endif
 
 // kPromote: K steps whose wgmmas chain in the tensor cores before the float32 add: 4 (every 512 of K) where the
-// step count allows it, else 2, else 1 (the launcher picks; benchmarks/NOTES.md, session 11, has the
+// step count allows it, else 2, else 1 (the launcher picks; benchmarks/NOTES.md, has the
 // measurements and the error at each chain length against the 1e-3 bound).
 // Persistent: a CTA a multiprocessor, each taking tiles blockIdx.x, + gridDim.x, ...; the producer runs on into
 // the next tile while the consumers store the last one.

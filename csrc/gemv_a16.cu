@@ -189,7 +189,7 @@ __device__ __forceinline__ void rotate_into_shared(const T* __restrict__ x, int 
 
 // NT: tiles of 8 tokens (1 for M <= 8, 2 for M <= 16). MT: 16-row weight tiles a warp decodes against the same
 // x words (2 from M = 5: every CTA reads all of x once a tile, and at M = 16 with 16-row tiles that was 4x the
-// weight bytes; bench_cuda.md, session 6). ROT: rotate x first (above), into dynamic shared memory (K values).
+// weight bytes; bench_cuda.md). ROT: rotate x first (above), into dynamic shared memory (K values).
 // Launch bounds: the 4-bit per-channel ROT kernel is held to 4 CTAs an SM (64 registers, ptxas: 4 bytes of spill),
 // as many as the kernel without the rotation has (64 registers); left free, ptxas gave it 80 (3 CTAs). 0: no bound,
 // which is not the same as 1 (with 1, ptxas gave the kernels without the rotation 16-25% more registers).
@@ -289,7 +289,7 @@ __global__ void __launch_bounds__(kThreads, ROT && BITS == 4 && GROUP == 0 ? 4 :
   for (; tile < tiles; tile += gridDim.x, buf = (buf + 1) % NBUF) {
     const int n0 = tile * ROWS;
     // The epilogue's scale and bias, requested now: loaded after the barrier, they held every warp of the CTA
-    // at the next one (ncu: 21% of stalls at that barrier, session 6).
+    // at the next one (ncu: 21% of stalls at that barrier).
     float out_scale[RPT], out_bias[RPT];
 #pragma unroll
     for (int j = 0; j < RPT; ++j) {

@@ -80,7 +80,7 @@ __device__ __forceinline__ void store8(T* p, const float v[8]) {
 }
 
 // The ARS gather's tables (lrq_kernels/cuda: gather_tables) serve every token, so their loads hit L1 after the first
-// warp; what they cost is L1 wavefronts (ncu, session 15: the gather path is L1-bound, 80% of peak, and int32
+// warp; what they cost is L1 wavefronts (ncu: the gather path is L1-bound, 80% of peak, and int32
 // indices and natural-order scales, 32 bytes a lane at a 32-byte lane stride, used 16 of every 32-byte sector).
 // perm16[col .. col + 7]: one 16-byte load, a warp's 32 lanes reading 512 contiguous bytes.
 __device__ __forceinline__ void load_perm8(const int16_t* perm16, int col, int idx[8]) {
@@ -107,8 +107,8 @@ __device__ __forceinline__ void load_scales8(const float* scale_lanes, int col, 
 }
 
 // Row and column of each of a thread's V vectors inside its CTA's R rows: one division for the first, then steps of
-// 256 elements (a division a vector cost ~15 instructions each, a tenth of rotate_quant's issue slots: ncu,
-// session 6). A slot past the CTA's R * K elements gets row >= R.
+// 256 elements (a division a vector cost ~15 instructions each, a tenth of rotate_quant's issue slots:
+// ncu). A slot past the CTA's R * K elements gets row >= R.
 template <int V>
 __device__ __forceinline__ void vector_slots(int k, int lane, int warp, int row[V], int col[V]) {
   const int e0 = ((warp * V) * 32 + lane) * 8;

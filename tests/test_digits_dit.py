@@ -1,4 +1,4 @@
-"""The shipped digits DiT (benchmarks/assets/digits_dit, issue 5): it loads, quantizes under the default
+"""The shipped digits DiT (benchmarks/assets/digits_dit): it loads, quantizes under the default
 configuration and samples on CPU; a damaged or mismatched checkpoint is refused; the sample metrics are right
 on cases with known answers."""
 import math

@@ -1,4 +1,4 @@
-"""The README's usage block runs as written (on the CPU, in a scratch folder)."""
+"""The README's usage block runs as written (on the CPU, in a temporary folder)."""
 import os
 import re
 

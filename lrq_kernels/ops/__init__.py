@@ -45,18 +45,18 @@ BACKENDS = {"rotate_quant": ("cuda", "triton"), "rotate": ("cuda",), "gemm_a16":
             "gemm_a8": ("cuda", "triton"), "dequantize_weight": ("cuda",), "decode_weight_e4m3": ("cuda",)}
 # Tokens from which the CUDA W·A8 GEMM (csrc/gemm_a8_sm90.cu, 128-token tiles; 4- and 3-bit codes) runs instead of
 # Triton's (16- and 64-token tiles at small M). On natural-order codes (ops.gemm_a8) the CUDA kernel's producer copies
-# them in 4-byte pieces: on the H100 (results/gemm_a8_cuda_sweep.md, session 9) it was faster on FLUX fc1, fc2, qkv
-# and PixArt fc1 from M = 256 (1.15-1.9x) but 16% slower on fc2 at M = 128; on the H200 with session 11's kernel
-# (results/gemm_a8_cuda_sweep_s14.md, session 14) still 1.10-1.25x Triton's time on fc2 at M = 1-128 and up to 1.14x on
+# them in 4-byte pieces: on the H100 (results/gemm_a8_cuda_sweep.md) it was faster on FLUX fc1, fc2, qkv
+# and PixArt fc1 from M = 256 (1.15-1.9x) but 16% slower on fc2 at M = 128; on the H200 with the current
+# kernel (results/gemm_a8_cuda_sweep_s14.md) still 1.10-1.25x Triton's time on fc2 at M = 1-128 and up to 1.14x on
 # qkv at M <= 16. On codes in its K order, loaded by TMA (quant_linear_a8), the same H200 sweep has it faster than
 # Triton's on all four shapes at every M from 1 to 128, both bit widths: 1.04-1.25x on fc2, 1.05-2.32x on the rest
-# (session 10's 7-8% loss on fc2 at M = 64-128 is gone). Hence TMA_MIN_M = 1. LRQ_BACKEND=cuda runs it at any M.
+# (fc2 at M = 64-128 included). Hence TMA_MIN_M = 1. LRQ_BACKEND=cuda runs it at any M.
 CUDA_GEMM_A8_MIN_M = 256
 CUDA_GEMM_A8_TMA_MIN_M = 1
 # Tokens from which the weight-only forward (quant_linear_a16) dequantizes the weight with its rotation undone
 # (dequantize_weight, one pass over N x K) and runs cuBLAS's GEMM on it, instead of rotating every token and running
 # the Triton GEMM that decodes codes between its MMAs. The price is a transient N x K weight in x's dtype. Measured on
-# the H200 (`python benchmarks/bench_cuda.py --only a16`, results/bench_cuda_a16.md, session 22; 4-bit, M = 32 ...
+# the H200 (`python benchmarks/bench_cuda.py --only a16`, results/bench_cuda_a16.md; 4-bit, M = 32 ...
 # 4608): from M = 128 the weight path took 0.36-0.91x the token path's time (the faster of its GEMM with K split and
 # unsplit) on PixArt qkv, FLUX qkv, fc1 and fc2; at M = 32 and 64 it took 0.41-0.81x on the weights of at most
 # A16_DEQUANT_MAX_SMALL_M_WEIGHT elements (PixArt and FLUX qkv) and 1.22-1.50x on FLUX fc1 and fc2, so those start at
@@ -67,13 +67,13 @@ A16_DEQUANT_MAX_SMALL_M_WEIGHT = 3072 * 3072
 # one pass over N x K) and runs cuBLAS's FP8 GEMM with row-wise scales (torch._scaled_mm) on it, instead of our GEMM
 # that decodes codes between its MMAs. Where: LRQ_BACKEND=auto, FP8 codes, per-channel scales, bf16 or fp16 output, a
 # GPU of compute capability >= 8.9, N and K multiples of 16. The price is a transient N x K byte matrix. Measured on
-# the H200 (benchmarks/bench_cuda.py --only a8, results/bench_cuda_a8.md, session 14; whole forward, 4- and 3-bit,
+# the H200 (benchmarks/bench_cuda.py --only a8, results/bench_cuda_a8.md; whole forward, 4- and 3-bit,
 # PixArt fc1 and FLUX qkv, fc1, fc2): at M = 1024 the weight path took 0.92-1.02x the kernel path's time; at 512,
 # 1.09-1.26x on the FLUX shapes (0.92x on PixArt fc1); from 2048, 0.77-0.95x.
 A8_DEQUANT_MIN_M = 1024
 # Opt-in: the weight path's cuBLAS FP8 GEMM with use_fast_accum=True (the tensor cores' partial sums chained over K,
 # not promoted to float32; torchao's float8 inference default). Measured on the H200 (benchmarks/fast_accum.py,
-# results/fast_accum.md, session 15; the M >= 1024 shapes of dit_shapes.json): the GEMM alone 1.05-1.19x faster, its
+# results/fast_accum.md; the M >= 1024 shapes of dit_shapes.json): the GEMM alone 1.05-1.19x faster, its
 # relative error against the float64 product of the same codes 0.6e-3-3.0e-3 in float32 out (1.3e-4 without), above
 # this library's 1e-3 bound from K = 3072 on; in bf16 out 1.8e-3-3.4e-3 (1.7e-3 without, the rounding to bf16). Off
 # by default for that reason.
@@ -432,8 +432,8 @@ def _(packed, w_scales, codebook, bits, k, group_size, perm, channel_scale, bloc
 def _fused_rotate_gemv(x: torch.Tensor, perm: Optional[torch.Tensor], block: int, bits: int, group_size: int) -> bool:
     """Whether quant_linear_a16 runs as one CUDA GEMV that rotates x itself: where the kernel can (M = 1, K <= 4096,
     block <= 1024: csrc/gemv_a16.cu, "Fused rotation") and where it measured faster than rotate + GEMV: 4-bit codes,
-    per-channel scales, no ARS permutation. `python benchmarks/ab_cuda.py --old <build of 7aac363> a16fwd`
-    (results/ab_fused_rot.md, H200): 4-bit 0.83x the time on FLUX qkv (3072 x 3072) and 0.90x on fc1 (3072 ->
+    per-channel scales, no ARS permutation. `python benchmarks/ab_cuda.py --old <the two-kernel build> a16fwd`
+    (results/ab_fused_rot.md, H200, names the build): 4-bit 0.83x the time on FLUX qkv (3072 x 3072) and 0.90x on fc1 (3072 ->
     12288); 3-bit 0.94x and 1.03x, with the ARS gather 0.93x and 1.05x, so those stay two kernels."""
     m, k = x.shape
     return (bits == 4 and group_size == 0 and perm is None

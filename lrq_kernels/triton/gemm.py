@@ -150,7 +150,7 @@ def _accumulate(x, y, acc, scale, SCALED: tl.constexpr, FP32_STEPS: tl.constexpr
     ~14): chained over the whole K it gave 1.16e-3 relative error at M = 333, K = N = 2432 (tests/test_gpu.py,
     bound 1e-3). FP32_STEPS therefore adds each step's product to the float32 accumulator on the CUDA cores.
     Measured on FLUX fc1 (H100): chained 523 us (wrong at 1e-3), a float32 add every step 698 us (tile 128x128x256,
-    benchmarks/results/gemm_variants.md), every 4 steps through an in-loop branch 761 us (session 3: the branch
+    benchmarks/results/gemm_variants.md), every 4 steps through an in-loop branch 761 us (the branch
     costs more than it saves)."""
     if SCALED:
         return acc + tl.dot(x, y) * scale
@@ -269,7 +269,7 @@ _gemm_tuned = triton.autotune(
 # Split-K for the weight-only GEMM at 16 < M <= SPLIT_K_MAX_M: there the tiles above give too few programs (FLUX fc1
 # at M = 64: 96 or 192 of 64 x 128 or 64 x 64, each a chain of 24 dependent K steps), so the K steps of a tile are
 # also split between SPLIT_K programs. Rotate + this GEMM against rotate + the unsplit one (`python
-# benchmarks/bench_cuda.py --only a16`, results/bench_cuda_a16.md, H200, session 22), time: FLUX fc2 0.43-0.68x at
+# benchmarks/bench_cuda.py --only a16`, results/bench_cuda_a16.md, H200), time: FLUX fc2 0.43-0.68x at
 # M = 32-128 (0.84x at 256), FLUX qkv 0.67-0.72x at M = 32 and 64 (0.98-1.03x at 128 and 256), FLUX fc1 0.86x at 32 but
 # 1.03-1.15x at 64-256, PixArt qkv 1.17-1.35x (the workspace's sum and cast cost ~3 us). quant_linear_a16 runs this
 # path only where the dequantized weight does not win (ops.A16_DEQUANT_MIN_M): FLUX fc1- and fc2-sized weights at
