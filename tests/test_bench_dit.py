@@ -10,7 +10,7 @@ KEYS = {"model", "mode", "compile", "ms", "weight_gib", "peak_gib", "quant_s", "
         "command"}
 
 
-@pytest.mark.parametrize("model", ["flux.1-dev", "wan2.1-14b"])
+@pytest.mark.parametrize("model", ["flux.1-dev", "wan2.1-14b", "sd3.5-large", "pixart-sigma"])
 def test_bench_dit_tiny_rows(model, tmp_path):
     with torch.no_grad():
         rows = bench_dit.main(["--tiny", "--models", model, "--modes", "bf16", "w4a8", "w4a16", "--compile",

@@ -87,3 +87,16 @@ def test_command_line_on_a_tiny_named_config(tmp_path, capsys):
         cli.main(["quantize", "--out", path])
     with pytest.raises(SystemExit, match="cannot read checkpoint"):
         cli.main(["info", str(tmp_path / "absent.safetensors")])
+
+
+def test_command_line_quantizes_a_local_transformer_folder(tmp_path, capsys):
+    from lrq_kernels.integrations.diffusers import build_model
+    build_model("sd3.5-large", tiny=True, dtype=torch.float32).save_pretrained(str(tmp_path / "sd3"))
+    path = str(tmp_path / "sd3.safetensors")
+    assert cli.main(["quantize", "--pretrained", str(tmp_path / "sd3"), "--calibrate", "2", "--device", "cpu",
+                     "--dtype", "fp32", "--out", path]) == 0
+    assert cli.main(["run", path, "--device", "cpu", "--dtype", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "SD3Transformer2DModel" in out and "finite True" in out
+    with pytest.raises(SystemExit, match="not a diffusers model folder"):
+        cli.main(["quantize", "--pretrained", str(tmp_path), "--out", path])
