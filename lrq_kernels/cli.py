@@ -65,8 +65,8 @@ def _load_pipeline(path: str, device, dtype, transformer=None):
     return pipe.to(device)
 
 
-def _pipeline_call(pipe, args, generator):
-    kwargs = dict(prompt=args.prompt, num_inference_steps=args.steps, generator=generator)
+def _pipeline_call(pipe, args, generator, steps: int | None = None):
+    kwargs = dict(prompt=args.prompt, num_inference_steps=steps or args.steps, generator=generator)
     if args.height:
         kwargs.update(height=args.height, width=args.width or args.height)
     if args.guidance is not None:
@@ -136,15 +136,10 @@ def _calibrate(model, pipe, name, args, plan, device, dtype):
     if pipe is not None:
         if not args.prompt:
             raise SystemExit("quantize --pipeline --calibrate: give --prompt (the calibration prompts)")
-        args_steps = args.steps
-        args.steps = steps
-
         def run(m):
-            _pipeline_call(pipe, args, torch.Generator(device="cpu").manual_seed(args.seed))
+            _pipeline_call(pipe, args, torch.Generator(device="cpu").manual_seed(args.seed), steps=steps)
         print(f"calibrating through the pipeline: {steps} steps of {args.prompt!r}", flush=True)
-        stats = calibrate(model, run, skip=plan["skip"])
-        args.steps = args_steps
-        return stats
+        return calibrate(model, run, skip=plan["skip"])
     if name is None:
         raise SystemExit(f"quantize --calibrate: no input shapes known for {type(model).__name__}; calibrate "
                          f"through its pipeline (--pipeline DIR --prompt ...)")

@@ -1,5 +1,5 @@
-"""Code, tests, tools and docs describe the product as it is: no numbered work sessions, scratch or reverted
-variants, issue numbers or commit hashes (git's log keeps the history). benchmarks/NOTES.md, the work log, and
+"""Code, tests, tools and docs describe the product as it is: none of the words of WORDS, which tell the story
+of the work (git's log keeps it). benchmarks/NOTES.md, the work log, and
 the result files under benchmarks/results are not checked here yet."""
 import os
 import re

@@ -167,10 +167,8 @@ def model_inputs(name: str, model, tiny: bool = False, batch: int | None = None,
 
     t = torch.full((b,), float(timestep))
     if name == "pixart-sigma":
-        s, text = cfg["sample_size"], (8 if tiny else 300)
-        return dict(hidden_states=rand(b, cfg["in_channels"], s, s),
-                    encoder_hidden_states=rand(b, text, cfg["caption_channels"]), timestep=(t * 1000).to(device),
-                    added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)
+        return pixart_inputs(dict(cfg), batch=b, text_tokens=8 if tiny else 300, timestep=1000 * float(timestep),
+                             seed=seed, device=device, dtype=dtype)
     if name == "sd3.5-large":
         s, text = cfg["sample_size"], (8 if tiny else 333)
         return dict(hidden_states=rand(b, cfg["in_channels"], s, s),

@@ -7,7 +7,6 @@ A checkpoint is one safetensors file. Its metadata holds
     checksums      JSON {tensor name: sha256 of its bytes}, verified as each tensor is read
     model_class    "module.QualName" of the model (diffusers models: "diffusers.<...>.FluxTransformer2DModel")
     model_config   the model's diffusers config as JSON (absent for models without one)
-    dtype          the dtype of the model's float tensors when saved
 
 `load_quantized_model(path)` builds the model from its class and config with its parameters on the meta device,
 puts QuantLinear shells where the layouts say, and materialises only what the file holds, one tensor at a time,
@@ -48,15 +47,6 @@ def _quant_layers(model: nn.Module) -> dict[str, QuantLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
-def _float_dtype(model: nn.Module) -> torch.dtype | None:
-    """The dtype of the model's float tensors outside its QuantLinears (None if it has none)."""
-    quant = {id(t) for m in _quant_layers(model).values() for t in m.buffers()}
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) not in quant and t.is_floating_point():
-            return t.dtype
-    return None
-
-
 def save_quantized(model: nn.Module, path: str) -> None:
     """Save a quantized model (every tensor of its state, each QuantLinear's layout, checksums, and the model's
     class and config) as one safetensors file, for `load_quantized_model` or `load_quantized`."""
@@ -70,8 +60,7 @@ def save_quantized(model: nn.Module, path: str) -> None:
     meta = {"format": CHECKPOINT_FORMAT,
             "layouts": json.dumps({name: m.layout() for name, m in layers.items()}),
             "checksums": json.dumps({k: tensor_digest(v) for k, v in state.items()}),
-            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-            "dtype": str(_float_dtype(model))}
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}"}
     if hasattr(model, "to_json_string") and hasattr(model, "config"):
         meta["model_config"] = model.to_json_string()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -283,7 +272,7 @@ def _expected_state(model: nn.Module, shells: dict) -> dict[str, torch.Tensor]:
                 if isinstance(t, torch.Tensor) and not any(k.startswith(n + ".") for n in shells)}
     for name, shell in shells.items():
         for key, t in shell.state_dict(keep_vars=True).items():
-            if isinstance(t, torch.Tensor) and not key.endswith(EXTRA_STATE):
+            if isinstance(t, torch.Tensor):
                 expected[f"{name}.{key}"] = t
     return {k: t for k, t in expected.items() if not k.endswith(EXTRA_STATE)}
 
@@ -387,12 +376,11 @@ def load_quantized_model(path: str, device="cpu", dtype: torch.dtype | None = No
     ck = read_checkpoint(path)
     cls = _model_class(ck, model_class)
     device = torch.device(device)
-    cfg = {k: v for k, v in ck.model_config.items()} if ck.model_config is not None else None
-    if cfg is None:
+    if ck.model_config is None:   # a model_class= given, a config missing
         raise ValueError(f"checkpoint {ck.path!r} records no model config; use load_quantized(float_model, path)")
     try:
         with _parameters_on_meta():
-            model = cls.from_config(cfg)
+            model = cls.from_config(dict(ck.model_config))
     except Exception as e:
         raise ValueError(f"checkpoint {ck.path!r}: {cls.__name__}.from_config failed on its config: {e}") from None
     model.eval().requires_grad_(False)
