@@ -12,13 +12,13 @@
    path (rotate every token, then the Triton GEMM that decodes codes) against the weight path (dequantize_weight:
    the weight with its rotation undone, one pass over N x K, then F.linear bf16), and F.linear bf16 alone; the
    dequantize_weight pass alone in GB/s over its bytes (packed + scales read, 2 NK written). Sets
-   ops.A16_DEQUANT_MIN_M.
+   Tuning.a16_dequant_min_m.
 5. (--only a8) the two ways of the W·A8 forward (rotate + FP8 quantize, then the GEMM; 4- and 3-bit codes) from
    M = 256 up: the kernel path (codes in the GEMM's K order, our Hopper GEMM that decodes the weight codes between
    its MMAs) against the weight path (decode_weight_e4m3: the codes as an FP8 matrix, one pass over N x K, then
    cuBLAS's FP8 GEMM with row-wise scales, torch._scaled_mm), with F.linear bf16 and torch._scaled_mm alone on
    pre-quantized operands; the decode pass alone in GB/s over its bytes (packed read, NK written). Sets
-   ops.A8_DEQUANT_MIN_M.
+   Tuning.a8_dequant_min_m.
 Every time is a median of CUDA-graph replays over copies of the data that do not fit in L2 (timing.py).
 Results: results/bench_cuda.json and results/bench_cuda.md.
 """

@@ -1,5 +1,5 @@
 """The CUDA W·A8 GEMM (csrc/gemm_a8_sm90.cu) against the Triton one and cuBLAS, by M, on four DiT weight shapes:
-where the dispatcher should pick CUDA (lrq_kernels/ops: CUDA_GEMM_A8_MIN_M). Needs an sm_90 GPU.
+where the dispatcher should pick CUDA (Tuning.cuda_gemm_a8_min_m, lrq_kernels/ops/policy.py). Needs an sm_90 GPU.
 
     python benchmarks/bench_gemm_a8_cuda.py [--out benchmarks/results] [--ms 1,16,...] [--bits 4,3] [--name N]
 

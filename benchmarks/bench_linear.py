@@ -12,12 +12,12 @@ the 60 MB L2 between calls while bf16's 75 MB does not.)
             this torch accepts it; "–" where it refuses)
   naive-q   per-token absmax -> FP8 cast in plain PyTorch ops (what a user gets without a fused kernel)
   rq        our fused rotate (block Hadamard) + per-token FP8 quantize, alone; GB/s over bytes read + written
-  gemm W4A8 / W3A8   ops.gemm_a8 alone on FP8 codes in natural K order, as dispatched (from ops.A8_DEQUANT_MIN_M:
+  gemm W4A8 / W3A8   ops.gemm_a8 alone on FP8 codes in natural K order, as dispatched (from Tuning.a8_dequant_min_m:
             decode_weight_e4m3 + torch._scaled_mm)
   kernel W4A8 / W3A8 our Hopper GEMM kernel alone (csrc/gemm_a8_sm90.cu) on the same codes, at every M
   fwd W4A8 / W3A8 / W4A16 / W3A16   the whole QuantLinear forward, bf16 in and out
-  fwd W4A8 fast-accum   the W4A8 forward with the opt-in ops.A8_FAST_ACCUM (only where the weight path runs,
-            M >= ops.A8_DEQUANT_MIN_M; its error: benchmarks/fast_accum.py)
+  fwd W4A8 fast-accum   the W4A8 forward with the opt-in Tuning.a8_fast_accum (only where the weight path runs,
+            M >= Tuning.a8_dequant_min_m; its error: benchmarks/fast_accum.py)
 Ceilings measured in the same run: device-to-device copy bandwidth, bf16 and FP8 8192^3 GEMM rates.
 """
 from __future__ import annotations
@@ -120,12 +120,9 @@ def bench_shape(m, k, n, ceil):
                         gemm_bytes, codes, qs)
                 del codes
             r[f"fwd_{tag}_us"] = cold(lambda a, qq: qq(a), fwd_bytes, xs, qs)
-            if tag == "W4A8" and m >= ops.A8_DEQUANT_MIN_M:
-                ops.A8_FAST_ACCUM = True
-                try:
+            if tag == "W4A8" and m >= ops.get_tuning().a8_dequant_min_m:
+                with ops.tuning(a8_fast_accum=True):
                     r["fwd_W4A8_fast_us"] = cold(lambda a, qq: qq(a), fwd_bytes, xs, qs)
-                finally:
-                    ops.A8_FAST_ACCUM = False
             if a_bits == 16:
                 r[f"fwd_{tag}_weight_GBps"] = (wbytes + m * k * 2 + m * n * 2) / r[f"fwd_{tag}_us"] / 1e3
                 r[f"fwd_{tag}_pct_copy"] = 100 * r[f"fwd_{tag}_weight_GBps"] / ceil["copy_GBps"]
@@ -177,7 +174,7 @@ def summary(rows) -> list[str]:
             f"- W4A8 forward faster than cuBLAS FP8 GEMM alone on "
             f"{sum(r['fwd_W4A8_us'] < r.get('fp8_us', 0) for r in flux)}"
             f" of {len(flux)} FLUX shapes",
-            f"- with ops.A8_FAST_ACCUM (opt-in): geometric mean "
+            f"- with Tuning.a8_fast_accum (opt-in): geometric mean "
             f"{geomean([r['speedup_W4A8_fast'] for r in big if 'speedup_W4A8_fast' in r]):.2f}× (PixArt-Σ 1024²: "
             f"{geomean([r['speedup_W4A8_fast'] for r in pixart if 'speedup_W4A8_fast' in r]):.2f}×); faster than "
             f"cuBLAS FP8 GEMM alone (without fast accumulation) on "

@@ -1,12 +1,12 @@
 """cuBLAS's FP8 GEMM with and without fast accumulation (torch._scaled_mm(use_fast_accum=...)): speed and error, on
-the shapes of benchmarks/dit_shapes.json with M >= ops.A8_DEQUANT_MIN_M (where the W·A8 weight path runs it).
+the shapes of benchmarks/dit_shapes.json with M >= Tuning.a8_dequant_min_m (where the W·A8 weight path runs it).
 
     python benchmarks/fast_accum.py [--out DIR]
 
 Per shape: x [M, K] and W [N, K] of standard normals quantized to e4m3 with row-wise (per token, per channel)
 scales; the GEMM's µs (median of CUDA-graph replays) with and without fast accumulation, and its relative error
 (Frobenius) against the float64 product of the same codes and scales, in float32 and in bf16 output. This is what
-ops.A8_FAST_ACCUM (opt-in) trades. Writes fast_accum.json and fast_accum.md with the GPU, versions, date and command.
+Tuning.a8_fast_accum (opt-in) trades. Writes fast_accum.json and fast_accum.md with the GPU, versions, date and command.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
     with open(os.path.join(HERE, "dit_shapes.json")) as f:
-        shapes = [s for s in json.load(f)["gemm"] if s["M"] >= ops.A8_DEQUANT_MIN_M]
+        shapes = [s for s in json.load(f)["gemm"] if s["M"] >= ops.get_tuning().a8_dequant_min_m]
     rows = []
     for s in shapes:
         r = measure(s["M"], s["K"], s["N"])

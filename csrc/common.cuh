@@ -11,11 +11,31 @@ inline std::string cuda_error(const char* what, cudaError_t e) {
   return std::string(what) + ": " + cudaGetErrorString(e);
 }
 
-// Launches go to the caller's device and stream (PyTorch's current ones, passed from Python).
-inline std::string set_device(int device) {
-  cudaError_t e = cudaSetDevice(device);
-  return e == cudaSuccess ? std::string() : cuda_error("cudaSetDevice", e);
-}
+// Launches go to the caller's device and stream (PyTorch's current ones, passed from Python). The device is made
+// current for the launch and the caller's current device restored when the scope ends, as PyTorch's device guard
+// does, so a launch on another GPU leaves the thread's device as it found it.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    cudaError_t e = cudaGetDevice(&previous_);
+    if (e == cudaSuccess && previous_ != device) {
+      e = cudaSetDevice(device);
+      changed_ = e == cudaSuccess;
+    }
+    if (e != cudaSuccess) error_ = cuda_error("cudaSetDevice", e);
+  }
+  ~DeviceScope() {
+    if (changed_) cudaSetDevice(previous_);
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+  const std::string& error() const { return error_; }
+
+ private:
+  int previous_ = 0;
+  bool changed_ = false;
+  std::string error_;
+};
 
 inline std::string last_launch_error(const char* kernel) {
   cudaError_t e = cudaGetLastError();

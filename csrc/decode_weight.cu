@@ -76,8 +76,8 @@ std::string decode_weight_e4m3(const DecodeWeightArgs& a) {
   if (reinterpret_cast<uintptr_t>(a.packed) % 16 != 0 || reinterpret_cast<uintptr_t>(a.out) % 16 != 0)
     return "decode_weight_e4m3: packed and out must be 16-byte aligned";
   if (a.n == 0) return "";
-  why = set_device(a.device);
-  if (!why.empty()) return why;
+  const DeviceScope scope(a.device);
+  if (!scope.error().empty()) return scope.error();
   const uint32_t per_row = static_cast<uint32_t>(a.k / kCodesPerStep);
   const uint32_t pieces = static_cast<uint32_t>(a.n) * per_row;
   // 8 CTAs of 256 threads an SM fill it (2048 threads, one 16-byte load in flight each); more only adds tails

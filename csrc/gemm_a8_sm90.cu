@@ -464,8 +464,8 @@ std::string gemm_a8(const GemmA8Args& a) {
   if (!why.empty()) return why;
   if (a.stride_x % 16 != 0 || a.row_bytes % 16 != 0)
     return "gemm_a8: x's row stride and the packed row must be multiples of 16 bytes";
-  why = set_device(a.device);
-  if (!why.empty()) return why;
+  const DeviceScope scope(a.device);
+  if (!scope.error().empty()) return scope.error();
   int major = 0, minor = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, a.device);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, a.device);

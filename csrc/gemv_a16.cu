@@ -454,8 +454,8 @@ std::string gemv_a16(const GemvA16Args& a) {
   if (a.m == 0 || a.n == 0) return "";
   if ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.packed)) % 16)
     return "gemv_a16: x and packed must be 16-byte aligned";
-  why = set_device(a.device);
-  if (!why.empty()) return why;
+  const DeviceScope scope(a.device);
+  if (!scope.error().empty()) return scope.error();
   switch (a.x_dtype) {
     case kBF16: return dispatch_bits<__nv_bfloat16>(a);
     case kF16: return dispatch_bits<__half>(a);

@@ -722,8 +722,8 @@ std::string rotate_quant(const RotateQuantArgs& a) {
     return "rotate_quant: an int16 permutation needs K <= 16384, got K=" + std::to_string(a.k);
   if (a.stride_x % 8 || a.stride_x < a.k)
     return "rotate_quant: x's row stride must be a multiple of 8 elements and >= K, got " + std::to_string(a.stride_x);
-  why = set_device(a.device);
-  if (!why.empty()) return why;
+  const DeviceScope scope(a.device);
+  if (!scope.error().empty()) return scope.error();
   const int x_bytes = a.x_dtype == kF32 ? 4 : 2;
   // The transposed path stores the codes 16 bytes at a time.
   const bool transpose = a.out_format != kSame && a.perm16 == nullptr && a.scale_lanes == nullptr &&

@@ -283,8 +283,8 @@ std::string unrotate_weight(const UnrotateWeightArgs& a) {
   if ((reinterpret_cast<uintptr_t>(a.out) | reinterpret_cast<uintptr_t>(a.perm) |
        reinterpret_cast<uintptr_t>(a.channel_scale)) % 16 || reinterpret_cast<uintptr_t>(a.packed) % 4)
     return "unrotate_weight: out, perm and channel_scale must be 16-byte aligned, packed 4-byte aligned";
-  why = set_device(a.device);
-  if (!why.empty()) return why;
+  const DeviceScope scope(a.device);
+  if (!scope.error().empty()) return scope.error();
   const Tiling t = tiling_for(a.k, a.block);
   // The transposed kernel: blocks of 1024 without permutation or channel scale, 16-bit output, 16-byte code rows.
   if (a.block == 1024 && a.k % 1024 == 0 && a.perm == nullptr && a.channel_scale == nullptr && a.out_dtype != kF32 &&

@@ -21,8 +21,8 @@ Columns: ms a forward (CUDA events, median of --iters after 2 warm-up forwards),
 model holds: allocated after it was made, minus before), peak_gib (weight_gib plus the most the forward
 allocated above what was allocated before it), quant_s (seconds to quantize, synchronized), sqnr_db (output
 against the bf16 model's, same inputs). Rows are merged into OUT/bench_dit.json by (model, mode, compile), and
-OUT/bench_dit.md is the table of all of them; --profile writes OUT/bench_dit_profile_MODEL.md, one W4A8 forward's GPU
-time by kernel category (torch.profiler).
+OUT/bench_dit.md is the table of all of them; --profile writes OUT/bench_dit_profile_MODEL.md, one bf16 and one W4A8
+eager forward's GPU time by kernel category side by side (torch.profiler).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ import time
 import torch
 
 from . import QuantConfig, quantize_model, sqnr_db, weight_bytes
-from .integrations.diffusers import MODELS, build_model, dit_plan, model_inputs
+from .integrations.diffusers import MODELS, build_model, dit_plan, fuse_qkv, model_inputs
 from .nn.model import _matches, skip_patterns
 
 MODES = ("bf16", "w4a8", "w3a8", "w4a16", "torchao-fp8")
@@ -137,6 +137,8 @@ def bench_model(name: str, args, rows: list) -> None:
     before = allocated()
     t0 = time.perf_counter()
     base = build_model(name, device=device, dtype=torch.bfloat16, tiny=args.tiny)
+    if args.fuse_qkv:
+        fuse_qkv(base)
     sync()
     base_bytes = allocated() - before if device == "cuda" else weight_bytes(base)
     print(f"{name}: built in {time.perf_counter() - t0:.1f} s, {base_bytes / GIB:.2f} GiB", flush=True)
@@ -144,6 +146,7 @@ def bench_model(name: str, args, rows: list) -> None:
     with torch.no_grad():
         ref = base(**inputs)[0].float()
     how = "repeated_blocks" if getattr(base, "_repeated_blocks", None) else "whole_model"
+    profiles = {}
     # bf16 last: compile_repeated_blocks compiles the model's blocks in place, and the other modes copy it
     for mode in [m for m in args.modes if m != "bf16"] + [m for m in args.modes if m == "bf16"]:
         if mode == "torchao-fp8" and not _has_torchao():
@@ -171,7 +174,7 @@ def bench_model(name: str, args, rows: list) -> None:
             row = {"model": name, "mode": mode, "compile": comp, "ms": ms, "weight_gib": held / GIB,
                    "peak_gib": None if peak is None else peak / GIB, "quant_s": quant_s,
                    "sqnr_db": sqnr_db(ref, out), "adaln": None if mode == "bf16" else args.adaln,
-                   "compile_how": how if comp else None, "warmup_s": warm, "tiny": args.tiny, **meta(args)}
+                   "compile_how": how if comp else None, "fused_qkv": args.fuse_qkv, "warmup_s": warm, "tiny": args.tiny, **meta(args)}
             rows.append(row)
             write(rows, args.out)   # after every row: a run cut short keeps what it measured
             print(f"{name:13s} {mode:12s} {'compiled' if comp else 'eager':8s} {ms:9.2f} ms  weights "
@@ -180,13 +183,15 @@ def bench_model(name: str, args, rows: list) -> None:
             del fwd_model
             if comp:
                 torch._dynamo.reset()
-        if mode == "w4a8" and args.profile:
-            profile(name, model, inputs, args)
+        if mode in PROFILED and args.profile:
+            profiles[mode] = profile(model, inputs, args)
         if model is not base:
             del model
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
+    if profiles:
+        write_profile(name, profiles, args)
     del base, ref
     gc.collect()
 
@@ -210,8 +215,12 @@ CATEGORIES = (   # first match wins, on the kernel's name
 )
 
 
-def profile(name: str, model, inputs, args) -> None:
-    """One eager forward under torch.profiler: GPU time by kernel category (CATEGORIES; the rest is 'other')."""
+PROFILED = ("bf16", "w4a8")     # the modes --profile profiles, side by side
+
+
+def profile(model, inputs, args) -> tuple[dict, dict]:
+    """One eager forward under torch.profiler: (GPU ms by kernel category (CATEGORIES; the rest is 'other'),
+    GPU ms by (category, kernel name))."""
     from torch.profiler import ProfilerActivity
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with torch.no_grad():
@@ -233,20 +242,29 @@ def profile(name: str, model, inputs, args) -> None:
         totals[cat] = totals.get(cat, 0.0) + e["dur"] / 1e3
         key = (cat, e["name"][:90])
         kernels[key] = kernels.get(key, 0.0) + e["dur"] / 1e3
-    all_ms = sum(totals.values()) or 1.0
+    return totals, kernels
+
+
+def write_profile(name: str, profiles: dict, args) -> None:
+    """OUT/bench_dit_profile_NAME.md: the profiled modes' GPU time by category side by side, and each mode's
+    largest kernels."""
+    modes = [m for m in PROFILED if m in profiles]
     m = meta(args)
-    lines = [f"# One {name} W4A8 forward by kernel category ({m['gpu']}, {m['date']})", "",
+    cats = sorted({c for mode in modes for c in profiles[mode][0]}, key=lambda c: -profiles[modes[-1]][0].get(c, 0))
+    lines = [f"# One {name} eager forward by kernel category: {', '.join(modes)} ({m['gpu']}, {m['date']})", "",
              f"`{m['command']}`; torch {m['torch']}, CUDA {m['cuda']}. GPU time of every kernel of one eager forward "
-             f"(torch.profiler), summed by category.", "", "| category | ms | share |", "| --- | ---: | ---: |"]
-    for cat, ms in sorted(totals.items(), key=lambda t: -t[1]):
-        lines.append(f"| {cat} | {ms:.2f} | {100 * ms / all_ms:.1f}% |")
-    lines += [f"| all kernels | {all_ms:.2f} | 100% |", "", "Largest kernels:", "", "| category | kernel | ms |",
-              "| --- | --- | ---: |"]
-    for (cat, kname), ms in sorted(kernels.items(), key=lambda t: -t[1])[:15]:
-        lines.append(f"| {cat} | `{kname}` | {ms:.2f} |")
+             f"(torch.profiler), summed by category, ms.", "",
+             "| category | " + " | ".join(modes) + " |", "| --- |" + " ---: |" * len(modes)]
+    for cat in cats:
+        lines.append(f"| {cat} | " + " | ".join(f"{profiles[mode][0].get(cat, 0.0):.2f}" for mode in modes) + " |")
+    lines.append("| all kernels | " + " | ".join(f"{sum(profiles[mode][0].values()):.2f}" for mode in modes) + " |")
+    for mode in modes:
+        lines += ["", f"Largest kernels, {mode}:", "", "| category | kernel | ms |", "| --- | --- | ---: |"]
+        for (cat, kname), ms in sorted(profiles[mode][1].items(), key=lambda t: -t[1])[:15]:
+            lines.append(f"| {cat} | `{kname}` | {ms:.2f} |")
     with open(os.path.join(args.out, f"bench_dit_profile_{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("\n".join(lines[6:6 + len(totals) + 1]), flush=True)
+    print("\n".join(lines[:6 + len(cats) + 1]), flush=True)
 
 
 def write(rows: list, out: str) -> None:
@@ -255,30 +273,35 @@ def write(rows: list, out: str) -> None:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-    key = lambda r: (r["model"], r["mode"], r["compile"])   # noqa: E731
+    key = lambda r: (r["model"], r["mode"], r["compile"], r.get("fused_qkv", False))   # noqa: E731
     new = {key(r) for r in rows}
     merged = [r for r in old if key(r) not in new] + rows
     order = {m: i for i, m in enumerate(MODELS)}
-    merged.sort(key=lambda r: (order.get(r["model"], 99), r["compile"], MODES.index(r["mode"])))
+    merged.sort(key=lambda r: (order.get(r["model"], 99), r["compile"], r.get("fused_qkv", False),
+                               MODES.index(r["mode"])))
     with open(path, "w") as f:
         json.dump(merged, f, indent=1)
-    base = {(r["model"], r["compile"]): r["ms"] for r in merged if r["mode"] == "bf16"}
-    ao = {(r["model"], r["compile"]): r["ms"] for r in merged if r["mode"] == "torchao-fp8"}
+    group = lambda r: (r["model"], r["compile"], r.get("fused_qkv", False))   # noqa: E731
+    base = {group(r): r["ms"] for r in merged if r["mode"] == "bf16"}
+    ao = {group(r): r["ms"] for r in merged if r["mode"] == "torchao-fp8"}
     lines = ["| model | mode | compiled | ms | × bf16 | × torchao FP8 | weights GiB | peak GiB | quantize s | "
              "SQNR dB | GPU, date |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in merged:
-        k = (r["model"], r["compile"])
+        k = group(r)
         sp = f"{base[k] / r['ms']:.2f}×" if k in base else "–"
         sa = f"{ao[k] / r['ms']:.2f}×" if k in ao else "–"
         peak = "–" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
         sq = "–" if r["mode"] == "bf16" else f"{r['sqnr_db']:.1f}"
         lines.append(f"| {r['model']}{' (tiny)' if r.get('tiny') else ''} | {r['mode']} | "
-                     f"{r['compile_how'] if r['compile'] else 'eager'} | {r['ms']:.1f} | {sp} | {sa} | "
+                     f"{r['compile_how'] if r['compile'] else 'eager'}{', fused qkv' if r.get('fused_qkv') else ''} | "
+                     f"{r['ms']:.1f} | {sp} | {sa} | "
                      f"{r['weight_gib']:.2f} | {peak} | {r['quant_s']:.1f} | {sq} | {r['gpu']}, {r['date']} |")
     with open(os.path.join(out, "bench_dit.md"), "w") as f:
         f.write("# bench_dit: one transformer forward at the real config, random weights\n\n"
                 "Each row's command, versions and date are in bench_dit.json. × columns: the same model and "
-                "compile mode's bf16 (or torchao) time over this row's.\n\n" + "\n".join(lines) + "\n")
+                "compile mode's bf16 (or torchao) time over this row's (with fused qkv: the bf16 row with fused qkv). "
+                "\"Fused qkv\": every mode's model with the projections that read one tensor fused into one "
+                "linear (--fuse-qkv).\n\n" + "\n".join(lines) + "\n")
 
 
 def main(argv=None, command: str = COMMAND) -> list:
@@ -288,9 +311,11 @@ def main(argv=None, command: str = COMMAND) -> list:
     ap.add_argument("--compile", default="both", choices=("eager", "compiled", "both"))
     ap.add_argument("--adaln", default="weight-only", choices=("weight-only", "float"),
                     help="the adaLN modulation linears: quantized weight-only (default) or kept in bf16")
+    ap.add_argument("--fuse-qkv", action="store_true",
+                    help="fuse the projections that read one tensor (q, k, v) into one linear, in every mode's model")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--tiny", action="store_true", help="the tiny configs (CPU tests of the mechanics)")
-    ap.add_argument("--profile", action="store_true", help="profile one W4A8 eager forward by kernel category")
+    ap.add_argument("--profile", action="store_true", help="profile one bf16 and one W4A8 eager forward by kernel category")
     ap.add_argument("--out", default="benchmarks/results" if os.path.isdir("benchmarks/results") else "bench_results",
                     help="where bench_dit.json and .md go (default benchmarks/results in a checkout)")
     args = ap.parse_args(argv)

@@ -7,6 +7,15 @@ def _seed():
     torch.manual_seed(1234)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    """Each test plans its kernels afresh (a test may pretend a backend can or cannot run)."""
+    from lrq_kernels.ops import dispatch
+    dispatch.clear()
+    yield
+    dispatch.clear()
+
+
 def dense_hadamard(n: int) -> torch.Tensor:
     """Sylvester's Hadamard matrix by Kronecker products (independent of the butterfly under test)."""
     h = torch.ones(1, 1, dtype=torch.float64)

@@ -89,34 +89,41 @@ def test_extension_launch_without_gpu_raises_not_crashes():
 
 
 def test_dispatch_on_cpu_is_the_reference_and_forced_cuda_says_why(monkeypatch):
-    from lrq_kernels.ops import _pick
+    from lrq_kernels.ops import plan
     cpu = torch.device("cpu")
-    assert _pick("gemm_a16", cpu, m=1, k=3072, bits=4, group=0, dtype=torch.bfloat16) == "reference"
-    assert _pick("rotate", cpu, k=3072, block=1024, dtype=torch.bfloat16) == "reference"
+    assert plan("gemm_a16", cpu, m=1, k=3072, bits=4, group=0, dtype=torch.bfloat16).backend == "reference"
+    assert plan("rotate", cpu, k=3072, block=1024, dtype=torch.bfloat16).backend == "reference"
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
     with pytest.raises(RuntimeError, match="LRQ_BACKEND=cuda but rotate_quant cannot run"):
         ops.rotate_quant(torch.randn(2, 64), None, None, 64, "fp8", 8)
-    a8 = dict(fp8=True, m=64, k=3072, n=3072, bits=4, group=0, dtype=torch.float8_e4m3fn)
+    a8 = dict(m=64, k=3072, n=3072, bits=4, group=0, codes_dtype=torch.float8_e4m3fn, out_dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="LRQ_BACKEND=cuda but gemm_a8 cannot run"):
-        _pick("gemm_a8", cpu, **a8)
+        plan("gemm_a8", cpu, **a8)
     monkeypatch.delenv("LRQ_BACKEND")
-    assert _pick("gemm_a8", cpu, **a8) == "reference"
+    p = plan("gemm_a8", cpu, **(a8 | dict(m=4096)))
+    assert p.backend == "reference" and [w.split(":")[0] for w in p.why_not] == ["cuda", "triton"]
 
 
 @pytest.mark.skipif(not cuda_kernels.available(), reason="lrq_kernels._C not built")
 def test_weight_only_forward_fuses_the_rotation_only_where_it_measured_faster(monkeypatch):
-    """ops._fused_rotate_gemv's rule, with the backends pretended to be CUDA: one kernel at M = 1, K <= 4096, for
-    4-bit per-channel weights without a permutation (results/ab_fused_rot.md); rotate + GEMV otherwise."""
-    from lrq_kernels.ops import _fused_rotate_gemv
-    monkeypatch.setattr(ops, "_pick", lambda op, device, **shape: "cuda")
-    x = torch.empty(1, 3072, dtype=torch.bfloat16)
-    assert _fused_rotate_gemv(x, None, 1024, 4, 0)
-    assert not _fused_rotate_gemv(x, torch.arange(3072), 1024, 4, 0)          # ARS gather: 0.93-1.05x, not kept
-    assert not _fused_rotate_gemv(x, None, 1024, 3, 0)                        # 3-bit: 0.94-1.03x
-    assert not _fused_rotate_gemv(x, None, 1024, 4, 128)                      # group scales: not measured
-    assert not _fused_rotate_gemv(torch.empty(2, 3072, dtype=torch.bfloat16), None, 1024, 4, 0)
-    assert not _fused_rotate_gemv(torch.empty(1, 12288, dtype=torch.bfloat16), None, 1024, 4, 0)
-    assert not _fused_rotate_gemv(torch.empty(1, 4096, dtype=torch.bfloat16), None, 4096, 4, 0)
+    """The fused-gemv path's rule, with every op's kernel pretended to be CUDA's: one kernel at M = 1, K <= 4096, for
+    4-bit per-channel weights without a permutation (docs/tuning.md: fused-gemv); rotate + GEMV otherwise."""
+    from lrq_kernels.ops import dispatch
+    monkeypatch.setattr(dispatch, "_kernel", lambda op, device, want, order=None, **shape: dispatch.Plan(op, "cuda"))
+    monkeypatch.setattr(cuda_kernels, "device_ok", lambda device: True)
+    cpu = torch.device("cpu")
+
+    def path(m=1, k=3072, block=1024, bits=4, group=0, permuted=False):
+        return dispatch.plan("quant_linear_a16", cpu, m=m, k=k, n=3072, block=block, bits=bits, group=group,
+                             dtype=torch.bfloat16, rotated=True, permuted=permuted).path
+
+    assert path() == "fused-gemv"
+    assert path(permuted=True) == "two-ops"           # ARS gather: 0.93-1.05x, not kept
+    assert path(bits=3) == "two-ops"                  # 3-bit: 0.94-1.03x
+    assert path(group=128) == "two-ops"               # group scales: not measured
+    assert path(m=2) == "two-ops"
+    assert path(k=12288) == "two-ops"
+    assert path(k=4096, block=4096) == "two-ops"
 
 
 def test_rotate_op_is_the_reference_rotation_in_x_dtype():
@@ -352,7 +359,7 @@ def test_cuda_gemv_fused_rotation_equals_rotate_then_gemv(k, block, bits, group,
 
 @gpu
 def test_quant_linear_a16_fuses_the_rotation_where_it_measured_faster_and_nan_stays_in_its_token(monkeypatch):
-    """Fused at M = 1 with 4-bit per-channel weights and no permutation (ops._fused_rotate_gemv); two kernels at
+    """Fused at M = 1 with 4-bit per-channel weights and no permutation (the fused-gemv plan); two kernels at
     M = 2, with a permutation, with 3-bit codes. Either way the same bits, and a NaN stays in its token's row."""
     torch.manual_seed(0)
     k, n = 3072, 512
@@ -566,7 +573,7 @@ def test_cuda_gemm_a8_nan_token_stays_in_its_row(monkeypatch):
 
 @hopper
 def test_cuda_and_triton_gemm_a8_agree_and_cuda_runs_when_forced(monkeypatch):
-    from lrq_kernels.ops import _pick
+    from lrq_kernels.ops import plan
     x, sx = _fp8_tokens(256, 3072, 1)
     packed, sw, cb = _weights(3072, 3072, 4, 0)
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
@@ -575,17 +582,21 @@ def test_cuda_and_triton_gemm_a8_agree_and_cuda_runs_when_forced(monkeypatch):
     b = ops.gemm_a8(x, sx, packed, sw, cb, 4, 3072, 0, None, torch.float32)
     assert rel_err(a, b) <= 1e-3
     monkeypatch.delenv("LRQ_BACKEND")
-    shape = dict(fp8=True, k=3072, n=3072, bits=4, group=0, dtype=torch.float8_e4m3fn)
+    shape = dict(k=3072, n=3072, bits=4, group=0, codes_dtype=torch.float8_e4m3fn, out_dtype=torch.float32)
     dev = torch.device("cuda")
-    assert _pick("gemm_a8", dev, m=256, **shape) == "cuda"            # from ops.CUDA_GEMM_A8_MIN_M tokens
-    assert _pick("gemm_a8", dev, m=128, **shape) == "triton"
-    assert _pick("gemm_a8", dev, m=1, tma=True, **shape) == "cuda"    # codes in GEMM order (quant_linear_a8)
-    assert _pick("gemm_a8", dev, m=256, **(shape | dict(bits=3))) == "cuda"     # 3-bit codes too
-    assert _pick("gemm_a8", dev, m=256, **(shape | dict(group=128))) == "triton"  # per-channel scales only
+
+    def backend(**kw):
+        return plan("gemm_a8", dev, **(shape | kw)).backend
+
+    assert backend(m=256) == "cuda"                 # from Tuning.cuda_gemm_a8_min_m tokens
+    assert backend(m=128) == "triton"
+    assert backend(m=1, tma=True) == "cuda"         # codes in GEMM order (quant_linear_a8)
+    assert backend(m=256, bits=3) == "cuda"         # 3-bit codes too
+    assert backend(m=256, group=128) == "triton"    # per-channel scales only
     monkeypatch.setenv("LRQ_BACKEND", "cuda")
-    assert _pick("gemm_a8", dev, m=64, **shape) == "cuda"
+    assert backend(m=64) == "cuda"
     with pytest.raises(RuntimeError, match="per-channel scales, got group_size=128"):
-        _pick("gemm_a8", dev, m=64, **(shape | dict(group=128)))
+        backend(m=64, group=128)
 
 
 @hopper
@@ -609,6 +620,13 @@ def test_cuda_decode_weight_e4m3_equals_reference(n, k, bits, monkeypatch):
     assert torch.equal(got.view(torch.uint8), decode_weight_e4m3_ref(packed, cb, bits, k).view(torch.uint8))
 
 
+def _set_tuning(monkeypatch, **changes):
+    """The process-wide tuning policy with these changes for the rest of the test."""
+    from dataclasses import replace
+    from lrq_kernels.ops import policy
+    monkeypatch.setattr(policy, "_DEFAULT", replace(policy.get_tuning(), **changes))
+
+
 def _spy(monkeypatch, name):
     calls, real = [], getattr(cuda_kernels, name)
     monkeypatch.setattr(cuda_kernels, name, lambda *a, **kw: calls.append(1) or real(*a, **kw))
@@ -622,10 +640,10 @@ def _spy(monkeypatch, name):
 @pytest.mark.parametrize("m,k,n", [(1, 128, 16), (7, 1152, 4608), (333, 2432, 2432), (1030, 12288, 3072),
                                    (4608, 3072, 12288)], ids=str)
 def test_gemm_a8_weight_path_matches_oracle(m, k, n, bits, dtype, monkeypatch):
-    """From ops.A8_DEQUANT_MIN_M tokens (here lowered to 1, so that awkward M run it too) gemm_a8 with bf16 or fp16
+    """From Tuning.a8_dequant_min_m tokens (here lowered to 1, so that awkward M run it too) gemm_a8 with bf16 or fp16
     output decodes the weight to FP8 and runs torch._scaled_mm: within the 16-bit bound of the float64 oracle; fp32
     output keeps our GEMM."""
-    monkeypatch.setattr(ops, "A8_DEQUANT_MIN_M", 1)
+    _set_tuning(monkeypatch, a8_dequant_min_m=1)
     decoded = _spy(monkeypatch, "decode_weight_e4m3_cuda")
     x, sx = _fp8_tokens(m, k, m + k)
     packed, sw, cb = _weights(n, k, bits, 0)
@@ -642,9 +660,9 @@ def test_gemm_a8_weight_path_matches_oracle(m, k, n, bits, dtype, monkeypatch):
 @pytest.mark.skipif(not (HAS_GPU and cuda_kernels.available() and torch.cuda.get_device_capability() >= (8, 9)),
                     reason="FP8 GEMMs need a GPU of compute capability >= 8.9 and lrq_kernels._C")
 def test_a8_weight_path_fast_accum_is_opt_in(monkeypatch):
-    """ops.A8_FAST_ACCUM (off by default) asks cuBLAS for fast accumulation; both stay within the 16-bit output bound
-    of the float64 oracle at K = 12288 (the fast one's error grows with K: results/fast_accum.md)."""
-    monkeypatch.setattr(ops, "A8_DEQUANT_MIN_M", 1)
+    """Tuning.a8_fast_accum (off by default) asks cuBLAS for fast accumulation; both stay within the 16-bit output
+    bound of the float64 oracle at K = 12288 (the fast one's error grows with K: results/fast_accum.md)."""
+    _set_tuning(monkeypatch, a8_dequant_min_m=1)
     asked, real = [], torch._scaled_mm
     monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **kw: asked.append(kw.get("use_fast_accum")) or real(*a, **kw))
     m, k, n = 333, 12288, 256
@@ -652,7 +670,7 @@ def test_a8_weight_path_fast_accum_is_opt_in(monkeypatch):
     packed, sw, cb = _weights(n, k, 4, 0)
     want = _a8_oracle(x, sx, packed, sw, cb, k, None, 4)
     y = ops.gemm_a8(x, sx, packed, sw, cb, 4, k, 0, None, torch.bfloat16)
-    monkeypatch.setattr(ops, "A8_FAST_ACCUM", True)
+    _set_tuning(monkeypatch, a8_fast_accum=True)
     y_fast = ops.gemm_a8(x, sx, packed, sw, cb, 4, k, 0, None, torch.bfloat16)
     assert asked == [False, True]
     assert rel_err(y.double(), want) <= 5e-3 and rel_err(y_fast.double(), want) <= 5e-3
@@ -661,9 +679,8 @@ def test_a8_weight_path_fast_accum_is_opt_in(monkeypatch):
 @pytest.mark.skipif(not (HAS_GPU and cuda_kernels.available() and torch.cuda.get_device_capability() >= (8, 9)),
                     reason="FP8 GEMMs need a GPU of compute capability >= 8.9 and lrq_kernels._C")
 def test_a8_weight_path_nan_token_stays_in_its_row_and_quantlinear_takes_it(monkeypatch):
-    from lrq_kernels.ops import A8_DEQUANT_MIN_M
     decoded = _spy(monkeypatch, "decode_weight_e4m3_cuda")
-    m = A8_DEQUANT_MIN_M + 3
+    m = ops.get_tuning().a8_dequant_min_m + 3
     x, sx = _fp8_tokens(m, 256, 0)
     x[3, 17] = float("nan")
     packed, sw, cb = _weights(64, 256, 4, 0)
@@ -684,7 +701,7 @@ def test_a8_weight_path_nan_token_stays_in_its_row_and_quantlinear_takes_it(monk
 @pytest.mark.skipif(not (HAS_GPU and cuda_kernels.available() and torch.cuda.get_device_capability() >= (8, 9)),
                     reason="FP8 GEMMs need a GPU of compute capability >= 8.9 and lrq_kernels._C")
 def test_w4a8_quantlinear_weight_path_graph_and_compile(monkeypatch):
-    monkeypatch.setattr(ops, "A8_DEQUANT_MIN_M", 64)
+    _set_tuning(monkeypatch, a8_dequant_min_m=64)
     decoded = _spy(monkeypatch, "decode_weight_e4m3_cuda")
     torch.manual_seed(0)
     q = QuantLinear.from_linear(torch.nn.Linear(1152, 1152).cuda(), QuantConfig(w_bits=3, a_format="fp8"))
@@ -724,9 +741,8 @@ def test_cuda_dequantize_weight_equals_reference(n, k, block, bits, group, monke
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("bits,group", [(4, 0), (3, 128)], ids=str)
 def test_quant_linear_a16_large_m_takes_the_dequantized_weight_and_matches(bits, group, dtype, monkeypatch):
-    from lrq_kernels.ops import A16_DEQUANT_MIN_M
     torch.manual_seed(bits)
-    m, k, n = A16_DEQUANT_MIN_M + 77, 3072, 1000
+    m, k, n = ops.get_tuning().a16_dequant_min_m + 77, 3072, 1000
     x = torch.randn(m, k, device="cuda", dtype=dtype)
     x[:, 11] *= 30
     packed = pack_codes(torch.randint(0, 2 ** bits, (n, k), device="cuda", dtype=torch.uint8), bits)
@@ -751,7 +767,7 @@ def test_quant_linear_a16_large_m_takes_the_dequantized_weight_and_matches(bits,
 @pytest.mark.parametrize("m,n,weight_path", [(17, 1000, True), (127, 3072, True), (127, 4096, False),
                                              (128, 4096, True), (16, 1000, False)], ids=str)
 def test_quant_linear_a16_picks_the_path_the_benchmark_measured_faster(m, n, weight_path, monkeypatch):
-    """ops.A16_DEQUANT_MIN_M and A16_DEQUANT_MAX_SMALL_M_WEIGHT: the dequantized weight from M = 17 for weights of at
+    """Tuning.a16_dequant_min_m and a16_dequant_max_small_m_weight: the dequantized weight from M = 17 for weights of at
     most 3072 x 3072 elements, from M = 128 for larger ones; the token path's output agrees with it."""
     torch.manual_seed(0)
     k, bits = 3072, 4

@@ -70,7 +70,7 @@ def test_torch_compile_fullgraph_and_cuda_graph():
 
 
 def test_weight_only_at_one_token_compiles_and_captures():
-    """W4A16 at M = 1: the GEMV that rotates x itself (ops._fused_rotate_gemv), under torch.compile and a CUDA graph."""
+    """W4A16 at M = 1: the GEMV that rotates x itself (the fused-gemv plan), under torch.compile and a CUDA graph."""
     torch.manual_seed(0)
     q = QuantLinear.from_linear(torch.nn.Linear(3072, 1024).cuda(), QuantConfig(a_bits=16))
     assert q.perm is None and q.block > 1                                # no calibration: the block Hadamard

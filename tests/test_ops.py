@@ -147,6 +147,7 @@ def test_decode_weight_e4m3_refuses_bad_input_by_name():
 
 
 def test_a8_weight_path_is_never_taken_off_the_gpu():
-    from lrq_kernels.ops import A8_DEQUANT_MIN_M, _a8_weight_path
-    assert not _a8_weight_path(torch.device("cpu"), 10 * A8_DEQUANT_MIN_M, 3072, 3072, 4, 0, torch.float8_e4m3fn,
-                               torch.bfloat16)
+    from lrq_kernels.ops import get_tuning, plan
+    p = plan("gemm_a8", torch.device("cpu"), m=10 * get_tuning().a8_dequant_min_m, k=3072, n=3072, bits=4, group=0,
+             codes_dtype=torch.float8_e4m3fn, out_dtype=torch.bfloat16)
+    assert p.path == "kernel" and p.backend == "reference"

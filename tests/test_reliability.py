@@ -39,6 +39,6 @@ def test_out_of_memory_in_the_transient_weight_says_what_and_how_to_avoid_it():
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 36.00 MiB")
     with pytest.raises(torch.OutOfMemoryError, match=r"gemm_a8: out of GPU memory for the transient 3072 x 12288 "
                                                      r"float8_e4m3fn weight \(36 MiB\) that M=4608 tokens take.*"
-                                                     r"A8_DEQUANT_MIN_M above 4608"):
-        transient_weight("gemm_a8", "A8_DEQUANT_MIN_M", (3072, 12288), torch.float8_e4m3fn, 4608, make)
-    assert transient_weight("gemm_a8", "A8_DEQUANT_MIN_M", (2, 2), torch.bfloat16, 1, lambda: 7) == 7
+                                                     r"lrq_kernels.tuning\(a8_dequant_min_m=4609\)"):
+        transient_weight("gemm_a8", "a8_dequant_min_m", (3072, 12288), torch.float8_e4m3fn, 4608, make)
+    assert transient_weight("gemm_a8", "a8_dequant_min_m", (2, 2), torch.bfloat16, 1, lambda: 7) == 7

@@ -36,6 +36,22 @@ def main():
     for _ in range(3):
         model(**inputs)
     torch.cuda.synchronize()
+    # the forward's wall time with QuantLinear calling its ops' implementations directly (eager, no grad) and through
+    # the dispatcher (docs/tuning.md: direct-eager-call), alternated, medians
+    import statistics
+    from lrq_kernels.nn import linear as nn_linear
+    real = nn_linear._runs_eagerly
+    walls = {"direct": [], "dispatcher": []}
+    for _ in range(args.iters):
+        for how in walls:
+            nn_linear._runs_eagerly = real if how == "direct" else (lambda x: False)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(**inputs)
+            torch.cuda.synchronize()
+            walls[how].append((time.perf_counter() - t) * 1e3)
+    nn_linear._runs_eagerly = real
+    ab = {how: statistics.median(v) for how, v in walls.items()}
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()
@@ -50,8 +66,11 @@ def main():
     st.sort_stats("tottime").print_stats(25)
     st.sort_stats("cumulative").print_stats(25)
     n_q = sum(isinstance(m, lrq.QuantLinear) for m in model.modules())
-    head = (f"{args.model} {args.mode}: {n_q} QuantLinears; host time a forward {host:.1f} ms (under cProfile), "
-            f"wall {wall:.1f} ms; GPU {torch.cuda.get_device_name()}\n")
+    head = (f"{args.model} {args.mode}: {n_q} QuantLinears; GPU {torch.cuda.get_device_name()}, "
+            f"torch {torch.__version__}, {time.strftime('%Y-%m-%d', time.gmtime())}\n"
+            f"wall ms a forward (median of {args.iters}): ops called directly {ab['direct']:.1f}, through the "
+            f"dispatcher {ab['dispatcher']:.1f}\n"
+            f"under cProfile: host time a forward {host:.1f} ms, wall {wall:.1f} ms\n")
     with open(args.out, "w") as f:
         f.write(head + buf.getvalue())
     print(head + "\n".join(buf.getvalue().splitlines()[:45]))

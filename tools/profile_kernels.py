@@ -57,7 +57,7 @@ def main():
         x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
         rot = {}
         if args.rotate:
-            why = cuda_kernels.gemv_a16_rotate_unsupported(m, k, args.block)
+            why = cuda_kernels.why_not("gemv_a16_rotate", torch.device("cuda"), m=m, k=k, block=args.block)
             if why:
                 sys.exit(f"profile_kernels: gemv --rotate: {why}")
             rot = dict(block=args.block)

@@ -83,15 +83,6 @@ def gemv_a16_unsupported(m: int, k: int, bits: int, group_size: int, dtype: torc
     return _C.gemv_a16_unsupported(m, k, bits, group_size)
 
 
-def gemv_a16_rotate_unsupported(m: int, k: int, block: int) -> str:
-    """'' when gemv_a16_cuda can rotate x itself at this M, K and block (on top of gemv_a16_unsupported)."""
-    if _C is None:
-        return why_unavailable()
-    if not hasattr(_C, "gemv_a16_rotate_unsupported"):
-        return "this build of lrq_kernels._C has no fused rotation in gemv_a16"
-    return _C.gemv_a16_rotate_unsupported(m, k, block)
-
-
 def gemm_a8_unsupported(m: int, k: int, n: int, bits: int, group_size: int, codes_dtype: torch.dtype,
                         device: torch.device) -> str:
     """'' when gemm_a8_cuda runs this shape on `device` (a Hopper GPU, sm_90), else why not."""
@@ -104,14 +95,39 @@ def gemm_a8_unsupported(m: int, k: int, n: int, bits: int, group_size: int, code
     return _C.gemm_a8_unsupported(m, k, n, bits, group_size)
 
 
+def why_not(op: str, device: torch.device, **shape) -> str:
+    """'' when lrq_kernels._C runs `op` on `device` with these shape arguments (ops/dispatch.py passes them), else
+    the reason. "gemv_a16_rotate": gemv_a16 rotating x itself (on top of gemm_a16's own conditions)."""
+    if _C is None:
+        return why_unavailable()
+    if not device_ok(device):
+        return f"needs a CUDA GPU of compute capability >= {MIN_CAPABILITY}, got {device}"
+    if op in ("rotate_quant", "rotate"):
+        return rotate_quant_unsupported(shape["k"], shape["block"], shape["dtype"])
+    if op == "gemm_a16":
+        return gemv_a16_unsupported(shape["m"], shape["k"], shape["bits"], shape["group"], shape["dtype"])
+    if op == "gemv_a16_rotate":
+        return _C.gemv_a16_rotate_unsupported(shape["m"], shape["k"], shape["block"])
+    if op == "dequantize_weight":
+        return unrotate_weight_unsupported(shape["k"], shape["block"], shape["bits"], shape["group"], shape["dtype"])
+    if op == "decode_weight_e4m3":
+        return decode_weight_e4m3_unsupported(shape["n"], shape["k"], shape["bits"])
+    if op == "gemm_a8":
+        return gemm_a8_unsupported(shape["m"], shape["k"], shape["n"], shape["bits"], shape["group"], shape["dtype"],
+                                   device)
+    return f"no CUDA kernel for {op}"
+
+
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     """Contiguous and 16-byte aligned (the kernels use 16-byte loads); copies only views that are not."""
     t = t.contiguous()
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
-def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
+def _stream(index: int) -> int:
+    """PyTorch's current stream on GPU `index`, as the raw handle the launchers take (the C++ side makes `index` the
+    current device for the launch and restores the caller's after it: csrc/common.cuh, DeviceScope)."""
+    return torch._C._cuda_getCurrentRawStream(index)
 
 
 def _aligned16(t: torch.Tensor) -> torch.Tensor:
@@ -212,13 +228,11 @@ def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format
         fmt, qmax = (_C.OUT_FP8 if a_format == "fp8" else _C.OUT_INT), act_qmax(a_format, a_bits)
     scales = torch.empty((m,), dtype=torch.float32, device=x.device)
     perm16, lanes = gather_tables(perm, channel_scale)
-    with torch.cuda.device(x.device):
-        # keywords: a build from before the int16 tables (positional perm / channel_scale) refuses the call
-        _C.rotate_quant(x=x.data_ptr(), stride_x=x.stride(0), x_dtype=_DTYPE[x.dtype],
-                        perm16=0 if perm16 is None else perm16.data_ptr(),
-                        scale_lanes=0 if lanes is None else lanes.data_ptr(), out=out.data_ptr(),
-                        stride_out=out.stride(0), scales=scales.data_ptr(), m=m, k=k, block=block, out_format=fmt,
-                        qmax=qmax, device=x.device.index, stream=_stream(x.device), gemm_order=gemm_order)
+    _C.rotate_quant(x=x.data_ptr(), stride_x=x.stride(0), x_dtype=_DTYPE[x.dtype],
+                    perm16=0 if perm16 is None else perm16.data_ptr(),
+                    scale_lanes=0 if lanes is None else lanes.data_ptr(), out=out.data_ptr(),
+                    stride_out=out.stride(0), scales=scales.data_ptr(), m=m, k=k, block=block, out_format=fmt,
+                    qmax=qmax, device=x.device.index, stream=_stream(x.device.index), gemm_order=gemm_order)
     return out, scales
 
 
@@ -233,11 +247,10 @@ def unrotate_weight_cuda(packed, w_scales, codebook, bits: int, k: int, group_si
     perm = unrotate_perm(perm)
     cs = None if channel_scale is None else _aligned16(channel_scale.contiguous())
     out = torch.empty((n, k), dtype=dtype, device=packed.device)
-    with torch.cuda.device(packed.device):
-        _C.unrotate_weight(packed.data_ptr(), packed.stride(0), bits, w_scales.data_ptr(), group_size,
-                           codebook.data_ptr(), 0 if perm is None else perm.data_ptr(),
-                           0 if cs is None else cs.data_ptr(), n, k, block, out.data_ptr(), _DTYPE[dtype],
-                           packed.device.index, _stream(packed.device))
+    _C.unrotate_weight(packed.data_ptr(), packed.stride(0), bits, w_scales.data_ptr(), group_size,
+                       codebook.data_ptr(), 0 if perm is None else perm.data_ptr(),
+                       0 if cs is None else cs.data_ptr(), n, k, block, out.data_ptr(), _DTYPE[dtype],
+                       packed.device.index, _stream(packed.device.index))
     return out
 
 
@@ -248,9 +261,8 @@ def decode_weight_e4m3_cuda(packed, codebook, bits: int, k: int) -> torch.Tensor
     packed = _aligned(packed)
     codebook = codebook.float().contiguous()
     out = torch.empty((n, k), dtype=torch.float8_e4m3fn, device=packed.device)
-    with torch.cuda.device(packed.device):
-        _C.decode_weight_e4m3(packed.data_ptr(), packed.stride(0), bits, codebook.data_ptr(), n, k, out.data_ptr(),
-                              packed.device.index, _stream(packed.device))
+    _C.decode_weight_e4m3(packed.data_ptr(), packed.stride(0), bits, codebook.data_ptr(), n, k, out.data_ptr(),
+                          packed.device.index, _stream(packed.device.index))
     return out
 
 
@@ -258,7 +270,7 @@ def gemv_a16_cuda(x, packed, w_scales, codebook, bits: int, group_size: int, bia
                   block: int = 1):
     """y [M, N] = x @ W_deq^T + bias in x's dtype, M <= 16 (codebook values exact in x's dtype). With perm,
     channel_scale or block > 1, x is first rotated inside the kernel, bit-equal to rotate_quant_cuda(x, perm,
-    channel_scale, block, None, 16)[0] (gemv_a16_rotate_unsupported says where it can be)."""
+    channel_scale, block, None, 16)[0] (why_not("gemv_a16_rotate", ...) says where it can be)."""
     m, k = x.shape
     n = packed.shape[0]
     x = _aligned(x)
@@ -272,10 +284,9 @@ def gemv_a16_cuda(x, packed, w_scales, codebook, bits: int, group_size: int, bia
         perm16, lanes = gather_tables(perm, channel_scale)
         rotation = dict(perm16=0 if perm16 is None else perm16.data_ptr(),
                         scale_lanes=0 if lanes is None else lanes.data_ptr(), block=block)
-    with torch.cuda.device(x.device):
-        _C.gemv_a16(x.data_ptr(), _DTYPE[x.dtype], m, k, n, packed.data_ptr(), bits, w_scales.data_ptr(),
-                    group_size, codebook.data_ptr(), 0 if bias32 is None else bias32.data_ptr(), y.data_ptr(),
-                    x.device.index, _stream(x.device), **rotation)
+    _C.gemv_a16(x.data_ptr(), _DTYPE[x.dtype], m, k, n, packed.data_ptr(), bits, w_scales.data_ptr(),
+                group_size, codebook.data_ptr(), 0 if bias32 is None else bias32.data_ptr(), y.data_ptr(),
+                x.device.index, _stream(x.device.index), **rotation)
     return y
 
 
@@ -302,9 +313,8 @@ def gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits: int, k: in
     y = torch.empty((m, n), dtype=out_dtype, device=x_codes.device)
     if m == 0:
         return y
-    with torch.cuda.device(x_codes.device):
-        _C.gemm_a8(x_codes.data_ptr(), x_codes.stride(0), x_scales.data_ptr(), m, k, n, packed.data_ptr(),
-                   packed.stride(0), bits, w_scales.data_ptr(), group_size, codebook.data_ptr(),
-                   0 if bias32 is None else bias32.data_ptr(), y.data_ptr(), _DTYPE[out_dtype], x_codes.device.index,
-                   _stream(x_codes.device), x_gemm_order)
+    _C.gemm_a8(x_codes.data_ptr(), x_codes.stride(0), x_scales.data_ptr(), m, k, n, packed.data_ptr(),
+               packed.stride(0), bits, w_scales.data_ptr(), group_size, codebook.data_ptr(),
+               0 if bias32 is None else bias32.data_ptr(), y.data_ptr(), _DTYPE[out_dtype], x_codes.device.index,
+               _stream(x_codes.device.index), x_gemm_order)
     return y

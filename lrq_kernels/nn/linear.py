@@ -28,6 +28,7 @@ from ..formats.codebooks import is_e4m3_exact
 from ..formats.packing import packed_row_bytes
 from ..formats.weight import FORMATS, GROUP_SIZES, QuantizedWeight, quantize_weight
 from ..ops import gemm_a8, quant_linear_a8, quant_linear_a16, rotate
+from ..ops import linear as linear_ops
 from ..rotation.ars import ActStats, choose_rotation
 from ..rotation.rotation import KINDS, Rotation, check_block, default_block
 
@@ -193,14 +194,29 @@ class QuantLinear(nn.Module):
             return self._row_parallel_forward(x2).reshape(*lead, self.out_features)
         cfg = self.config
         g = cfg.group_size or 0
-        bias = self.bias
+        direct = _runs_eagerly(x)
         if cfg.a_bits == 16:
-            y = quant_linear_a16(x2, self.perm, self.channel_scale, self.block, self.qweight,
-                                 self.w_scales, self.codebook, cfg.w_bits, g, bias)
+            op = linear_ops._quant_linear_a16 if direct else quant_linear_a16
+            y = op(x2, self.perm, self.channel_scale, self.block, self.qweight, self.w_scales, self.codebook,
+                   cfg.w_bits, g, self.bias)
         else:
-            y = quant_linear_a8(x2, self.perm, self.channel_scale, self.block, cfg.a_format, cfg.a_bits,
-                                self.qweight, self.w_scales, self.codebook, cfg.w_bits, g, bias, x.dtype)
+            op = linear_ops._quant_linear_a8 if direct else quant_linear_a8
+            y = op(x2, self.perm, self.channel_scale, self.block, cfg.a_format, cfg.a_bits, self.qweight,
+                   self.w_scales, self.codebook, cfg.w_bits, g, self.bias, x.dtype)
         return y.reshape(*lead, self.out_features)
+
+    def kernel_plan(self, tokens: int, dtype: torch.dtype = torch.bfloat16) -> str:
+        """Which kernels a forward of `tokens` rows in `dtype` runs on this layer's device, and why not the others
+        (ops/dispatch.py)."""
+        c, dev, k, n = self.config, self.qweight.device, self.in_features, self.out_features
+        if c.a_bits == 16:
+            rotated = self.perm is not None or self.channel_scale is not None or self.block > 1
+            p = linear_ops.plan_a16(dev, tokens, k, n, self.block, c.w_bits, c.group_size or 0, dtype, rotated,
+                                    self.perm is not None)
+        else:
+            p = linear_ops.plan_a8(dev, tokens, k, n, self.block, c.a_format, c.w_bits, c.group_size or 0, dtype,
+                                   dtype)
+        return p.describe()
 
     def _row_parallel_forward(self, x2: torch.Tensor) -> torch.Tensor:
         """This rank holds input channels of the layer (nn/parallel.py). Every rank quantizes its channels of
@@ -301,6 +317,15 @@ class QuantLinear(nn.Module):
         self.check_state(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+
+def _runs_eagerly(x: torch.Tensor) -> bool:
+    """Whether a forward can call its op's implementation directly rather than through the dispatcher: in eager
+    mode, with no tracing, no dispatch or function mode and no gradient wanted, the dispatcher has nothing to do
+    for these ops (one implementation, no autograd) but costs host time on every layer (docs/tuning.md:
+    direct-eager-call). torch.compile, export, FakeTensor, profilers' modes and autograd see the registered op."""
+    return not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+                or torch._C._is_torch_function_mode_enabled() or (x.requires_grad and torch.is_grad_enabled()))
 
 
 def encode_layout(layout: dict) -> torch.Tensor:

@@ -84,6 +84,16 @@ def check_gemm_a8(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_
     return check_weight(packed, w_scales, codebook, bits, k, group_size, bias)
 
 
+def check_linear_a8(x, perm, channel_scale, block, a_format, a_bits, packed, w_scales, codebook, bits, group_size,
+                    bias, out_dtype):
+    """quant_linear_a8's inputs: the rotate_quant checks of x, then the weight's; returns N."""
+    check_rotate_quant(x, perm, channel_scale, block, a_format, a_bits)
+    if x.device != packed.device:
+        raise ValueError(f"x is on {x.device} but packed is on {packed.device}")
+    check_choice("out_dtype", out_dtype, OUT_DTYPES)
+    return check_weight(packed, w_scales, codebook, bits, x.shape[1], group_size, bias)
+
+
 def check_gemm_a16(x, packed, w_scales, codebook, bits, group_size, bias):
     check_tensor("x", x, ndim=2, dtypes=FLOAT_IN)
     if x.device != packed.device:
@@ -99,7 +109,6 @@ def check_dequantize_weight(packed, w_scales, codebook, bits, k, group_size, per
     check_rotation(packed.new_empty((0, k), dtype=torch.float32), perm, channel_scale, block)
     check_choice("dtype", dtype, OUT_DTYPES)
     return n
-
 
 
 def check_decode_weight_e4m3(packed, codebook, bits, k):

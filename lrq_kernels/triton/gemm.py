@@ -272,7 +272,7 @@ _gemm_tuned = triton.autotune(
 # benchmarks/bench_cuda.py --only a16`, results/bench_cuda_a16.md, H200), time: FLUX fc2 0.43-0.68x at
 # M = 32-128 (0.84x at 256), FLUX qkv 0.67-0.72x at M = 32 and 64 (0.98-1.03x at 128 and 256), FLUX fc1 0.86x at 32 but
 # 1.03-1.15x at 64-256, PixArt qkv 1.17-1.35x (the workspace's sum and cast cost ~3 us). quant_linear_a16 runs this
-# path only where the dequantized weight does not win (ops.A16_DEQUANT_MIN_M): FLUX fc1- and fc2-sized weights at
+# path only where the dequantized weight does not win (Tuning.a16_dequant_min_m): FLUX fc1- and fc2-sized weights at
 # M = 17-127. Each writes its float32 partial product (scaled, the bias in the first) to
 # its own slice of a [SPLIT_K, M, N] workspace, which torch sums in a fixed order and casts to x's dtype: the result
 # does not depend on which program finished first (atomic adds would make it vary from run to run).
