@@ -124,3 +124,13 @@ def test_eager_forward_calls_the_implementation_and_equals_the_registered_op():
             direct = q(x)
         via_op = q(x.clone().requires_grad_(True))
         assert torch.equal(direct, via_op.detach())
+
+
+def test_cast_is_made_once_and_again_after_an_in_place_write():
+    from lrq_kernels import cuda as cuda_kernels
+    b = torch.randn(8)
+    c = cuda_kernels.cast(b, torch.bfloat16)
+    assert c.dtype == torch.bfloat16 and cuda_kernels.cast(b, torch.bfloat16) is c
+    assert cuda_kernels.cast(b, torch.float32) is b and cuda_kernels.cast(None, torch.bfloat16) is None
+    b.mul_(3)
+    assert torch.equal(cuda_kernels.cast(b, torch.bfloat16), b.to(torch.bfloat16))

@@ -194,6 +194,19 @@ _GATHER_TABLES = WeakIdKeyDictionary()      # perm (or channel_scale without one
 _UNROTATE_PERMS = WeakIdKeyDictionary()     # perm -> int32 perm
 
 
+_CASTS: dict = {}                           # dtype -> WeakIdKeyDictionary: tensor -> its copy in dtype
+
+
+def cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """t in dtype (t itself if it has it), made once and cached on t as _cached says: a layer's float32 bias handed
+    to cuBLAS in the output's dtype on every call costs a conversion kernel and its host time each time."""
+    if t is None or t.dtype == dtype:
+        return t
+    with _CACHE_LOCK:
+        cache = _CASTS.setdefault(dtype, WeakIdKeyDictionary())
+    return _cached(cache, t, None, lambda: t.to(dtype), None)
+
+
 def gather_tables(perm: Optional[torch.Tensor], channel_scale: Optional[torch.Tensor]):
     """(perm16, scale_lanes): the ARS gather's permutation as int16 and its channel scales in the kernel's lane order
     (scale_lanes()), the layout csrc/rotate_quant.cu reads (half the L1 wavefronts of int32 indices and natural-order

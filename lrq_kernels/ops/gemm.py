@@ -27,7 +27,7 @@ def run_gemm_a8(plan: dispatch.Plan, x_codes, x_scales, packed, w_scales, codebo
                               lambda: run_decode_weight_e4m3(plan.steps[0], packed, codebook, bits, k))
         return torch._scaled_mm(x_codes.contiguous(), w8.t(), scale_a=x_scales.contiguous().reshape(-1, 1),
                                 scale_b=w_scales.contiguous().reshape(1, -1),
-                                bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype,
+                                bias=cuda_kernels.cast(bias, out_dtype), out_dtype=out_dtype,
                                 use_fast_accum=get_tuning().a8_fast_accum)
     if plan.backend == "cuda":
         return cuda_kernels.gemm_a8_cuda(x_codes, x_scales, packed, w_scales, codebook, bits, k, group_size, bias,

@@ -76,7 +76,7 @@ def _quant_linear_a16(x: torch.Tensor, perm: Optional[torch.Tensor], channel_sca
         w = transient_weight("quant_linear_a16", "a16_dequant_min_m", (packed.shape[0], k), x.dtype, m,
                              lambda: run_dequantize_weight(plan.steps[0], packed, w_scales, codebook, bits, k,
                                                            group_size, perm, channel_scale, block, x.dtype))
-        return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+        return torch.nn.functional.linear(x, w, cuda_kernels.cast(bias, x.dtype))
     if plan.path == "fused-gemv":
         return cuda_kernels.gemv_a16_cuda(x, packed, w_scales, codebook, bits, group_size, bias, perm, channel_scale,
                                           block)

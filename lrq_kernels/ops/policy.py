@@ -46,6 +46,10 @@ class Tuning:
                     raise TypeError(f"Tuning.{f.name} must be a bool, got {v!r}")
             elif not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 raise ValueError(f"Tuning.{f.name} must be a positive int, got {v!r}")
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, f.name) for f in fields(self))))
+
+    def __hash__(self):       # asked on every op call (ops/dispatch.py keys its plans on the policy): computed once
+        return self._hash
 
 
 _DEFAULT = Tuning()
