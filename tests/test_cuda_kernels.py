@@ -348,7 +348,7 @@ def test_cuda_gemv_fused_rotation_equals_rotate_then_gemv(k, block, bits, group,
     cs = (torch.rand(k, device="cuda") + 0.5) if ars else None
     packed, sw, cb = _weights(333, k, bits, group)
     bias = torch.randn(333, device="cuda", dtype=dtype)
-    assert cuda_kernels.gemv_a16_rotate_unsupported(1, k, block) == ""
+    assert cuda_kernels.why_not("gemv_a16_rotate", torch.device("cuda"), m=1, k=k, block=block) == ""
     fused = cuda_kernels.gemv_a16_cuda(x, packed, sw, cb, bits, group, bias, perm, cs, block)
     xr = cuda_kernels.rotate_quant_cuda(x, perm, cs, block, None, 16)[0]
     assert torch.equal(fused, cuda_kernels.gemv_a16_cuda(xr, packed, sw, cb, bits, group, bias))
