@@ -11,8 +11,7 @@ Columns, all kernels alone on the same inputs (random FP8 codes, 4- or 3-bit TLQ
   cuda tma  codes already in the kernel's K order (cuda.gemm_order; the QuantLinear forward has rotate_quant
             write them so): one TMA box a stage
   err       the cuda tma kernel's float32 output against a float64 oracle of the same quantized math,
-            ||y - ref|| / ||ref|| (the tests' bound is 1e-3); LRQ_GEMM_A8_PROMOTE=1|2|4 caps how many 128-wide
-            K steps chain in the tensor cores before each float32 add (csrc/gemm_a8_sm90.cu)
+            ||y - ref|| / ||ref|| (the tests' bound is 1e-3)
 Medians of CUDA-graph replays on a warm L2. Writes NAME.json / .md (default gemm_a8_cuda_sweep).
 """
 import argparse
@@ -84,8 +83,7 @@ def main():
             print(json.dumps({a: round(v, 2) if isinstance(v, float) else v for a, v in r.items()}), flush=True)
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                command="".join(f"{v}={os.environ[v]} " for v in ("LRQ_GEMM_A8_PROMOTE",) if v in os.environ)
-                + "python " + " ".join(["benchmarks/bench_gemm_a8_cuda.py"] + sys.argv[1:]))
+                command="python " + " ".join(["benchmarks/bench_gemm_a8_cuda.py"] + sys.argv[1:]))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.name + ".json"), "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)

@@ -2,8 +2,7 @@
 variant and tile by tile, and measures each variant's error where Hopper's FP8 accumulation once failed.
 
 Variants (constexpr switches of _gemm_kernel; the library's defaults, chosen from this benchmark's results, are
-acc 1 and prmt 1, with swap 1 for 16-bit dots and for FP8 at M <= 16; LRQ_TRITON_SWAP_AB=0|1 and
-LRQ_TRITON_PRMT3=0 override them):
+acc 1, prmt 1 and swap 1; docs/tuning.md, rows triton-prmt-decode and triton-swap-ab):
     swap  0: acc[M, N] = x @ w^T  (the decoded weight tile goes through shared memory to the tensor cores)
           1: acc[N, M] = w @ x^T  (the decoded weight tile is wgmma's A operand, straight from registers)
     acc   0: FP8 products chained in the tensor cores' accumulator over the whole K (fast, not float32)

@@ -34,7 +34,6 @@
 #include <cuda.h>              // CUtensorMap (the driver function itself comes via cudaGetDriverEntryPointByVersion)
 #include <cudaTypedefs.h>
 #include <cuda_fp8.h>
-#include <cstdlib>
 #include <type_traits>
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -395,16 +394,8 @@ std::string encode_u8_2d(CUtensorMap* map, const void* base, uint64_t inner, uin
   return r == CUDA_SUCCESS ? std::string() : "gemm_a8: cuTensorMapEncodeTiled failed, error " + std::to_string(r);
 }
 
-// The longest float32-add interval the step count allows, capped by LRQ_GEMM_A8_PROMOTE (1, 2 or 4; read once),
-// which benchmarks set to compare the intervals in one run.
-int promote_steps(int nk) {
-  static const int cap = [] {
-    const char* env = std::getenv("LRQ_GEMM_A8_PROMOTE");
-    const int v = env != nullptr ? std::atoi(env) : 4;
-    return v >= 4 ? 4 : v >= 2 ? 2 : 1;
-  }();
-  return nk % 4 == 0 && cap >= 4 ? 4 : nk % 2 == 0 && cap >= 2 ? 2 : 1;
-}
+// The longest float32-add interval (1, 2 or 4 steps of 128) that divides the step count.
+int promote_steps(int nk) { return nk % 4 == 0 ? 4 : nk % 2 == 0 ? 2 : 1; }
 
 template <int kBits, typename OutT>
 std::string launch(const GemmA8Args& a) {

@@ -5,7 +5,7 @@ W4A16 and torchao's FP8 dynamic row-wise, each eager and compiled. `benchmarks/b
     python benchmarks/bench_dit.py                                   # GPU: all four models, every mode
     python benchmarks/bench_dit.py --models flux.1-dev --modes bf16 w4a8 --compile eager
     python benchmarks/bench_dit.py --tiny --out /tmp/r               # CPU: the tiny configs (mechanics only)
-    python benchmarks/bench_dit.py --models flux.1-dev --modes w4a8 --compile eager --profile
+    python benchmarks/bench_dit.py --models flux.1-dev --modes bf16 w4a8 --compile eager --profile
 
 Models (lrq_kernels.integrations.diffusers.MODELS): PixArt-Sigma 1024^2 batch 2, SD3.5-large 1024^2 batch 2,
 FLUX.1-dev 1024^2 batch 1, Wan2.1-14B 480p 81 frames (32760 tokens) batch 1. Every linear weight is drawn from
@@ -21,8 +21,8 @@ Columns: ms a forward (CUDA events, median of --iters after 2 warm-up forwards),
 model holds: allocated after it was made, minus before), peak_gib (weight_gib plus the most the forward
 allocated above what was allocated before it), quant_s (seconds to quantize, synchronized), sqnr_db (output
 against the bf16 model's, same inputs). Rows are merged into OUT/bench_dit.json by (model, mode, compile), and
-OUT/bench_dit.md is the table of all of them; --profile writes OUT/bench_dit_profile_MODEL.md, one bf16 and one W4A8
-eager forward's GPU time by kernel category side by side (torch.profiler).
+OUT/bench_dit.md is the table of all of them; --profile writes OUT/bench_dit_profile_MODEL.md, one eager forward's GPU
+time by kernel category for each mode that ran, side by side (torch.profiler).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ import time
 import torch
 
 from . import QuantConfig, quantize_model, sqnr_db, weight_bytes
-from .integrations.diffusers import MODELS, build_model, dit_plan, fuse_qkv, model_inputs
+from .integrations.diffusers import MODELS, build_model, dit_plan, model_inputs
 from .nn.model import _matches, skip_patterns
 
 MODES = ("bf16", "w4a8", "w3a8", "w4a16", "torchao-fp8")
@@ -137,8 +137,6 @@ def bench_model(name: str, args, rows: list) -> None:
     before = allocated()
     t0 = time.perf_counter()
     base = build_model(name, device=device, dtype=torch.bfloat16, tiny=args.tiny)
-    if args.fuse_qkv:
-        fuse_qkv(base)
     sync()
     base_bytes = allocated() - before if device == "cuda" else weight_bytes(base)
     print(f"{name}: built in {time.perf_counter() - t0:.1f} s, {base_bytes / GIB:.2f} GiB", flush=True)
@@ -174,7 +172,7 @@ def bench_model(name: str, args, rows: list) -> None:
             row = {"model": name, "mode": mode, "compile": comp, "ms": ms, "weight_gib": held / GIB,
                    "peak_gib": None if peak is None else peak / GIB, "quant_s": quant_s,
                    "sqnr_db": sqnr_db(ref, out), "adaln": None if mode == "bf16" else args.adaln,
-                   "compile_how": how if comp else None, "fused_qkv": args.fuse_qkv, "warmup_s": warm, "tiny": args.tiny, **meta(args)}
+                   "compile_how": how if comp else None, "warmup_s": warm, "tiny": args.tiny, **meta(args)}
             rows.append(row)
             write(rows, args.out)   # after every row: a run cut short keeps what it measured
             print(f"{name:13s} {mode:12s} {'compiled' if comp else 'eager':8s} {ms:9.2f} ms  weights "
@@ -183,7 +181,7 @@ def bench_model(name: str, args, rows: list) -> None:
             del fwd_model
             if comp:
                 torch._dynamo.reset()
-        if mode in PROFILED and args.profile:
+        if args.profile:
             profiles[mode] = profile(model, inputs, args)
         if model is not base:
             del model
@@ -213,9 +211,6 @@ CATEGORIES = (   # first match wins, on the kernel's name
     ("attention", r"flash|fmha|attention|sdpa|cudnn"),
     ("bf16 GEMM (float layers)", r"nvjet|gemm|xmma|cutlass|ampere|sm90"),
 )
-
-
-PROFILED = ("bf16", "w4a8")     # the modes --profile profiles, side by side
 
 
 def profile(model, inputs, args) -> tuple[dict, dict]:
@@ -248,7 +243,7 @@ def profile(model, inputs, args) -> tuple[dict, dict]:
 def write_profile(name: str, profiles: dict, args) -> None:
     """OUT/bench_dit_profile_NAME.md: the profiled modes' GPU time by category side by side, and each mode's
     largest kernels."""
-    modes = [m for m in PROFILED if m in profiles]
+    modes = [m for m in MODES if m in profiles]
     m = meta(args)
     cats = sorted({c for mode in modes for c in profiles[mode][0]}, key=lambda c: -profiles[modes[-1]][0].get(c, 0))
     lines = [f"# One {name} eager forward by kernel category: {', '.join(modes)} ({m['gpu']}, {m['date']})", "",
@@ -273,15 +268,14 @@ def write(rows: list, out: str) -> None:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-    key = lambda r: (r["model"], r["mode"], r["compile"], r.get("fused_qkv", False))   # noqa: E731
+    key = lambda r: (r["model"], r["mode"], r["compile"])   # noqa: E731
     new = {key(r) for r in rows}
     merged = [r for r in old if key(r) not in new] + rows
     order = {m: i for i, m in enumerate(MODELS)}
-    merged.sort(key=lambda r: (order.get(r["model"], 99), r["compile"], r.get("fused_qkv", False),
-                               MODES.index(r["mode"])))
+    merged.sort(key=lambda r: (order.get(r["model"], 99), r["compile"], MODES.index(r["mode"])))
     with open(path, "w") as f:
         json.dump(merged, f, indent=1)
-    group = lambda r: (r["model"], r["compile"], r.get("fused_qkv", False))   # noqa: E731
+    group = lambda r: (r["model"], r["compile"])   # noqa: E731
     base = {group(r): r["ms"] for r in merged if r["mode"] == "bf16"}
     ao = {group(r): r["ms"] for r in merged if r["mode"] == "torchao-fp8"}
     lines = ["| model | mode | compiled | ms | × bf16 | × torchao FP8 | weights GiB | peak GiB | quantize s | "
@@ -293,15 +287,13 @@ def write(rows: list, out: str) -> None:
         peak = "–" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
         sq = "–" if r["mode"] == "bf16" else f"{r['sqnr_db']:.1f}"
         lines.append(f"| {r['model']}{' (tiny)' if r.get('tiny') else ''} | {r['mode']} | "
-                     f"{r['compile_how'] if r['compile'] else 'eager'}{', fused qkv' if r.get('fused_qkv') else ''} | "
+                     f"{r['compile_how'] if r['compile'] else 'eager'} | "
                      f"{r['ms']:.1f} | {sp} | {sa} | "
                      f"{r['weight_gib']:.2f} | {peak} | {r['quant_s']:.1f} | {sq} | {r['gpu']}, {r['date']} |")
     with open(os.path.join(out, "bench_dit.md"), "w") as f:
         f.write("# bench_dit: one transformer forward at the real config, random weights\n\n"
                 "Each row's command, versions and date are in bench_dit.json. × columns: the same model and "
-                "compile mode's bf16 (or torchao) time over this row's (with fused qkv: the bf16 row with fused qkv). "
-                "\"Fused qkv\": every mode's model with the projections that read one tensor fused into one "
-                "linear (--fuse-qkv).\n\n" + "\n".join(lines) + "\n")
+                "compile mode's bf16 (or torchao) time over this row's.\n\n" + "\n".join(lines) + "\n")
 
 
 def main(argv=None, command: str = COMMAND) -> list:
@@ -311,11 +303,9 @@ def main(argv=None, command: str = COMMAND) -> list:
     ap.add_argument("--compile", default="both", choices=("eager", "compiled", "both"))
     ap.add_argument("--adaln", default="weight-only", choices=("weight-only", "float"),
                     help="the adaLN modulation linears: quantized weight-only (default) or kept in bf16")
-    ap.add_argument("--fuse-qkv", action="store_true",
-                    help="fuse the projections that read one tensor (q, k, v) into one linear, in every mode's model")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--tiny", action="store_true", help="the tiny configs (CPU tests of the mechanics)")
-    ap.add_argument("--profile", action="store_true", help="profile one bf16 and one W4A8 eager forward by kernel category")
+    ap.add_argument("--profile", action="store_true", help="profile one eager forward of each mode by kernel category")
     ap.add_argument("--out", default="benchmarks/results" if os.path.isdir("benchmarks/results") else "bench_results",
                     help="where bench_dit.json and .md go (default benchmarks/results in a checkout)")
     args = ap.parse_args(argv)

@@ -84,8 +84,8 @@ def test_gemm_a8_against_reference(m, bits, group, a_format):
 @pytest.mark.parametrize("bits,group", [(4, None), (3, 64)])
 @pytest.mark.parametrize("a_format", ["fp8", "int", "a16"])
 def test_gemm_both_operand_orders_against_reference(bits, group, a_format, swap, monkeypatch):
-    """Both forms of the GEMM kernel, acc = x @ w^T and its transpose w @ x^T (the default; LRQ_TRITON_SWAP_AB=0
-    keeps the first), compute the same GEMM."""
+    """Both forms of the GEMM kernel, acc = x @ w^T and its transpose w @ x^T (the default;
+    benchmarks/gemm_variants.py measures the first), compute the same GEMM."""
     import lrq_kernels.triton.gemm as tg
     monkeypatch.setattr(tg, "_SWAP_AB", swap == "1")
     n, k, m = 40, 192, 7

@@ -190,32 +190,3 @@ def model_inputs(name: str, model, tiny: bool = False, batch: int | None = None,
         return dict(hidden_states=rand(b, cfg["in_channels"], f, h, w), timestep=(t * 1000).to(device),
                     encoder_hidden_states=rand(b, text, cfg["text_dim"]), return_dict=False)
     raise ValueError(f"model must be one of {tuple(MODELS)}, got {name!r}")
-
-
-FUSED = {"to_qkv": ("to_q", "to_k", "to_v"), "to_kv": ("to_k", "to_v"),
-         "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
-
-
-def fuse_qkv(model: torch.nn.Module) -> int:
-    """Fuse the projections that read the same tensor into one linear each (diffusers' `fuse_qkv_projections`:
-    q, k, v of a self-attention into `to_qkv`, k, v of a cross-attention into `to_kv`, the context's into
-    `to_added_qkv`), then drop the separate linears the fused attention no longer reads, so that a quantized model
-    holds each weight once and quantizes each input once. Returns the number of linears dropped; raises where the
-    model cannot fuse."""
-    if not hasattr(model, "fuse_qkv_projections"):
-        raise ValueError(f"{type(model).__name__} has no fuse_qkv_projections(); fuse_qkv needs a diffusers DiT")
-    with torch.no_grad():
-        model.fuse_qkv_projections()
-    dropped = 0
-    for module in model.modules():
-        if not getattr(module, "fused_projections", False):
-            continue
-        for fused, parts in FUSED.items():
-            if isinstance(getattr(module, fused, None), torch.nn.Linear):
-                for part in parts:
-                    if isinstance(getattr(module, part, None), torch.nn.Linear):
-                        delattr(module, part)
-                        dropped += 1
-    if not dropped:
-        raise ValueError(f"fuse_qkv: {type(model).__name__} fused no projection")
-    return dropped

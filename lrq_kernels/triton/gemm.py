@@ -21,18 +21,11 @@ import triton
 import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# LRQ_TRITON_PRMT=0 keeps the select-and-shift decode on the GPU too (to compare the two in one benchmark)
-USE_PRMT = os.environ.get("LRQ_TRITON_PRMT", "1") != "0"
-# The 3-bit prmt decode, likewise (LRQ_TRITON_PRMT3=0 keeps the select decode). H100, FLUX MLP, W3A8 GEMM alone:
-# 728 / 750 us against 968 / 954 us for the select decode, 1.04x / 1.06x the W4A8 GEMM's time
-# (benchmarks/results/gemm_variants.md).
-USE_PRMT3 = os.environ.get("LRQ_TRITON_PRMT3", "1") != "0"
-# The transposed product (see _gemm_kernel) everywhere, where it measured faster on the H100: 16-bit dots
-# (W4A16 FLUX fc1 / fc2 at M = 4608: 864 / 952 us against 1211 / 1259, benchmarks/results/gemm_variants.md), FP8
-# at M <= 16 (FLUX fc1: 21.4 us against 35.0, same file) and FP8 at large M with the one-warpgroup tiles below
-# (W4A8 FLUX fc1 / fc2: 641 / 654 us against 652 / 668, W3A8 677 / 698 against 685 / 698,
-# results/gemm_variants_1wg.md). LRQ_TRITON_SWAP_AB=0 keeps the untransposed form, to compare them.
-_SWAP_AB = os.environ.get("LRQ_TRITON_SWAP_AB", "1") != "0"
+# The decode by byte permute (prmt) for 4- and 3-bit codes, and the transposed product w @ x^T (see _gemm_kernel):
+# docs/tuning.md, rows triton-prmt-decode and triton-swap-ab. The kernel keeps both forms of each as constexprs,
+# which benchmarks/gemm_variants.py compares; the CPU interpreter runs no PTX, so it takes the select decode.
+USE_PRMT = not _INTERPRET
+_SWAP_AB = True
 
 
 @triton.jit
@@ -310,9 +303,8 @@ def _launch(a, sa, packed, w_scales, codebook, bits, k, group, bias, out_dtype, 
     args = (a, sa if sa is not None else a, packed, w_scales, codebook, bias if bias is not None else w_scales, out,
             m, n, k, packed.shape[1], k8 // 4, a.stride(0), out.stride(-2), (k // group) if group else 1,
             min(triton.next_power_of_2(m), 4096))
-    # the CPU interpreter runs no PTX: the decodes there are the select-and-shift ones
     meta = dict(BITS=bits, GROUP=group, HAS_BIAS=bias is not None, HAS_SA=sa is not None, DOT_DTYPE=dot_dtype,
-                GROUP_M=8, USE_PRMT=USE_PRMT and not _INTERPRET, USE_PRMT3=USE_PRMT3 and not _INTERPRET,
+                GROUP_M=8, USE_PRMT=USE_PRMT, USE_PRMT3=USE_PRMT,
                 FP32_STEPS=dot_dtype == tl.float8e4nv, SWAP_AB=_SWAP_AB)
     if _INTERPRET:      # the interpreter runs one small tile shape (split in two where K allows); no autotuning
         bk = 32 if dot_dtype == tl.float8e4nv else 16
