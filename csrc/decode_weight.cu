@@ -3,15 +3,14 @@
 //
 // Why: the W·A8 forward at large M. There cuBLAS's FP8 GEMM with row-wise scales (torch._scaled_mm: per-token
 // scales of the activations, per-channel scales of the weight) on this N x K byte matrix is faster than our GEMM
-// that decodes the codes between its MMAs (that one took 1.47-1.64x cuBLAS FP8's time at M = 4608 on the H200,
-// results/bench_linear_h200_0156.md), and the decode is one pass over N x K: half a byte read (3/8 at 3 bits) and
+// that decodes the codes between its MMAs (docs/tuning.md: a8_dequant_min_m), and the decode is one pass over
+// N x K: half a byte read (3/8 at 3 bits) and
 // one written a weight.
 //
 // A thread decodes 32 codes of a row a step (16 packed bytes at 4 bits, 8 + 4 at 3 bits) by byte permutes over
 // the 16 codebook bytes held in four registers (decode_a8.cuh, the GEMM's decoders, checked on the host by
-// tests/host/decode_a8_test.cu), and writes them as two 16-byte stores. The grid strides over the row pieces.
-// Measured on the H200 (benchmarks/bench_cuda.py --only a8, results/bench_cuda_a8.md): 83-90% of the
-// copy bandwidth on the FLUX fc1 / fc2 weights (23 us), 62-80% on the 3072 x 3072 and 4608 x 1152 ones (4-7 us).
+// tests/host/decode_a8_test.cu), and writes them as two 16-byte stores. The grid strides over the row pieces
+// (docs/tuning.md: decode-e4m3).
 #include "common.cuh"
 #include "decode_a8.cuh"
 #include "lrq.h"

@@ -1,7 +1,7 @@
 // W4A8 / W3A8 GEMM for Hopper (sm_90a): FP8 e4m3 activation codes x 4- or 3-bit weight codes decoded to e4m3
 // in registers, on wgmma, with the tensor cores' partial sums added to a float32 accumulator every 128, 256 or 512
-// of K (the 1e-3 bound needs it: Hopper's FP8 wgmma accumulates with fewer bits than float32, benchmarks/NOTES.md;
-// 512 gives 3.0e-4 on FLUX fc1).
+// of K (the 1e-3 bound needs it: Hopper's FP8 wgmma accumulates with fewer bits than float32; 512 gives 3.0e-4 on
+// FLUX fc1; docs/tuning.md: gemm-a8-promote).
 //
 //   y[t, r] = (sum_k x[t, k] * codebook[code(r, k)]) * w_scales[r] * x_scales[t] + bias[r]
 //
@@ -25,8 +25,8 @@
 //     along K are kLBO = 144 bytes apart, not 128, so that the 32 lanes copying one token's 128 bytes write 32
 //     different banks;
 //   - codes already permuted (x_gemm_order: rotate_quant writes them so, or cuda.gemm_order() permutes them): one
-//     thread loads each stage as a TMA box of 128 tokens x 128 bytes in the 128-byte swizzle. FLUX fc1: 491 us
-//     against 551 for the copies (results/gemm_a8_cuda_sweep.md).
+//     thread loads each stage as a TMA box of 128 tokens x 128 bytes in the 128-byte swizzle. docs/tuning.md:
+//     gemm-order.
 #include "common.cuh"
 #include "decode_a8.cuh"
 #include "mbarrier.cuh"
@@ -169,8 +169,7 @@ __device__ __forceinline__ void load_weights(uint32_t dst, const CUtensorMap* w_
 #endif
 
 // kPromote: K steps whose wgmmas chain in the tensor cores before the float32 add: 4 (every 512 of K) where the
-// step count allows it, else 2, else 1 (the launcher picks; benchmarks/NOTES.md, has the
-// measurements and the error at each chain length against the 1e-3 bound).
+// step count allows it, else 2, else 1 (the launcher picks: promote_steps; docs/tuning.md: gemm-a8-promote).
 // Persistent: a CTA a multiprocessor, each taking tiles blockIdx.x, + gridDim.x, ...; the producer runs on into
 // the next tile while the consumers store the last one.
 template <int kBits, int kPromote, bool kTma, typename OutT>

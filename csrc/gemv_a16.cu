@@ -23,13 +23,11 @@
 // Group scales: a chunk is exactly one group (CH = group size), so a group's partial product is scaled once.
 //
 // Fused rotation (ROT; M = 1, K <= kRotMaxK, block <= 1024): the weight-only forward rotates x before the product
-// (ops.quant_linear_a16). As a kernel of its own at M = 1, that rotation cost 2.9 of the forward's 14.1 us on FLUX
-// fc1 (bench_linear.md, 06:08 UTC: 14.1 us against the GEMV's 11.2). Here each CTA rotates x itself, into shared
+// (ops.quant_linear_a16); as a kernel of its own at M = 1 it is a fifth of the forward's time on FLUX fc1
+// (docs/tuning.md: fused-gemv, gemv-fused-rotation). Here each CTA rotates x itself, into shared
 // memory, while its first weight loads are on their way into L2: x is a few KB and stays in L2, and the
 // butterflies are rotate_quant's (hadamard.cuh), so the rotated values are bit-equal to ops.rotate's. Every CTA
-// repeats the rotation, so it pays only for a small token: at M = 4 (K = 3072) and at K >= 12288 the fused forward
-// took up to 1.2x the time of the two kernels, 1.9x with the ARS gather read from global memory
-// (results/ab_fused_rot_v1.md, a first version that allowed M <= 8 and M * K <= 16384).
+// repeats the rotation, so it pays only for one small token (M = 1, K <= kRotMaxK).
 #include "hadamard.cuh"
 #include "lrq.h"
 
@@ -141,10 +139,10 @@ __device__ __forceinline__ uint32_t lookup(const uint32_t* table, uint32_t byte_
 // rotate_quant.cu computes it for its out_format kSame. Every thread of the CTA calls it. The CTA's 256 threads take
 // hadamard.cuh's layout with V = 4 (8192 slots, K <= kRotMaxK of them live): a warp holds 1024 contiguous values,
 // so every block of B <= 1024 lies inside one warp and no butterfly crosses warps. The gather first copies x's row
-// into xs with 16-byte loads and reads its values from there (scalar gathers from global memory took the forward
-// to 1.92x the unfused time at K = 15360, results/ab_fused_rot_v1.md), then overwrites xs with the result.
+// into xs with 16-byte loads and reads its values from there (scalar gathers from global memory are several times
+// slower), then overwrites xs with the result.
 constexpr int kRotV = 4;
-constexpr int kRotMaxK = 4096;                 // faster than two kernels at K = 3072, not at 12288 (above)
+constexpr int kRotMaxK = 4096;                 // docs/tuning.md: gemv-fused-rotation
 constexpr int kRotMaxBlock = 256 * kRotV;
 template <typename T>
 __device__ __forceinline__ void rotate_into_shared(const T* __restrict__ x, int k, const int16_t* __restrict__ perm16,
@@ -188,8 +186,7 @@ __device__ __forceinline__ void rotate_into_shared(const T* __restrict__ x, int 
 }
 
 // NT: tiles of 8 tokens (1 for M <= 8, 2 for M <= 16). MT: 16-row weight tiles a warp decodes against the same
-// x words (2 from M = 5: every CTA reads all of x once a tile, and at M = 16 with 16-row tiles that was 4x the
-// weight bytes; bench_cuda.md). ROT: rotate x first (above), into dynamic shared memory (K values).
+// x words (2 from M = 5: every CTA reads all of x once a tile; docs/tuning.md: gemv-tiles). ROT: rotate x first (above), into dynamic shared memory (K values).
 // Launch bounds: the 4-bit per-channel ROT kernel is held to 4 CTAs an SM (64 registers, ptxas: 4 bytes of spill),
 // as many as the kernel without the rotation has (64 registers); left free, ptxas gave it 80 (3 CTAs). 0: no bound,
 // which is not the same as 1 (with 1, ptxas gave the kernels without the rotation 16-25% more registers).

@@ -19,8 +19,8 @@ namespace lrq {
 
 constexpr int kMaxRowsPerCta = 32;
 
-// Register budget: V = 4 kernels (up to 512 threads) keep to 64 registers so that two CTAs share an SM (at 70
-// registers, K = 15360's 480-thread CTAs ran one an SM: 41% of copy bandwidth, bench_cuda.md, second run).
+// Register budget: V = 4 kernels (up to 512 threads) keep to 64 registers so that two CTAs share an SM
+// (docs/tuning.md: rq-register-budget).
 template <int V> struct Bounds { static constexpr int kThreads = 1024, kMinBlocks = 1; };
 template <> struct Bounds<4> { static constexpr int kThreads = 512, kMinBlocks = 2; };
 template <> struct Bounds<8> { static constexpr int kThreads = 256, kMinBlocks = 2; };

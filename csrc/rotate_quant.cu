@@ -23,10 +23,8 @@ constexpr int kMaxTokensPerCta = kMaxRowsPerCta;
 // round-to-nearest-even cast with .satfinite, which is the reference's clamp to +-448 then cast (and keeps NaN); int:
 // rint (half to even; NaN -> 0 in cvt.rni), clamp to +-qmax. fp8 converts the value paired with itself, so that no
 // byte needs a shift and a mask to reach the low byte: the transposed path stores its codes a byte at a time, 32
-// F2FP a lane for 32 codes instead of 16 F2FP, 16 LOP3 and 16 SHF. With the bf16 unpack (hadamard.cuh) and
-// load_lane32's unguarded loads, new / old time on the H200 (results/ab_rq_fewer_instr.md): 0.96x on
-// 4608 x 3072 and 8192 x 4608 (87% -> 91% of copy each), 0.97x on 4608 x 12288, 0.98x on 8192 x 1152
-// (the blocks-of-128 path: the unpack and the loads only) and 32760 x 5120.
+// F2FP a lane for 32 codes instead of 16 F2FP, 16 LOP3 and 16 SHF (docs/tuning.md: rq-pair-cast, with the bf16
+// unpack of hadamard.cuh and load_lane32's unguarded loads).
 template <int FMT>
 __device__ __forceinline__ uint32_t quantize_one(float y, float qmax) {
   if constexpr (FMT == kFP8) {
@@ -49,9 +47,8 @@ __device__ __forceinline__ uint32_t quantize_pair(float y0, float y1, float qmax
 
 // The largest |v[i]| of N values, NaN if any is NaN (as the reference's amax): a tree of max.NaN with the absolute
 // value as an operand modifier, one FMNMX.NAN a value (sm_90a). Its bits order like the values, and NaN's sort above
-// +inf, so the per-token reduction across lanes and warps is an integer max of them. The integer max of |v|'s bits
-// that it replaces took an and for each value plus half a three-way integer max (sm_90a SASS); with it the paths other
-// than blocks of 128 took 0.98-1.01x the time (results/ab_rq_four_lane.md).
+// +inf, so the per-token reduction across lanes and warps is an integer max of them. An integer max of |v|'s bits
+// would take an and for each value plus half a three-way integer max (sm_90a SASS; docs/tuning.md: rq-half-exchange).
 __device__ __forceinline__ float max_nan(float a, float b) {
   float r;
   asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
@@ -87,9 +84,7 @@ constexpr bool kBulkRing = false;
 // 1024 consecutive values of the CTA's R * K (one block of 1024 or 2 of 512; K % B == 0, so no block straddles two
 // tokens) and does every butterfly stage in registers (hadamard.cuh, transposed_hadamard) instead of five of them
 // across lanes (a shuffle and an FFMA a value a stage, 10 of the ~30 instructions a value and all of the kernel's
-// MIO pressure: ncu). Measured on the H200 against the strided path, new / old time: blocks of 1024
-// (results/ab_rq_transpose.md) 0.96x on 4608 x 3072, 0.87x on 4608 x 12288, 0.88x on 32760 x 5120;
-// blocks of 512 (results/ab_rq_tr512.md) 0.93x on 8192 x 4608 and 32760 x 13824. Codes go through the
+// MIO pressure: ncu; docs/tuning.md: rq-transposed). Codes go through the
 // warp's shared memory (a byte a value at its output position, natural or GEMM order) and out as 16-byte stores.
 // Blocks of 128 take the same slots without the transpose (four_lane_group below).
 //
@@ -202,10 +197,8 @@ __device__ __forceinline__ void transposed_group(const T* stage, int cta_elems, 
 
 // Blocks of 128 on the transposed path's slots (tr_slots), without its transpose: a block is 4 lanes' 32 contiguous
 // values (position p = lane & 3 holds its values 32 p ... 32 p + 31), bits 0-4 run in registers and bits 5-6 across
-// the 4 lanes. Against the strided path (3 register stages, 4 across lanes), new / old time on the H200
-// (results/ab_rq_lanes128.md): 0.88x on 8192 x 1152 (72% -> 82% of copy), 0.97x on 8858 x 2432, 0.92x on 512 x 1152.
-// The full transposed layout (7 register stages, then the exchange and byte-wise code staging) had taken 1.19x and
-// 1.16x (results/ab_rq_tr128.md; no better at any tokens a CTA or ring depth, results/sweep_rq_tr_h200.txt).
+// the 4 lanes: faster than the strided path (3 register stages, 4 across lanes) and than the full transposed
+// layout (7 register stages, then the exchange and byte-wise code staging; docs/tuning.md: rq-four-lane).
 //
 // The stages across lanes exchange half the values, not all: in the stage on lane bit b, the two lanes
 // of a pair each keep half of the indices c they share, send the other half, and compute both outputs (sum and
@@ -218,9 +211,7 @@ __device__ __forceinline__ void transposed_group(const T* stage, int cta_elems, 
 //     each output carries a sign of its lane, folded into the final multiply by +-1/sqrt(128).
 // Each lane ends with 4 runs of 8 values (one a position p, at column 32 p + 16 (lane & 1) + 8 (lane >> 1 & 1) of
 // the block), all of its block's token, and writes their codes as four 8-byte stores (eight 4-byte ones in GEMM
-// order). With abs_max's amax, new / old time on the H200 (results/ab_rq_four_lane.md): 0.97x on
-// 8192 x 1152 (87% -> 90% of copy), 0.95x on 512 x 1152, 0.99x on 8858 x 2432. Tokens a CTA and CTAs an SM swept
-// again after it: the plan's 4 tokens and 4 CTAs an SM stay the fastest on K = 1152 (results/sweep_rq_lane_h200.txt).
+// order). docs/tuning.md: rq-half-exchange.
 template <typename T, int FMT, int LOG_B, typename Refill, typename TokenScales>
 __device__ __forceinline__ void four_lane_group(const T* stage, int cta_elems, void* out, int64_t stride_out,
                                                 int64_t row0, int live_tokens, const TrSlots& ts, int lane, int warp,
@@ -422,9 +413,7 @@ __global__ void __launch_bounds__(Bounds<V>::kThreads, Bounds<V>::kMinBlocks) ro
     // Codes from a block of 4^n values (norm = 2^-n, exact): the butterflies' sums quantized with the inverse scale
     // times norm give the reference's codes (v * norm rounds to nothing, so (v * norm) * inv == v * (inv * norm)
     // unless v * norm is subnormal), and one multiply a value fewer. The amax of the unnormalised values times norm
-    // is the reference's amax. With the one-token amax below: 0.92-0.93x the time on the block-1024 shapes
-    // (4608 x 12288: 76% -> 83% of copy; 32760 x 5120: 80% -> 87%), 0.97x on 8192 x 4608 (the amax path alone),
-    // H200, results/ab_rq_fold.md.
+    // is the reference's amax (docs/tuning.md: rq-fold-norm).
     constexpr bool kFoldNorm = FMT != kSame && LOG_B > 0 && LOG_B % 2 == 0;
     // Per-token scales from the amax bits, between two barriers. One IEEE division a token (not a vector). The
     // inverse scale replaces the amax bits in place. The other set is cleared for the next group: its last readers,
@@ -542,18 +531,14 @@ struct Plan { int v, tokens, threads; size_t smem; Layout layout; bool transpose
 
 // V, tokens a CTA and threads: tiling_for (hadamard.cuh).
 // Ring stages: 4 where they fit in kRingBudget, down to 2 (the least a ring can be). With the ARS gather, 2: its
-// scattered shared-memory reads want more CTAs an SM rather than more groups in flight (4 stages took 1.05-1.09x
-// the time of the one-shot kernel on 3 of 6 shapes; with the int16 tables, 3 stages took 1.00-1.05x the
-// time of 2, and 4 stages 1.01-1.08x that of 3: results/ab_rq_gather3.md, ab_rq_gather4_vs_3.md).
+// scattered shared-memory reads want more CTAs an SM rather than more groups in flight (docs/tuning.md:
+// rq-ring-stages).
 // The transposed path (asked for by `transpose`; blocks of 128, 512 or 1024, K >= 1024, codes out, no gather) has
 // tokens and threads of its own (lane_tokens for blocks of 128, tr_tokens for the others) and 2 stages, its exchange
 // region (none for 128) counted in the budget; it is taken where they fit in kRingBudget + 8 KB (two CTAs an SM):
 // every K of dit_shapes.json in bf16/fp16.
-// 2 stages leave room for more CTAs an SM, which measured faster than deeper rings (H200,
-// results/sweep_rq_tr_h200.txt, new / old time): 8192 x 4608 at 2 stages 0.91x that of 4 (3 CTAs an SM against 2);
-// 4608 x 3072 at 2 or 3 stages 0.95x that of 4; 32760 x 5120 at 3 stages 1.07x that of 2 or 4
-// (results/ab_rq_tr_3stages.md); K = 12288 and 15360 alike. (Blocks of 128, four_lane_group without a transpose:
-// 2 stages; their tokens and CTAs an SM are swept, see lane_tokens.)
+// 2 stages leave room for more CTAs an SM, which measured faster than deeper rings (docs/tuning.md:
+// rq-ring-stages). Blocks of 128 (four_lane_group, without a transpose) also take 2 stages.
 // x_bytes is x's element size.
 constexpr size_t kRingBudget = 96 * 1024;
 
@@ -579,11 +564,8 @@ inline int tr_tokens(int64_t k, int64_t m, int sms) {
 
 // Tokens a CTA for blocks of 128 (four_lane_group): the least R with R * K >= 4096, 4 or 5 warps (K = 1152:
 // 4 in 5 warps; 2432: 2 in 5), fewer while the groups would not give every SM a CTA. The path runs at most
-// kLaneCtasPerSm CTAs an SM. Swept on the H200 (results/sweep_rq_grid_h200.txt, time over the former plan's
-// 7 tokens in 8 warps and 5 in 12, 4 CTAs an SM by registers, and 2 an SM): 8192 x 1152 at 4 tokens and 4 CTAs an SM
-// 0.94x (6 an SM, as registers allow: 0.98x; 3 tokens 0.97x); 8858 x 2432 at 2 tokens 0.85-0.86x with 4 or 6 CTAs an
-// SM. Grids other than the resident CTAs (cut to even rounds of groups, or set by hand) took 1.05-1.22x the time
-// of the full grid, and contiguous token ranges a CTA 1.03-1.08x that of the interleaved groups.
+// kLaneCtasPerSm CTAs an SM, the grid all resident CTAs, groups interleaved across them (docs/tuning.md:
+// rq-lane-tokens).
 constexpr int kLaneCtasPerSm = 4;
 inline int lane_tokens(int64_t k, int64_t m, int sms) {
   int r = static_cast<int>(std::min<int64_t>(kMaxTokensPerCta, (4096 + k - 1) / k));
@@ -652,11 +634,7 @@ std::string launch(const RotateQuantArgs& a, const Plan& p, int log_b) {
 }
 
 // Blocks with a kernel of their own: 128 and 512 at V = 2, 512 and 1024 at V = 4 (every block of dit_shapes.json
-// but 64). Measured on the H100 against the kernel that reads log2(block) at run time: 2-8% faster on the six
-// shapes of 96-288 threads a CTA (bench_cuda.md), and, once the amax barrier moved to the kernel's
-// start, 2-6% faster on the three of 384-480 threads: K = 12288, 15360 at block 1024 and K = 13824 at block 512
-// took 115 / 124 / 771 us against 117 / 132 / 804 (results/bench_cuda_rq.md against
-// bench_cuda_rq_runtime_block.md). Before the move they were 10-17% slower.
+// but 64): faster than one kernel reading log2(block) at run time (docs/tuning.md: rq-compile-time-block).
 template <typename T, int FMT>
 std::string dispatch_v(const RotateQuantArgs& a, const Plan& p) {
   const int log_b = log2_of(a.block);

@@ -4,19 +4,15 @@
 // one float32 multiply for the dequantization, the butterflies of hadamard.cuh, one multiply by cs.
 //
 // Why: the weight-only forward at large M. There y = rotate(x) W_deq^T costs the rotation of every token (2 x 2MK
-// bytes) plus a GEMM that decodes codes between its MMAs (Triton: 0.36-0.62x of bf16 at M >= 4096,
-// results/bench_linear_h200_0053.md). W = W_deq R^T is one pass over N x K instead (0.5 byte read and 2 written a
+// bytes) plus a GEMM that decodes codes between its MMAs (docs/tuning.md: a16_dequant_min_m). W = W_deq R^T is one
+// pass over N x K instead (0.5 byte read and 2 written a
 // weight), after which cuBLAS's bf16 GEMM computes x W^T = rotate(x) W_deq^T directly.
 //
 // Persistent CTAs (a grid of occupancy x SMs) take groups of R weight rows in turn; the rows play the tokens' part
 // in hadamard.cuh's layout. Codes come in 4-byte (4-bit) or byte (3-bit) loads, are looked up in a 16-entry table in
 // shared memory and scaled; with a permutation the rotated rows are scattered into shared memory and written back
-// in order, so every global store is 16 bytes. Measured on the H200 (benchmarks/NOTES.md), in % of copy
-// bandwidth: one-shot CTAs 54-64% on FLUX fc1 / fc2; persistent CTAs 0.87-0.89x their time on K >= 12288 (62-67%),
-// even on K = 3072 (1.04x on 3072 x 3072, 0.7 us); persistent CTAs that also kept the next groups' codes in flight by
-// cp.async (as rotate_quant.cu does) were slower, 44-50%; a register lookup of the codes (byte permutes over the
-// e4m3 codebook, then converts) instead of the shared-memory table, 0.99x. ncu (one-shot, FLUX fc2): 33 instructions
-// a value, issue slots 63% busy: instruction-bound more than memory-bound.
+// in order, so every global store is 16 bytes (docs/tuning.md: unrotate-transposed). ncu (FLUX fc2): about 33
+// instructions a value, issue slots 63% busy: instruction-bound more than memory-bound.
 #include "hadamard.cuh"
 #include "lrq.h"
 

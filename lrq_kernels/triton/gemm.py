@@ -31,8 +31,8 @@ _SWAP_AB = True
 @triton.jit
 def _lookup(code, t0, t1, t2, t3, BITS: tl.constexpr):
     """codebook[code] as e4m3, from the table's 16 e4m3 bytes held in four int32 words (t_j = entries 4j..4j+3,
-    little-endian): two selects and a shift, no memory access (a global gather a weight was the first
-    version's bottleneck: 36 TFLOP/s on FLUX fc1, benchmarks/results/bench_linear_v1.md)."""
+    little-endian): two selects and a shift, no memory access (a global gather a weight would bound the GEMM by
+    its loads)."""
     if BITS == 4:
         word = tl.where((code & 8) != 0, tl.where((code & 4) != 0, t3, t2), tl.where((code & 4) != 0, t1, t0))
     else:
@@ -141,10 +141,8 @@ def _decode_weight_tile(w_ptr, t0, t1, t2, t3, offs_n, k0, N, row_bytes, hi_offs
 def _accumulate(x, y, acc, scale, SCALED: tl.constexpr, FP32_STEPS: tl.constexpr):
     """acc + x @ y for one K step. Hopper's FP8 MMA accumulates with fewer bits than float32 (DeepSeek-V3 reports
     ~14): chained over the whole K it gave 1.16e-3 relative error at M = 333, K = N = 2432 (tests/test_gpu.py,
-    bound 1e-3). FP32_STEPS therefore adds each step's product to the float32 accumulator on the CUDA cores.
-    Measured on FLUX fc1 (H100): chained 523 us (wrong at 1e-3), a float32 add every step 698 us (tile 128x128x256,
-    benchmarks/results/gemm_variants.md), every 4 steps through an in-loop branch 761 us (the branch
-    costs more than it saves)."""
+    bound 1e-3). FP32_STEPS therefore adds each step's product to the float32 accumulator on the CUDA cores, every step
+    (docs/tuning.md: triton-fp32-steps)."""
     if SCALED:
         return acc + tl.dot(x, y) * scale
     elif FP32_STEPS:
@@ -225,13 +223,10 @@ def _gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, cb_ptr, bias_ptr, c_ptr, M, N, K:
 # (128, 128, 256, 8, 3): FP8 only (its 16-bit A tiles would not fit in shared memory); twice the K a step halves
 # the float32 adds and their waits for the wgmma. Its K loop is 295 SASS instructions per 128^3 against 353 for
 # (128, 128, 128), 212 registers, no spills (tools/compile_check.py); chaining 256 products in the tensor cores
-# stays far inside the 1e-3 bound (chaining 512 passed tests/test_gpu.py, 2432 gave 1.16e-3). On the H100 it is
-# the fastest FP8 tile with float32 adds on FLUX fc1 and fc2 (benchmarks/results/gemm_variants.md). BLOCK_M = 256
+# stays far inside the 1e-3 bound (chaining 512 passed tests/test_gpu.py, 2432 gave 1.16e-3). BLOCK_M = 256
 # would cut more but spills at 8 warps and 16.
 # (128, 64, 128, 4, 3|4): one warpgroup a CTA at 228 registers, two CTAs an SM, so that one CTA decodes while the
-# other waits for its wgmma before the float32 add (with 8 warps one CTA fills the SM). The fastest FP8 tile on
-# FLUX fc1 / fc2, W4 and W3, swapped or not: 641-698 us against 702-751 for (128, 128, 256)
-# (results/gemm_variants_1wg.md, H100).
+# other waits for its wgmma before the float32 add (with 8 warps one CTA fills the SM). docs/tuning.md: triton-tiles.
 _CONFIGS = [(128, 128, 128, 8, 3), (128, 128, 256, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
             (128, 128, 64, 8, 4), (128, 64, 128, 4, 3), (128, 64, 128, 4, 4),
             (64, 128, 128, 4, 4), (64, 64, 128, 4, 4),
@@ -261,10 +256,7 @@ _gemm_tuned = triton.autotune(
 
 # Split-K for the weight-only GEMM at 16 < M <= SPLIT_K_MAX_M: there the tiles above give too few programs (FLUX fc1
 # at M = 64: 96 or 192 of 64 x 128 or 64 x 64, each a chain of 24 dependent K steps), so the K steps of a tile are
-# also split between SPLIT_K programs. Rotate + this GEMM against rotate + the unsplit one (`python
-# benchmarks/bench_cuda.py --only a16`, results/bench_cuda_a16.md, H200), time: FLUX fc2 0.43-0.68x at
-# M = 32-128 (0.84x at 256), FLUX qkv 0.67-0.72x at M = 32 and 64 (0.98-1.03x at 128 and 256), FLUX fc1 0.86x at 32 but
-# 1.03-1.15x at 64-256, PixArt qkv 1.17-1.35x (the workspace's sum and cast cost ~3 us). quant_linear_a16 runs this
+# also split between SPLIT_K programs (docs/tuning.md: triton-split-k). quant_linear_a16 runs this
 # path only where the dequantized weight does not win (Tuning.a16_dequant_min_m): FLUX fc1- and fc2-sized weights at
 # M = 17-127. Each writes its float32 partial product (scaled, the bias in the first) to
 # its own slice of a [SPLIT_K, M, N] workspace, which torch sums in a fixed order and casts to x's dtype: the result
