@@ -119,7 +119,8 @@ def why_not(op: str, device: torch.device, **shape) -> str:
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """Contiguous and 16-byte aligned (the kernels use 16-byte loads); copies only views that are not."""
+    """t contiguous and starting on a 16-byte boundary (the kernels use 16-byte loads; a view can start anywhere):
+    t itself where it is, else a copy."""
     t = t.contiguous()
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
@@ -128,11 +129,6 @@ def _stream(index: int) -> int:
     """PyTorch's current stream on GPU `index`, as the raw handle the launchers take (the C++ side makes `index` the
     current device for the launch and restores the caller's after it: csrc/common.cuh, DeviceScope)."""
     return torch._C._cuda_getCurrentRawStream(index)
-
-
-def _aligned16(t: torch.Tensor) -> torch.Tensor:
-    """t itself where its data starts on a 16-byte boundary, else an aligned copy (a view can start anywhere)."""
-    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def scale_lanes(channel_scale: torch.Tensor) -> torch.Tensor:
@@ -157,8 +153,8 @@ def _check_permutation(perm: torch.Tensor) -> None:
 
 
 def _make_gather_tables(perm, channel_scale):
-    perm16 = None if perm is None else _aligned16(perm.to(torch.int16).contiguous())
-    lanes = None if channel_scale is None else _aligned16(scale_lanes(channel_scale.float().contiguous()))
+    perm16 = None if perm is None else _aligned(perm.to(torch.int16))
+    lanes = None if channel_scale is None else _aligned(scale_lanes(channel_scale.float().contiguous()))
     return perm16, lanes
 
 
@@ -223,7 +219,7 @@ def unrotate_perm(perm: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     Cached on perm and checked once, as _cached says: the kernel writes the weight's column perm[j] for every j."""
     if perm is None:
         return None
-    return _cached(_UNROTATE_PERMS, perm, None, lambda: _aligned16(perm.to(torch.int32).contiguous()), perm)
+    return _cached(_UNROTATE_PERMS, perm, None, lambda: _aligned(perm.to(torch.int32)), perm)
 
 
 def rotate_quant_cuda(x: torch.Tensor, perm, channel_scale, block: int, a_format: Optional[str], a_bits: int,
@@ -258,7 +254,7 @@ def unrotate_weight_cuda(packed, w_scales, codebook, bits: int, k: int, group_si
     w_scales = w_scales.contiguous()
     codebook = codebook.float().contiguous()
     perm = unrotate_perm(perm)
-    cs = None if channel_scale is None else _aligned16(channel_scale.contiguous())
+    cs = None if channel_scale is None else _aligned(channel_scale)
     out = torch.empty((n, k), dtype=dtype, device=packed.device)
     _C.unrotate_weight(packed.data_ptr(), packed.stride(0), bits, w_scales.data_ptr(), group_size,
                        codebook.data_ptr(), 0 if perm is None else perm.data_ptr(),
